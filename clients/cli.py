@@ -1,0 +1,271 @@
+"""The `recur` command: stream translations, sentiment and completions from a Recur server.
+
+    recur translate "the black cat"          recur models
+    recur sentiment "a good film" --json     recur health recur.v1.SentimentService
+    recur complete "once upon a"             printf 'hel\\nhello\\n' | recur session
+
+Exit codes: 0 done, 1 failed call (or health not SERVING), 2 bad flags, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from clients import render
+from clients.sdk import DEFAULT_TARGET, RecurClient, RecurError, Session
+
+Command = Callable[[RecurClient, argparse.Namespace], Awaitable[int]]
+
+SESSION_HELP = """\
+Autocomplete as you type. Each input line is the full text typed so far; it is sent as one
+revision and its answer is printed as `revision N: <text>⟨<completion>⟩`, with ` (superseded)`
+when a newer revision won. Reads stdin until it ends (a prompt is shown on a terminal). The
+--timeout deadline covers the whole session. A key-by-key interactive mode comes later."""
+
+
+def _seconds(value: str) -> float:
+    with contextlib.suppress(ValueError):
+        if 0 < (seconds := float(value)) < math.inf:
+            return seconds
+    raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+
+
+def _count(value: str) -> int:
+    with contextlib.suppress(ValueError):
+        if (count := int(value)) >= 0:
+            return count
+    raise argparse.ArgumentTypeError(f"expected 0 (the server default) or more, got {value!r}")
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """Builds the parser; `environ` gives the defaults of --target and --timeout (RECUR_*)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--target",
+        default=environ.get("RECUR_TARGET", DEFAULT_TARGET),
+        metavar="HOST:PORT",
+        help="the server (env RECUR_TARGET, default %(default)s)",
+    )
+    common.add_argument("--model", default="", metavar="NAME", help="model (default: the task's)")
+    common.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=environ.get("RECUR_TIMEOUT", "30"),
+        metavar="SECONDS",
+        help="deadline of the call (env RECUR_TIMEOUT, default %(default)s)",
+    )
+    common.add_argument("--json", action="store_true", help="one JSON object per event per line")
+    max_tokens = argparse.ArgumentParser(add_help=False)
+    max_tokens.add_argument(
+        "--max-tokens", type=_count, default=0, metavar="N", help="most tokens (0: server default)"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="recur", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, title="commands")
+    add = commands.add_parser
+    translate = add("translate", parents=[common, max_tokens], help="translate a sentence")
+    translate.add_argument("text")
+    translate.add_argument("--attention", action="store_true", help="show what each token attended")
+    translate.set_defaults(run=_translate)
+    sentiment = add("sentiment", parents=[common], help="running sentiment of a text")
+    sentiment.add_argument("text")
+    sentiment.set_defaults(run=_sentiment)
+    complete = add("complete", parents=[common, max_tokens], help="complete a prefix")
+    complete.add_argument("text")
+    complete.set_defaults(run=_complete)
+    session = add(
+        "session",
+        parents=[common, max_tokens],
+        help="autocomplete as you type",
+        description=SESSION_HELP,
+    )
+    session.set_defaults(run=_session)
+    add("models", parents=[common], help="list the loaded models").set_defaults(run=_models)
+    health = add("health", parents=[common], help="health of the server or of one service")
+    health.add_argument("service", nargs="?", default="", help="e.g. recur.v1.TranslationService")
+    health.set_defaults(run=_health)
+    return parser
+
+
+def _style() -> render.Style:
+    return render.Style(color=sys.stdout.isatty())
+
+
+def _print_json(message: Message) -> None:
+    print(
+        json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True)), flush=True
+    )
+
+
+async def _print_all_json(events: AsyncIterator[Message]) -> None:
+    async for event in events:
+        _print_json(event)
+
+
+async def _translate(client: RecurClient, args: argparse.Namespace) -> int:
+    events = client.translate(
+        args.text, model=args.model, max_tokens=args.max_tokens, include_attention=args.attention
+    )
+    await (_print_all_json(events) if args.json else render.translation(events, style=_style()))
+    return 0
+
+
+async def _sentiment(client: RecurClient, args: argparse.Namespace) -> int:
+    events = client.sentiment(args.text, model=args.model)
+    await (_print_all_json(events) if args.json else render.sentiment(events, style=_style()))
+    return 0
+
+
+async def _complete(client: RecurClient, args: argparse.Namespace) -> int:
+    events = client.complete(args.text, model=args.model, max_tokens=args.max_tokens)
+    if args.json:
+        await _print_all_json(events)
+    else:
+        await render.completion(args.text, events, style=_style())
+    return 0
+
+
+async def _session(client: RecurClient, args: argparse.Namespace) -> int:
+    session = client.session(model=args.model, max_tokens=args.max_tokens)
+    texts: list[str] = []
+    async for text in _stdin_lines(prompt="> " if sys.stdin.isatty() else ""):
+        texts.append(text)
+        await session.send_text(text)
+        if not await _print_answers(session, texts, until=len(texts), as_json=args.json):
+            return 0
+    await session.close()
+    await _print_answers(session, texts, until=None, as_json=args.json)
+    return 0
+
+
+async def _print_answers(
+    session: Session, texts: list[str], *, until: int | None, as_json: bool
+) -> bool:
+    """Prints session events up to the final event of revision `until`, or to the stream's end.
+
+    Returns:
+        Whether the final event of revision `until` arrived (False: the stream ended first).
+    """
+    async for response in session:
+        final = response.HasField("final")
+        if as_json:
+            _print_json(response)
+        elif final:
+            revision = response.revision
+            text = texts[revision - 1] if 0 < revision <= len(texts) else ""
+            print(render.session_answer(revision, text, response.final), flush=True)
+        if final and response.revision == until:
+            return True
+    return False
+
+
+async def _stdin_lines(*, prompt: str) -> AsyncIterator[str]:
+    """Yields the lines of stdin, without their newline, showing `prompt` before each."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def deliver(line: str | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: recur is exiting
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+
+    # A daemon thread, so that Ctrl-C and exit never wait for a read to finish.
+    reader = threading.Thread(target=_read_lines, args=(sys.stdin.fileno(), deliver), daemon=True)
+    reader.start()
+    while True:
+        print(prompt, end="", flush=True)
+        line = await lines.get()
+        if line is None:
+            print("\n" if prompt else "", end="", flush=True)  # leave the prompt's line
+            return
+        yield line
+
+
+def _read_lines(fd: int, deliver: Callable[[str | None], None]) -> None:
+    """Delivers each line read from `fd`, decoded as UTF-8, then None at its end.
+
+    It reads the file descriptor with `os.read`, not `sys.stdin`, so that this daemon thread never
+    holds the lock of Python's stdin buffer, which the interpreter takes at exit.
+    """
+    pending = b""
+    with contextlib.suppress(OSError):  # stdin closed or unreadable: the input has ended
+        while chunk := os.read(fd, 65536):
+            *complete, pending = (pending + chunk).split(b"\n")
+            for line in complete:
+                deliver(line.decode(errors="replace").removesuffix("\r"))
+    if pending:
+        deliver(pending.decode(errors="replace"))
+    deliver(None)
+
+
+async def _models(client: RecurClient, args: argparse.Namespace) -> int:
+    response = await client.list_models()
+    if args.json:
+        _print_json(response)
+    else:
+        print(render.models_table(list(response.models)), end="", flush=True)
+    return 0
+
+
+async def _health(client: RecurClient, args: argparse.Namespace) -> int:
+    status = await client.health(args.service)
+    print(json.dumps({"status": status}) if args.json else status, flush=True)
+    return 0 if status == "SERVING" else 1
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    run: Command = args.run
+    async with RecurClient(args.target, timeout=args.timeout) as client:
+        return await run(client, args)
+
+
+def _error_message(error: RecurError, *, target: str) -> str:
+    if error.code == grpc.StatusCode.UNAVAILABLE:
+        return (
+            f"error: cannot reach the server at {target} ({error}); is recur-serve running?"
+            " (--target / RECUR_TARGET)"
+        )
+    return f"error: {error}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs the `recur` command.
+
+    Args:
+        argv: The arguments after the program name; None reads `sys.argv`.
+
+    Raises:
+        SystemExit: Always, with the exit code: 0 done, 1 failed call or health not SERVING,
+            2 bad flags (from argparse), 130 interrupted by Ctrl-C.
+    """
+    args = build_parser(os.environ).parse_args(argv)
+    try:
+        code = asyncio.run(_dispatch(args))
+    except RecurError as error:
+        print(_error_message(error, target=args.target), file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:
+        # Whoever read stdout went away (`recur ... | head`): point stdout at /dev/null so the
+        # interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Find and verify model bundles before anything is loaded from them (DESIGN §3).
+
+A bundle is refused when its manifest is missing or malformed, its format version is unknown, a
+file it lists is missing or does not match its sha256, or it holds a file the manifest does not
+list. Refusal raises `BundleError`; the caller keeps serving what it already has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from protos.recur.v1 import bundle_pb2
+from services.errors import BundleError
+
+SUPPORTED_FORMAT_VERSIONS = frozenset({1})
+MANIFEST = "manifest.json"
+TASK_NAMES = {
+    bundle_pb2.TASK_TRANSLATION: "translation",
+    bundle_pb2.TASK_SENTIMENT: "sentiment",
+    bundle_pb2.TASK_AUTOCOMPLETE: "autocomplete",
+}
+GRAPHS = {
+    "translation": {"encoder", "decoder_step"},
+    "sentiment": {"classifier_step"},
+    "autocomplete": {"lm_step"},
+}
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: bundle_pb2.BundleManifest
+
+    @property
+    def task(self) -> str:
+        return TASK_NAMES[self.manifest.task]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(path: Path) -> bundle_pb2.BundleManifest:
+    manifest_path = path / MANIFEST
+    try:
+        text = manifest_path.read_text(encoding="utf-8")
+        return json_format.Parse(text, bundle_pb2.BundleManifest())
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no {MANIFEST}") from None
+    except (json_format.ParseError, UnicodeDecodeError) as e:
+        raise BundleError(f"{manifest_path}: not a valid manifest: {e}") from None
+
+
+def verify(path: Path) -> Bundle:
+    """Verify the bundle at `path` and return it; raises BundleError naming the problem."""
+    manifest = read_manifest(path)
+    if manifest.format_version not in SUPPORTED_FORMAT_VERSIONS:
+        raise BundleError(
+            f"{path}: format version {manifest.format_version} is not supported "
+            f"(supported: {sorted(SUPPORTED_FORMAT_VERSIONS)})"
+        )
+    if manifest.task not in TASK_NAMES:
+        raise BundleError(f"{path}: manifest has no valid task")
+    if str(manifest.version) != path.name:
+        raise BundleError(
+            f"{path}: manifest says version {manifest.version}, directory {path.name}"
+        )
+    on_disk = {p.name for p in path.iterdir() if p.is_file()} - {MANIFEST}
+    listed = set(manifest.sha256)
+    if on_disk != listed:
+        raise BundleError(
+            f"{path}: files not in the manifest {sorted(on_disk - listed)}, "
+            f"missing files {sorted(listed - on_disk)}"
+        )
+    for name, expected in sorted(manifest.sha256.items()):
+        actual = _sha256(path / name)
+        if actual != expected:
+            raise BundleError(f"{path / name}: sha256 {actual[:12]}… does not match the manifest")
+    task = TASK_NAMES[manifest.task]
+    roles = {g.role for g in manifest.graphs}
+    if roles != GRAPHS[task] or manifest.tokenizer_file not in listed:
+        raise BundleError(
+            f"{path}: a {task} bundle needs graphs {sorted(GRAPHS[task])} and a tokenizer"
+        )
+    return Bundle(path=path, manifest=manifest)
+
+
+def discover(root: Path) -> list[Path]:
+    """Every `<root>/<name>/<version>/` directory whose version is a number, sorted."""
+    if not root.is_dir():
+        return []
+    found = [
+        version
+        for model in sorted(root.iterdir())
+        if model.is_dir() and not model.name.startswith(".")
+        for version in model.iterdir()
+        if version.is_dir() and version.name.isdigit()
+    ]
+    return sorted(found, key=lambda p: (p.parent.name, int(p.name)))

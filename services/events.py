@@ -1,0 +1,55 @@
+"""What the engine streams: plain dataclasses, no protobuf, no gRPC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class FinishReason(Enum):
+    STOP = "stop"  # end-of-sequence token, or the whole input was read
+    LENGTH = "length"  # max_tokens reached
+    SUPERSEDED = "superseded"  # a newer edit arrived in a session
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token."""
+
+    index: int
+    id: int
+    text: str  # what this token adds to the detokenized output
+    logprob: float
+    attention: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunningLabel:
+    """The classifier's belief after one more input token."""
+
+    index: int
+    id: int
+    text: str
+    label: str
+    probabilities: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of every stream."""
+
+    reason: FinishReason
+    text: str  # translation / completion; for sentiment the label
+    input_tokens: int
+    output_tokens: int
+    model: str
+    version: int
+    queue_seconds: float
+    time_to_first_token_seconds: float
+    total_seconds: float
+    probabilities: tuple[float, ...] = ()
+    labels: tuple[str, ...] = ()
+    source_tokens: tuple[str, ...] = field(default_factory=tuple)
+
+
+Event = TokenEvent | RunningLabel | Finished

@@ -1,0 +1,128 @@
+"""The one place where domain errors become gRPC status codes, and where every call is counted.
+
+INVALID_ARGUMENT, NOT_FOUND and UNAVAILABLE carry the domain error's message; anything unexpected
+becomes INTERNAL with a generic message, and its traceback goes to the log, not to the client.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from services.errors import InvalidArgument, ModelNotFound, ServiceError, Unavailable
+from services.metrics import CallInfo, ServerMetrics
+
+log = logging.getLogger(__name__)
+Handler = grpc.RpcMethodHandler[Any, Any]
+Context = aio.ServicerContext[Any, Any]
+CALL_INFO: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("recur_call_info")
+_CODES: dict[type[ServiceError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def current_call() -> CallInfo:
+    """The CallInfo of the running call (a throwaway one outside an intercepted call)."""
+    return CALL_INFO.get(CallInfo(rpc=""))
+
+
+def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    for kind, code in _CODES.items():
+        if isinstance(error, kind):
+            return code, str(error)
+    return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
+
+
+class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
+    """Maps ServiceErrors to status codes and counts every Recur call by its final code."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or not method.startswith("/recur.v1."):
+            return handler
+        rpc = method.rsplit("/", 1)[-1]
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(rpc, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream(rpc, handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(rpc, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _finish(self, info: CallInfo, started: float, code: grpc.StatusCode) -> None:
+        labels = (info.model, info.version, info.task, info.rpc)
+        self.metrics.requests.labels(*labels, code.name).inc()
+        self.metrics.duration.labels(*labels).observe(time.perf_counter() - started)
+        if code is not grpc.StatusCode.OK:
+            self.metrics.failures.labels(info.rpc, code.name.lower()).inc()
+
+    async def _abort(self, context: Context, error: BaseException) -> None:
+        code, message = status_for(error)
+        if code is grpc.StatusCode.INTERNAL:
+            log.exception("unexpected error in %s", current_call().rpc, exc_info=error)
+        await context.abort(code, message)
+
+    def _wrap_stream(self, rpc: str, behavior: Callable[..., Any]) -> Any:
+        async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
+            info = CallInfo(rpc=rpc)
+            CALL_INFO.set(info)
+            started, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as error:
+                code = status_for(error)[0]
+                await self._abort(context, error)
+            except BaseException:  # cancelled by the client or by shutdown
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                self._finish(info, started, code)
+
+        return wrapper
+
+    def _wrap_unary(self, rpc: str, behavior: Callable[..., Awaitable[Any]]) -> Any:
+        async def wrapper(request: Any, context: Context) -> Any:
+            info = CallInfo(rpc=rpc)
+            CALL_INFO.set(info)
+            started, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                return await behavior(request, context)
+            except Exception as error:
+                code = status_for(error)[0]
+                await self._abort(context, error)
+            finally:
+                self._finish(info, started, code)
+
+        return wrapper

@@ -1,0 +1,100 @@
+"""Prometheus metrics (DESIGN §6), built on an injected CollectorRegistry.
+
+Labels stay low-cardinality: model, version, task, rpc, code. Latency histograms start at 50 µs,
+since one RNN step is well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.events import Event, Finished, RunningLabel, TokenEvent
+
+LATENCY_BUCKETS = (*(5e-5 * 2**i for i in range(18)), 15.0, 30.0, 60.0)  # 50 µs … 60 s
+MODEL_LABELS = ("model", "version", "task")
+
+
+@dataclass
+class CallInfo:
+    """What a call resolved to, filled in by the servicer and read by the interceptor."""
+
+    rpc: str
+    model: str = ""
+    version: str = ""
+    task: str = ""
+
+
+class ServerMetrics:
+    """Every metric the server exports."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        labels = (*MODEL_LABELS, "rpc")
+        self.requests = Counter(
+            "recur_requests",
+            "Finished requests by status code.",
+            (*labels, "code"),
+            registry=registry,
+        )
+        self.failures = Counter(
+            "recur_request_failures",
+            "Failed requests by reason.",
+            ("rpc", "reason"),
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "recur_request_duration_seconds", "Time from arrival to the end of the call.",
+            labels, buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.queue = Histogram(
+            "recur_queue_duration_seconds", "Time from arrival to the first model step.",
+            labels, buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "recur_time_to_first_token_seconds", "Time from arrival to the first streamed event.",
+            labels, buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.itl = Histogram(
+            "recur_inter_token_latency_seconds", "Time between consecutive streamed events.",
+            labels, buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.generated = Counter(
+            "recur_generated_tokens", "Tokens streamed to clients.", labels, registry=registry
+        )
+        self.input_tokens = Counter(
+            "recur_input_tokens", "Tokens read from requests.", labels, registry=registry
+        )
+        self.active = Gauge(
+            "recur_streams_active", "Streams in progress.", MODEL_LABELS, registry=registry
+        )
+        self.model_info = Gauge(
+            "recur_model_info",
+            "Loaded models (value 1).",
+            (*MODEL_LABELS, "cell"),
+            registry=registry,
+        )
+
+    async def observe(self, events: AsyncIterator[Event], info: CallInfo) -> AsyncIterator[Event]:
+        """Pass `events` through, timing the first and every following streamed event."""
+        labels = (info.model, info.version, info.task, info.rpc)
+        self.active.labels(*labels[:3]).inc()
+        last: float | None = None
+        try:
+            async for event in events:
+                now = time.perf_counter()
+                if isinstance(event, TokenEvent | RunningLabel):
+                    if last is not None:
+                        self.itl.labels(*labels).observe(now - last)
+                    last = now
+                    self.generated.labels(*labels).inc()
+                elif isinstance(event, Finished):
+                    self.queue.labels(*labels).observe(event.queue_seconds)
+                    self.ttft.labels(*labels).observe(event.time_to_first_token_seconds)
+                    self.input_tokens.labels(*labels).inc(event.input_tokens)
+                yield event
+        finally:
+            self.active.labels(*labels[:3]).dec()

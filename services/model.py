@@ -1,0 +1,104 @@
+"""Loaded models: verified bundles with their ONNX Runtime sessions and tokenizer."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from services.bundle import Bundle, discover, verify
+from services.errors import BundleError, ModelNotFound
+
+log = logging.getLogger(__name__)
+Arrays = dict[str, np.ndarray]
+
+
+class LoadedModel:
+    """One model version: a session per graph, the tokenizer and the state layout."""
+
+    def __init__(self, bundle: Bundle, *, threads: int = 1) -> None:
+        self.bundle = bundle
+        manifest = bundle.manifest
+        self.name = manifest.name
+        self.version = manifest.version
+        self.task = bundle.task
+        self.labels = tuple(manifest.labels)
+        self.bos_id = manifest.special_tokens.bos_id
+        self.eos_id = manifest.special_tokens.eos_id
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.sessions = {
+            graph.role: ort.InferenceSession(
+                str(bundle.path / graph.file), options, providers=["CPUExecutionProvider"]
+            )
+            for graph in manifest.graphs
+        }
+        self.outputs = {g.role: [t.name for t in g.outputs] for g in manifest.graphs}
+        self.tokenizer = Tokenizer.from_file(str(bundle.path / manifest.tokenizer_file))
+
+    def zero_state(self, batch: int) -> Arrays:
+        """The initial recurrent state for `batch` streams, keyed by graph input name."""
+        return {
+            spec.input: np.zeros(
+                [batch if dim == "batch" else int(dim) for dim in spec.shape], dtype=np.float32
+            )
+            for spec in self.bundle.manifest.state
+        }
+
+    def state_outputs(self) -> dict[str, str]:
+        """Graph output name → the input name it feeds at the next step (`h_out` → `h`)."""
+        return {spec.output: spec.input for spec in self.bundle.manifest.state}
+
+    def run(self, role: str, feeds: Arrays) -> Arrays:
+        """Run one graph (blocking; the engine calls this in its executor)."""
+        results = self.sessions[role].run(self.outputs[role], feeds)
+        return dict(zip(self.outputs[role], results, strict=True))
+
+
+@dataclass
+class ModelRegistry:
+    """Every loaded model version, and which one serves each task by default."""
+
+    models: dict[tuple[str, int], LoadedModel] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, root: Path, *, threads: int = 1) -> ModelRegistry:
+        """Load every bundle under `root`; one that fails verification is logged and skipped."""
+        registry = cls()
+        for path in discover(root):
+            try:
+                model = LoadedModel(verify(path), threads=threads)
+            except BundleError as e:
+                log.error("refusing bundle: %s", e)
+                continue
+            registry.models[(model.name, model.version)] = model
+            log.info("loaded %s v%d (%s) from %s", model.name, model.version, model.task, path)
+        return registry
+
+    def latest(self, name: str) -> LoadedModel | None:
+        versions = [m for (n, _), m in self.models.items() if n == name]
+        return max(versions, key=lambda m: m.version, default=None)
+
+    def default_for(self, task: str) -> LoadedModel | None:
+        """The model named after the task if there is one, else the first of that task by name."""
+        names = sorted({m.name for m in self.models.values() if m.task == task})
+        if not names:
+            return None
+        return self.latest(task if task in names else names[0])
+
+    def resolve(self, name: str, task: str) -> LoadedModel:
+        """The model a request asked for (`name`, or the task's default when empty)."""
+        model = self.latest(name) if name else self.default_for(task)
+        if model is None:
+            if name:
+                loaded = ", ".join(sorted({n for n, _ in self.models})) or "none"
+                raise ModelNotFound(f"unknown model {name!r} (loaded: {loaded})")
+            raise ModelNotFound(f"no {task} model is loaded")
+        if model.task != task:
+            raise ModelNotFound(f"model {name!r} serves {model.task}, not {task}")
+        return model

@@ -1,0 +1,202 @@
+"""gRPC servicers: proto → domain → engine → proto, nothing more."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from protos.recur.v1 import inference_pb2 as pb
+from protos.recur.v1 import inference_pb2_grpc as pb_grpc
+from services import validation
+from services.engine import Engine
+from services.events import Event, Finished, FinishReason, RunningLabel, TokenEvent
+from services.interceptors import Context, current_call
+from services.metrics import ServerMetrics
+from services.model import LoadedModel
+from services.session import Edit, SessionInput, run_session
+
+_REASONS = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.SUPERSEDED: pb.FINISH_REASON_SUPERSEDED,
+}
+
+
+def summary(event: Finished) -> pb.StreamSummary:
+    return pb.StreamSummary(
+        finish_reason=_REASONS[event.reason],
+        input_tokens=event.input_tokens,
+        output_tokens=event.output_tokens,
+        model=event.model,
+        version=event.version,
+        timings=pb.Timings(
+            queue_seconds=event.queue_seconds,
+            time_to_first_token_seconds=event.time_to_first_token_seconds,
+            total_seconds=event.total_seconds,
+        ),
+    )
+
+
+def token(event: TokenEvent) -> pb.GeneratedToken:
+    return pb.GeneratedToken(
+        index=event.index,
+        id=event.id,
+        text=event.text,
+        logprob=event.logprob,
+        attention=event.attention,
+    )
+
+
+class Servicers(
+    pb_grpc.TranslationServiceServicer,
+    pb_grpc.SentimentServiceServicer,
+    pb_grpc.AutocompleteServiceServicer,
+    pb_grpc.ModelServiceServicer,
+):
+    """Every Recur service on one engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: ServerMetrics,
+        limits: validation.Limits,
+        *,
+        default_max_tokens: int,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.limits = limits
+        self.default_max_tokens = default_max_tokens
+
+    def _model(self, name: str, task: str) -> LoadedModel:
+        model = self.engine.registry.resolve(validation.model_name(name), task)
+        info = current_call()
+        info.model, info.version, info.task = model.name, str(model.version), model.task
+        return model
+
+    def _observe(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        return self.metrics.observe(events, current_call())
+
+    async def Translate(
+        self, request: pb.TranslateRequest, context: Context
+    ) -> AsyncIterator[pb.TranslateResponse]:
+        arrived = time.perf_counter()
+        text = validation.text(request.text, self.limits)
+        limit = validation.max_tokens(request.max_tokens, self.limits, default=0)
+        model = self._model(request.model, "translation")
+        events = self.engine.translate(
+            model,
+            text,
+            max_tokens=limit,
+            include_attention=request.include_attention,
+            arrived=arrived,
+        )
+        async for event in self._observe(events):
+            if isinstance(event, TokenEvent):
+                yield pb.TranslateResponse(token=token(event))
+            elif isinstance(event, Finished):
+                final = pb.TranslateFinal(
+                    text=event.text, source_tokens=event.source_tokens, summary=summary(event)
+                )
+                yield pb.TranslateResponse(final=final)
+
+    async def Analyze(
+        self, request: pb.SentimentRequest, context: Context
+    ) -> AsyncIterator[pb.SentimentResponse]:
+        arrived = time.perf_counter()
+        text = validation.text(request.text, self.limits)
+        model = self._model(request.model, "sentiment")
+        async for event in self._observe(self.engine.analyze(model, text, arrived=arrived)):
+            if isinstance(event, RunningLabel):
+                yield pb.SentimentResponse(
+                    token=pb.SentimentToken(
+                        index=event.index,
+                        id=event.id,
+                        text=event.text,
+                        label=event.label,
+                        probabilities=event.probabilities,
+                    )
+                )
+            elif isinstance(event, Finished):
+                final = pb.SentimentFinal(
+                    label=event.text,
+                    probabilities=event.probabilities,
+                    labels=event.labels,
+                    summary=summary(event),
+                )
+                yield pb.SentimentResponse(final=final)
+
+    async def Complete(
+        self, request: pb.CompleteRequest, context: Context
+    ) -> AsyncIterator[pb.CompleteResponse]:
+        arrived = time.perf_counter()
+        text = validation.text(request.text, self.limits)
+        limit = validation.max_tokens(
+            request.max_tokens, self.limits, default=self.default_max_tokens
+        )
+        model = self._model(request.model, "autocomplete")
+        events = self.engine.complete(model, text, max_tokens=limit, arrived=arrived)
+        async for event in self._observe(events):
+            if isinstance(event, TokenEvent):
+                yield pb.CompleteResponse(token=token(event))
+            elif isinstance(event, Finished):
+                final = pb.CompleteFinal(completion=event.text, summary=summary(event))
+                yield pb.CompleteResponse(final=final)
+
+    async def Session(
+        self, request_iterator: AsyncIterator[pb.SessionRequest], context: Context
+    ) -> AsyncIterator[pb.SessionResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return
+        limit = validation.max_tokens(
+            first.max_tokens, self.limits, default=self.default_max_tokens
+        )
+        model = self._model(first.model, "autocomplete")
+
+        async def inputs() -> AsyncIterator[SessionInput]:
+            yield self._session_input(first)
+            async for request in request_iterator:
+                yield self._session_input(request)
+
+        answers = run_session(
+            self.engine, model, inputs(), max_tokens=limit, max_chars=self.limits.max_input_chars
+        )
+        async for revision, event in answers:
+            if isinstance(event, TokenEvent):
+                yield pb.SessionResponse(revision=revision, token=token(event))
+            elif isinstance(event, Finished):
+                final = pb.CompleteFinal(completion=event.text, summary=summary(event))
+                yield pb.SessionResponse(revision=revision, final=final)
+
+    def _session_input(self, request: pb.SessionRequest) -> SessionInput:
+        arrived = time.perf_counter()
+        if request.WhichOneof("input") == "edit":
+            edit = request.edit
+            inserted = validation.text(edit.text, self.limits, field="edit.text", allow_empty=True)
+            return SessionInput(edit=Edit(edit.start, edit.end, inserted), arrived=arrived)
+        text = validation.text(request.text, self.limits, allow_empty=True)
+        return SessionInput(text=text, arrived=arrived)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Context
+    ) -> pb.ListModelsResponse:
+        registry = self.engine.registry
+        defaults = {
+            (m.name, m.version)
+            for task in ("translation", "sentiment", "autocomplete")
+            if (m := registry.default_for(task)) is not None
+        }
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelInfo(
+                    name=m.name,
+                    version=m.version,
+                    task=m.task,
+                    cell=m.bundle.manifest.cell,
+                    is_default=(m.name, m.version) in defaults,
+                    metrics=dict(m.bundle.manifest.training.metrics),
+                )
+                for m in sorted(registry.models.values(), key=lambda m: (m.name, m.version))
+            ]
+        )

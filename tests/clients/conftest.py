@@ -1,0 +1,192 @@
+"""A real grpc.aio server of small deterministic fakes, for the client tests.
+
+The server runs on its own event loop in a background thread, so that the code under test can call
+`asyncio.run` in the main thread. The fakes:
+
+- Translate streams "le", " chat", " noir" then a final; model "missing" is NOT_FOUND, model "slow"
+  sleeps past any short deadline, and model "gated" waits for the `gate` fixture after one token.
+- Analyze streams one running result per word ("good" → positive 0.9, else positive 0.2).
+- Complete streams " upon", " a", " time", cut to `max_tokens`.
+- Session answers revision N with " <len(text)>", " chars".
+- ListModels lists two models; health says "" SERVING, the sentiment service NOT_SERVING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from protos.recur.v1 import inference_pb2 as pb
+from protos.recur.v1 import inference_pb2_grpc as pb_grpc
+
+GATE = threading.Event()
+SENTIMENT_SERVICE = "recur.v1.SentimentService"
+
+
+def summary(
+    model: str, *, tokens: int, reason: pb.FinishReason.ValueType = pb.FINISH_REASON_STOP
+) -> pb.StreamSummary:
+    """The fakes' summary: version 1, ttft 1.5 ms, total 4 ms."""
+    timings = pb.Timings(
+        queue_seconds=0.0005, time_to_first_token_seconds=0.0015, total_seconds=0.004
+    )
+    return pb.StreamSummary(
+        finish_reason=reason,
+        input_tokens=3,
+        output_tokens=tokens,
+        model=model,
+        version=1,
+        timings=timings,
+    )
+
+
+class Translation(pb_grpc.TranslationServiceServicer):
+    async def Translate(self, request: pb.TranslateRequest, context: Any) -> AsyncIterator[Any]:
+        if request.model == "missing":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown model 'missing'")
+        if request.model == "slow":
+            await asyncio.sleep(5)
+        pieces = ["le", " chat", " noir"]
+        for index, piece in enumerate(pieces):
+            attention = [0.1, 0.1, 0.1]
+            attention[[0, 2, 1][index]] = 0.8
+            yield pb.TranslateResponse(
+                token=pb.GeneratedToken(
+                    index=index,
+                    id=10 + index,
+                    text=piece,
+                    logprob=-0.5,
+                    attention=attention if request.include_attention else [],
+                )
+            )
+            if request.model == "gated" and index == 0:
+                await asyncio.to_thread(GATE.wait, 20)
+        final = pb.TranslateFinal(
+            text="le chat noir",
+            source_tokens=["the", "black", "cat"],
+            summary=summary(request.model or "fake-translate", tokens=3),
+        )
+        yield pb.TranslateResponse(final=final)
+
+
+class Sentiment(pb_grpc.SentimentServiceServicer):
+    async def Analyze(self, request: pb.SentimentRequest, context: Any) -> AsyncIterator[Any]:
+        probabilities = [0.8, 0.2]
+        words = request.text.split()
+        for index, word in enumerate(words):
+            probabilities = [0.1, 0.9] if word == "good" else [0.8, 0.2]
+            label = "positive" if probabilities[1] >= 0.5 else "negative"
+            token = pb.SentimentToken(
+                index=index, id=index, text=word, label=label, probabilities=probabilities
+            )
+            yield pb.SentimentResponse(token=token)
+        final = pb.SentimentFinal(
+            label="positive" if probabilities[1] >= 0.5 else "negative",
+            probabilities=probabilities,
+            labels=["negative", "positive"],
+            summary=summary("fake-sentiment", tokens=len(words)),
+        )
+        yield pb.SentimentResponse(final=final)
+
+
+class Autocomplete(pb_grpc.AutocompleteServiceServicer):
+    async def Complete(self, request: pb.CompleteRequest, context: Any) -> AsyncIterator[Any]:
+        pieces = [" upon", " a", " time"]
+        limit = request.max_tokens or len(pieces)
+        for index, piece in enumerate(pieces[:limit]):
+            yield pb.CompleteResponse(token=pb.GeneratedToken(index=index, id=index, text=piece))
+        reason = pb.FINISH_REASON_LENGTH if limit < len(pieces) else pb.FINISH_REASON_STOP
+        final = pb.CompleteFinal(
+            completion="".join(pieces[:limit]),
+            summary=summary("fake-complete", tokens=min(limit, len(pieces)), reason=reason),
+        )
+        yield pb.CompleteResponse(final=final)
+
+    async def Session(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        text, revision = "", 0
+        async for request in request_iterator:
+            revision += 1
+            if request.HasField("edit"):
+                edit = request.edit
+                text = text[: edit.start] + edit.text + text[edit.end :]
+            else:
+                text = request.text
+            pieces = [f" {len(text)}", " chars"]
+            for index, piece in enumerate(pieces):
+                token = pb.GeneratedToken(index=index, id=index, text=piece)
+                yield pb.SessionResponse(revision=revision, token=token)
+            final = pb.CompleteFinal(
+                completion="".join(pieces), summary=summary(request.model or "fake", tokens=2)
+            )
+            yield pb.SessionResponse(revision=revision, final=final)
+
+
+class Models(pb_grpc.ModelServiceServicer):
+    async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> Any:
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelInfo(
+                    name="en-fr",
+                    version=3,
+                    task="translation",
+                    cell="gru",
+                    is_default=True,
+                    metrics={"bleu": 0.3125, "loss": 1.5},
+                ),
+                pb.ModelInfo(name="sst2", version=1, task="sentiment", cell="lstm"),
+            ]
+        )
+
+
+async def _start() -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    pb_grpc.add_TranslationServiceServicer_to_server(Translation(), server)
+    pb_grpc.add_SentimentServiceServicer_to_server(Sentiment(), server)
+    pb_grpc.add_AutocompleteServiceServicer_to_server(Autocomplete(), server)
+    pb_grpc.add_ModelServiceServicer_to_server(Models(), server)
+    health_servicer = health.aio.HealthServicer()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(SENTIMENT_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+@pytest.fixture(scope="session")
+def target() -> Iterator[str]:
+    """Serves the fakes on 127.0.0.1:<free port> from a background thread; yields `host:port`."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fake-recur-server", daemon=True)
+    thread.start()
+    server, port = asyncio.run_coroutine_threadsafe(_start(), loop).result(timeout=10)
+    yield f"127.0.0.1:{port}"
+    GATE.set()
+    asyncio.run_coroutine_threadsafe(server.stop(1), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    loop.close()
+
+
+@pytest.fixture
+def gate() -> Iterator[threading.Event]:
+    """Holds model "gated" streams after their first token until set (at the latest, on exit)."""
+    GATE.clear()
+    yield GATE
+    GATE.set()
+
+
+@pytest.fixture
+def closed_target() -> str:
+    """`host:port` of a port that was free a moment ago and has nothing listening."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"127.0.0.1:{port}"

@@ -1,0 +1,298 @@
+"""The `recur` command against a real grpc.aio server of fakes (see conftest.py).
+
+Most tests run `clients.cli.main` in-process; the last ones run `python -m clients.cli` as a real
+process to see tokens arrive before the stream ends, and the exit codes a shell sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clients.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+SUMMARY_TAIL = "v1 · {tokens} tokens · ttft 1.5 ms · total 4.0 ms · {reason}]"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.out.splitlines()]
+
+
+def recur(capsys: pytest.CaptureFixture[str], *argv: str) -> Result:
+    """Runs `recur ARGV` in-process; returns its exit code and what it printed."""
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    captured = capsys.readouterr()
+    assert isinstance(exited.value.code, int)
+    return Result(exited.value.code, captured.out, captured.err)
+
+
+def summary(model: str, tokens: int, reason: str = "stop") -> str:
+    return f"[{model} " + SUMMARY_TAIL.format(tokens=tokens, reason=reason)
+
+
+def test_translate_prints_text_then_summary(
+    capsys: pytest.CaptureFixture[str], target: str
+) -> None:
+    result = recur(capsys, "translate", "the black cat", "--target", target)
+    assert result == Result(0, "le chat noir\n" + summary("fake-translate", 3) + "\n", "")
+
+
+def test_translate_attention_names_the_attended_source_token(
+    capsys: pytest.CaptureFixture[str], target: str
+) -> None:
+    result = recur(capsys, "translate", "the black cat", "--attention", "--target", target)
+    assert result.out.splitlines()[2:] == [
+        "attention:",
+        "  le             ← the (0.80)",
+        "  chat           ← cat (0.80)",
+        "  noir           ← black (0.80)",
+    ]
+
+
+def test_translate_json_is_one_event_per_line(
+    capsys: pytest.CaptureFixture[str], target: str
+) -> None:
+    events = recur(capsys, "translate", "x", "--json", "--target", target).json_lines()
+    assert [event["token"]["text"] for event in events[:3]] == ["le", " chat", " noir"]
+    assert events[1]["token"]["index"] == 1
+    final = events[3]["final"]
+    assert final["text"] == "le chat noir"
+    assert final["source_tokens"] == ["the", "black", "cat"]
+    assert final["summary"]["finish_reason"] == "FINISH_REASON_STOP"
+    assert final["summary"]["timings"]["total_seconds"] == 0.004
+
+
+def test_sentiment_prints_a_bar_per_token_then_the_label(
+    capsys: pytest.CaptureFixture[str], target: str
+) -> None:
+    result = recur(capsys, "sentiment", "not good", "--target", target)
+    assert result.code == 0
+    assert result.out.splitlines() == [
+        "not            negative   " + "█" * 4 + "░" * 16 + " 0.20",
+        "good           positive   " + "█" * 18 + "░" * 2 + " 0.90",
+        "label: positive (p=0.90)",
+        summary("fake-sentiment", 2),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "completion", "tokens", "reason"),
+    [([], " upon a time", 3, "stop"), (["--max-tokens", "2"], " upon a", 2, "length")],
+    ids=["to-stop", "max-tokens"],
+)
+def test_complete_prints_prefix_then_tokens(
+    capsys: pytest.CaptureFixture[str],
+    target: str,
+    flags: list[str],
+    completion: str,
+    tokens: int,
+    reason: str,
+) -> None:
+    result = recur(capsys, "complete", "once", *flags, "--target", target)
+    assert result == Result(
+        0, f"once{completion}\n{summary('fake-complete', tokens, reason)}\n", ""
+    )
+
+
+def _stdin_from(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    read_end, write_end = os.pipe()
+    os.write(write_end, text.encode())
+    os.close(write_end)
+    stdin = open(read_end, encoding="utf-8")  # noqa: SIM115 - closed by the monkeypatch undo
+    monkeypatch.setattr(sys, "stdin", stdin)
+
+
+def test_session_answers_each_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    _stdin_from(monkeypatch, "hel\nhello\nhello wo\n")
+    result = recur(capsys, "session", "--target", target)
+    assert result == Result(
+        0,
+        "revision 1: hel⟨ 3 chars⟩\nrevision 2: hello⟨ 5 chars⟩\nrevision 3: hello wo⟨ 8 chars⟩\n",
+        "",
+    )
+
+
+def test_session_json_streams_every_event(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    _stdin_from(monkeypatch, "hi\n")
+    events = recur(capsys, "session", "--json", "--target", target).json_lines()
+    assert [(event["revision"], sorted(event)[0]) for event in events] == [
+        ("1", "revision"),
+        ("1", "revision"),
+        ("1", "final"),
+    ]
+    assert [event["token"]["text"] for event in events[:2]] == [" 2", " chars"]
+    assert events[2]["final"]["completion"] == " 2 chars"
+
+
+def test_models_table(capsys: pytest.CaptureFixture[str], target: str) -> None:
+    result = recur(capsys, "models", "--target", target)
+    assert result.out.splitlines() == [
+        "NAME   VERSION  TASK         CELL  DEFAULT  METRICS",
+        "en-fr  3        translation  gru   yes      bleu=0.3125 loss=1.5",
+        "sst2   1        sentiment    lstm",
+    ]
+
+
+def test_models_json(capsys: pytest.CaptureFixture[str], target: str) -> None:
+    (listing,) = recur(capsys, "models", "--json", "--target", target).json_lines()
+    assert [model["name"] for model in listing["models"]] == ["en-fr", "sst2"]
+    assert listing["models"][0]["metrics"] == {"bleu": 0.3125, "loss": 1.5}
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "out"),
+    [
+        (["health"], 0, "SERVING\n"),
+        (["health", "recur.v1.SentimentService"], 1, "NOT_SERVING\n"),
+        (["health", "--json"], 0, '{"status": "SERVING"}\n'),
+    ],
+    ids=["server-serving", "service-not-serving-exits-1", "json"],
+)
+def test_health(
+    capsys: pytest.CaptureFixture[str], target: str, argv: list[str], code: int, out: str
+) -> None:
+    assert recur(capsys, *argv, "--target", target) == Result(code, out, "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "err"),
+    [
+        (["translate", "x", "--model", "missing"], "error: NOT_FOUND: unknown model 'missing'\n"),
+        (
+            ["translate", "x", "--model", "slow", "--timeout", "0.3"],
+            "error: DEADLINE_EXCEEDED: Deadline Exceeded\n",
+        ),
+        (["health", "no.such.Service"], "error: NOT_FOUND\n"),
+    ],
+    ids=["unknown-model", "timeout-is-the-deadline", "unknown-health-service"],
+)
+def test_failed_calls_print_code_and_details(
+    capsys: pytest.CaptureFixture[str], target: str, argv: list[str], err: str
+) -> None:
+    assert recur(capsys, *argv, "--target", target) == Result(1, "", err)
+
+
+def test_unreachable_server_says_where_it_looked(
+    capsys: pytest.CaptureFixture[str], closed_target: str
+) -> None:
+    result = recur(capsys, "models", "--target", closed_target)
+    assert result.code == 1
+    assert result.err.startswith(
+        f"error: cannot reach the server at {closed_target} (UNAVAILABLE: "
+    )
+    assert result.err.endswith("); is recur-serve running? (--target / RECUR_TARGET)\n")
+
+
+def test_environment_gives_target_and_timeout(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    monkeypatch.setenv("RECUR_TARGET", target)
+    assert recur(capsys, "health") == Result(0, "SERVING\n", "")
+    monkeypatch.setenv("RECUR_TIMEOUT", "0.3")
+    assert recur(capsys, "translate", "x", "--model", "slow").err.startswith("error: DEADLINE")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["translate"], {}, "the following arguments are required: text"),
+        (["translate", "x", "--max-tokens", "-1"], {}, "expected 0 (the server default) or more"),
+        (["complete", "x", "--timeout", "0"], {}, "expected a positive number of seconds, got '0'"),
+        (["models"], {"RECUR_TIMEOUT": "soon"}, "got 'soon'"),
+        (["sentiment", "x", "--attention"], {}, "unrecognized arguments: --attention"),
+        (["bench"], {}, "invalid choice: 'bench'"),
+    ],
+    ids=["missing-text", "negative-max-tokens", "zero-timeout", "bad-env", "foreign-flag", "verb"],
+)
+def test_bad_flags_exit_2(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = recur(capsys, *argv)
+    assert (result.code, result.out) == (2, "")
+    assert message in result.err
+
+
+def spawn(*argv: str, stdin: int | None = None) -> subprocess.Popen[bytes]:
+    """Starts `python -m clients.cli ARGV` as a real process with pipes."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RECUR_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "clients.cli", *argv],
+        cwd=REPO,
+        env=env,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def first_output(process: subprocess.Popen[bytes]) -> bytes:
+    """The first bytes the process writes to stdout, waiting at most 20 s for them."""
+    assert process.stdout is not None
+    readable, _, _ = select.select([process.stdout], [], [], 20)
+    assert readable, "no output within 20 s"
+    return os.read(process.stdout.fileno(), 4096)
+
+
+def test_process_prints_each_token_as_it_arrives(target: str, gate: threading.Event) -> None:
+    process = spawn("translate", "the black cat", "--model", "gated", "--target", target)
+    assert first_output(process) == b"le"
+    assert process.poll() is None, "the first token must show while the stream is held"
+    gate.set()
+    out, err = process.communicate(timeout=20)
+    assert (process.returncode, err) == (0, b"")
+    assert out.decode() == " chat noir\n" + summary("gated", 3) + "\n"
+
+
+def test_process_interrupted_exits_130_quietly(target: str, gate: threading.Event) -> None:
+    process = spawn("translate", "the black cat", "--model", "gated", "--target", target)
+    assert first_output(process) == b"le"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=20)
+    assert (process.returncode, err) == (130, b"")
+
+
+def test_process_session_reads_stdin_until_it_ends(target: str) -> None:
+    process = spawn("session", "--target", target, stdin=subprocess.PIPE)
+    out, err = process.communicate(b"a\nab\n", timeout=20)
+    assert (process.returncode, err) == (0, b"")
+    assert out.decode().splitlines() == ["revision 1: a⟨ 1 chars⟩", "revision 2: ab⟨ 2 chars⟩"]
+
+
+def test_process_exit_codes(target: str, closed_target: str) -> None:
+    not_serving = spawn("health", "recur.v1.SentimentService", "--target", target)
+    unreachable = spawn("models", "--target", closed_target)
+    bad_flag = spawn("models", "--timeout", "-1")
+    assert not_serving.communicate(timeout=20) == (b"NOT_SERVING\n", b"")
+    assert not_serving.returncode == 1
+    assert b"cannot reach the server" in unreachable.communicate(timeout=20)[1]
+    assert unreachable.returncode == 1
+    assert b"expected a positive number" in bad_flag.communicate(timeout=20)[1]
+    assert bad_flag.returncode == 2

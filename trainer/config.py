@@ -1,0 +1,97 @@
+"""The training configuration: one frozen dataclass, resolved once in `main`.
+
+Precedence: defaults < `RECUR_*` environment variables < command-line flags. The resolved
+configuration is logged at start and written into the run directory and the bundle manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+TASKS = ("translation", "sentiment", "autocomplete")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: str = "sentiment"
+    data: str = "builtin"  # "builtin" (the embedded corpus) or "files" (--train/--valid)
+    train: str = ""  # training file(s); translation accepts "a.en,a.de"
+    valid: str = ""  # validation file(s); empty holds out 5% of --train
+    cell: str = "gru"
+    embed_dim: int = 0  # 0: the task's default
+    hidden_size: int = 0  # 0: the task's default
+    num_layers: int = 1
+    dropout: float = 0.0
+    epochs: int = 0  # 0: the task's default
+    batch_size: int = 64
+    lr: float = 3e-3
+    clip_norm: float = 1.0
+    seed: int = 0
+    workers: int = 2  # data-parallel Ray Train workers; 0 trains in-process without Ray
+    use_gpu: bool = False
+    max_train_examples: int = 0  # 0: all
+    out: str = "models"  # model repository the bundle is exported to
+    name: str = ""  # model name; empty: the task name
+    run_dir: str = "runs"  # Ray Train storage path (checkpoints, results)
+    run_name: str = ""  # empty: "<name>-<timestamp>"
+    log_every: int = 50  # progress line every N optimizer steps
+    dry_run: bool = False  # one batch of training and a tiny export, for smoke tests
+
+    @property
+    def model_name(self) -> str:
+        return self.name or self.task
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the flag of the first invalid setting."""
+        checks = [
+            (self.task in TASKS, f"--task must be one of {', '.join(TASKS)}, got {self.task!r}"),
+            (self.data in ("builtin", "files"), f"--data must be builtin or files: {self.data!r}"),
+            (self.data != "files" or bool(self.train), "--data files needs --train"),
+            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.num_layers >= 1, f"--num-layers must be >= 1, got {self.num_layers}"),
+            (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (self.cell == "gru", f"--cell {self.cell!r} is not available yet; use gru"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def _parse(field_type: Any, raw: str, name: str) -> Any:
+    kind = field_type if isinstance(field_type, str) else field_type.__name__
+    try:
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        return {"int": int, "float": float, "str": str}[kind](raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid {kind}") from None
+
+
+def resolve(overrides: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> TrainConfig:
+    """Defaults < `RECUR_<FIELD>` environment < `overrides` (the flags that were given)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(TrainConfig):
+        env_name = f"RECUR_{f.name.upper()}"
+        if env_name in environ:
+            values[f.name] = _parse(f.type, environ[env_name], env_name)
+        if overrides.get(f.name) is not None:
+            values[f.name] = overrides[f.name]
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    return cfg

@@ -1,0 +1,1 @@
+"""Training data: built-in corpora, your own files, tokenizers."""

@@ -1,0 +1,153 @@
+"""The ONNX step graphs of each task: thin wrappers that fix the graphs' signatures (DESIGN §3).
+
+The recurrent state is an explicit input (`h`) and output (`h_out`), and every graph has a dynamic
+batch axis (and time/source axes where it takes a sequence), so the service can carry any number
+of streams from step to step in one batched call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trainer.models import Classifier, LanguageModel, Seq2Seq
+from trainer.models.seq2seq import source_mask
+
+Inputs = tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class GraphDef:
+    """One graph to export: its wrapper module, names, symbolic shapes and example inputs."""
+
+    role: str
+    module: nn.Module
+    inputs: dict[str, list[str]]  # name -> symbolic shape, in call order
+    outputs: dict[str, list[str]]
+    example: Callable[[int, int], Inputs]  # (batch, length) -> random inputs
+
+    def dtype(self, name: str) -> str:
+        return (
+            "int64"
+            if name in ("tokens", "src", "src_len", "prev")
+            else ("bool" if name == "src_mask" else "float32")
+        )
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        specs = {**self.inputs, **self.outputs}
+        return {
+            name: {i: dim for i, dim in enumerate(shape) if not dim.isdigit()}
+            for name, shape in specs.items()
+        }
+
+
+class _StepGraph(nn.Module):
+    """`(tokens, h) -> (logits, h_out)` for the language model and the classifier."""
+
+    def __init__(self, model: LanguageModel | Classifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, h: torch.Tensor) -> Inputs:
+        logits, (h_out,) = self.model(tokens, (h,))
+        return logits, h_out
+
+
+class _EncoderGraph(nn.Module):
+    def __init__(self, model: Seq2Seq) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, src: torch.Tensor, src_len: torch.Tensor) -> Inputs:
+        memory, (h_init,) = self.encoder(src, src_len)
+        return memory, h_init
+
+
+class _DecoderStepGraph(nn.Module):
+    def __init__(self, model: Seq2Seq) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+
+    def forward(
+        self, prev: torch.Tensor, h: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor
+    ) -> Inputs:
+        logits, (h_out,), attention = self.decoder(prev, (h,), memory, src_mask)
+        return logits[:, 0], h_out, attention[:, 0]  # (B, V), (L, B, H), (B, S)
+
+
+def _tokens(vocab: int, batch: int, length: int) -> torch.Tensor:
+    return torch.randint(4, vocab, (batch, length))
+
+
+def step_graph(role: str, model: LanguageModel | Classifier, out_dim: int) -> GraphDef:
+    """`lm_step` or `classifier_step`."""
+    cfg = model.cfg
+    layers, hidden = str(cfg.num_layers), str(cfg.hidden_size)
+
+    def example(batch: int, length: int) -> Inputs:
+        h = torch.randn(cfg.num_layers, batch, cfg.hidden_size)
+        return _tokens(cfg.vocab_size, batch, length), h
+
+    return GraphDef(
+        role=role,
+        module=_StepGraph(model),
+        inputs={"tokens": ["batch", "time"], "h": [layers, "batch", hidden]},
+        outputs={"logits": ["batch", "time", str(out_dim)], "h_out": [layers, "batch", hidden]},
+        example=example,
+    )
+
+
+def seq2seq_graphs(model: Seq2Seq) -> list[GraphDef]:
+    """`encoder` and `decoder_step`."""
+    cfg = model.cfg
+    layers, hidden, width = str(cfg.num_layers), str(cfg.hidden_size), str(2 * cfg.hidden_size)
+
+    def encoder_example(batch: int, length: int) -> Inputs:
+        src_len = torch.randint(1, length + 1, (batch,))
+        src_len[0] = length
+        return _tokens(cfg.vocab_size, batch, length), src_len
+
+    def decoder_example(batch: int, length: int) -> Inputs:
+        src, src_len = encoder_example(batch, length)
+        h = torch.randn(cfg.num_layers, batch, cfg.hidden_size)
+        memory = torch.randn(batch, length, 2 * cfg.hidden_size)
+        return _tokens(cfg.vocab_size, batch, 1), h, memory, source_mask(src, src_len)
+
+    encoder = GraphDef(
+        role="encoder",
+        module=_EncoderGraph(model),
+        inputs={"src": ["batch", "source"], "src_len": ["batch"]},
+        outputs={"memory": ["batch", "source", width], "h_init": [layers, "batch", hidden]},
+        example=encoder_example,
+    )
+    decoder = GraphDef(
+        role="decoder_step",
+        module=_DecoderStepGraph(model),
+        inputs={
+            "prev": ["batch", "1"],
+            "h": [layers, "batch", hidden],
+            "memory": ["batch", "source", width],
+            "src_mask": ["batch", "source"],
+        },
+        outputs={
+            "logits": ["batch", str(cfg.vocab_size)],
+            "h_out": [layers, "batch", hidden],
+            "attention": ["batch", "source"],
+        },
+        example=decoder_example,
+    )
+    return [encoder, decoder]
+
+
+def graphs_for(model: nn.Module) -> list[GraphDef]:
+    """The graphs a bundle of `model` holds."""
+    if isinstance(model, Seq2Seq):
+        return seq2seq_graphs(model)
+    if isinstance(model, LanguageModel):
+        return [step_graph("lm_step", model, model.cfg.vocab_size)]
+    if isinstance(model, Classifier):
+        return [step_graph("classifier_step", model, model.cfg.num_classes)]
+    raise TypeError(f"no ONNX graphs defined for {type(model).__name__}")

@@ -1,0 +1,127 @@
+"""The training loop: plain PyTorch, top to bottom; Ray reaches it only through injected callables.
+
+data → model → optimizer → epochs (batches → loss → backward → clip → step) → validate → report.
+
+`wrap_model` (DDP), `wrap_loader` (a DistributedSampler) and `report` (metrics + checkpoint) are
+identity / print functions when the loop runs in-process (tests, `--workers 0`, `--dry-run`), and
+Ray Train's when it runs under `TorchTrainer`. Every rank runs the same number of optimizer steps
+(the distributed sampler pads the shards to equal length) and calls `report` once per epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from trainer.config import TrainConfig
+from trainer.progress import Progress
+from trainer.tasks import Task, TaskData
+from trainer.tasks.base import unwrap
+
+# report(metrics, checkpoint): the checkpoint is None on ranks other than 0.
+Report = Callable[[dict[str, float], dict[str, Any] | None], None]
+
+
+@dataclass
+class LoopResult:
+    model: nn.Module  # unwrapped, in eval mode
+    metrics: dict[str, float]
+    checkpoint: dict[str, Any] | None  # None on ranks other than 0
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def print_report(metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
+    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+    print(f"epoch done: {shown}", flush=True)
+
+
+def make_checkpoint(
+    task: Task, data: TaskData, cfg: TrainConfig, model: nn.Module, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Everything needed to rebuild and export the model, with no other file."""
+    return {
+        "task": task.name,
+        "config": dataclasses.asdict(cfg),
+        "model_config": dataclasses.asdict(model.cfg),  # type: ignore[call-overload]
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "tokenizer": data.tokenizer.to_str(),
+        "labels": list(data.labels),
+        "data": data.description,
+        "train_examples": len(data.train),
+        "valid_examples": len(data.valid),
+        **extra,
+    }
+
+
+def train_loop(
+    task: Task,
+    data: TaskData,
+    cfg: TrainConfig,
+    *,
+    wrap_model: Callable[[nn.Module], nn.Module] = identity,
+    wrap_loader: Callable[[DataLoader[Any]], Any] = identity,
+    report: Report = print_report,
+    rank: int = 0,
+    device: torch.device | None = None,
+) -> LoopResult:
+    """Train `task` on `data` and return the trained model with its last metrics."""
+    device = device or torch.device("cpu")
+    torch.manual_seed(cfg.seed)
+    model = task.build_model(cfg, data.tokenizer.get_vocab_size()).to(device)
+    model = wrap_model(model)
+    loader = wrap_loader(
+        DataLoader(
+            data.train,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            collate_fn=task.collate,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    epochs = 1 if cfg.dry_run else cfg.epochs or task.defaults.epochs
+    steps_per_epoch = 1 if cfg.dry_run else len(loader)
+    progress = Progress(
+        total_steps=epochs * steps_per_epoch,
+        every=cfg.log_every,
+        prefix=f"[{task.name}] ",
+        enabled=rank == 0,
+    )
+    start = time.perf_counter()
+    metrics: dict[str, float] = {}
+    checkpoint: dict[str, Any] | None = None
+    for epoch in range(1, epochs + 1):
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # a new shuffle per epoch, the same on every rank
+        model.train()
+        for step, batch in enumerate(loader):
+            if step == steps_per_epoch:
+                break
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss, targets = task.loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            optimizer.step()
+            progress.step(loss.item(), targets)
+        train_loss = progress.mean_loss()
+        model.eval()
+        metrics = task.evaluate(unwrap(model), data)
+        metrics |= {"epoch": float(epoch), "train_loss": train_loss, "steps": progress.steps}
+        progress.emit(" | " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        extra = {"metrics": metrics, "steps": progress.steps, "epochs": epoch}
+        extra["wall_seconds"] = time.perf_counter() - start
+        checkpoint = make_checkpoint(task, data, cfg, unwrap(model), extra) if rank == 0 else None
+        report(metrics, checkpoint)
+    return LoopResult(model=unwrap(model).eval(), metrics=metrics, checkpoint=checkpoint)

@@ -1,0 +1,47 @@
+"""Language model (one-to-many / one-to-one): next-token prediction over a recurrent stack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trainer.models.recurrent import RecurrentStack, State
+
+
+@dataclass(frozen=True)
+class LanguageModelConfig:
+    vocab_size: int
+    embed_dim: int = 64
+    hidden_size: int = 256
+    num_layers: int = 1
+    dropout: float = 0.0
+    cell: str = "gru"
+
+
+class LanguageModel(nn.Module):
+    """Embedding → recurrent stack → vocabulary logits, one prediction per input token."""
+
+    def __init__(self, cfg: LanguageModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.rnn = RecurrentStack(
+            cfg.cell,
+            cfg.embed_dim,
+            cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            dropout=cfg.dropout,
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+        self.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+
+    def init_hidden(self, batch_size: int, device: torch.device | None = None) -> State:
+        return self.rnn.init_hidden(batch_size, device)
+
+    def forward(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """`tokens: (B, T)` → logits `(B, T, V)` and the state after the last token."""
+        x = self.drop(self.embed(tokens))  # (B, T, E)
+        out, state = self.rnn(x, state)  # (B, T, H)
+        return self.decoder(self.drop(out)), state  # (B, T, V)

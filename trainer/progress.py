@@ -1,0 +1,54 @@
+"""Periodic progress lines with rate and ETA (one line every N steps, safe in Ray's log stream)."""
+
+from __future__ import annotations
+
+import time
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+class Progress:
+    """Counts optimizer steps and targets; prints `every` steps and at the end of each epoch."""
+
+    def __init__(self, *, total_steps: int, every: int, prefix: str = "", enabled: bool = True):
+        self.total_steps = max(total_steps, 1)
+        self.every = max(every, 1)
+        self.prefix = prefix
+        self.enabled = enabled
+        self.steps = 0
+        self.targets = 0
+        self.loss_sum = 0.0
+        self.loss_count = 0
+        self.start = time.perf_counter()
+
+    def step(self, loss: float, targets: int) -> None:
+        self.steps += 1
+        self.targets += targets
+        self.loss_sum += loss
+        self.loss_count += 1
+        if self.steps % self.every == 0:
+            self.emit()
+
+    def mean_loss(self) -> float:
+        """Mean training loss since the last call (and resets it)."""
+        mean = self.loss_sum / max(self.loss_count, 1)
+        self.loss_sum, self.loss_count = 0.0, 0
+        return mean
+
+    def emit(self, extra: str = "") -> None:
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        rate = self.steps / max(elapsed, 1e-9)
+        eta = (self.total_steps - self.steps) / max(rate, 1e-9)
+        loss = f"loss {self.loss_sum / self.loss_count:.4f} " if self.loss_count else ""
+        print(
+            f"{self.prefix}step {self.steps}/{self.total_steps} "
+            f"({100 * self.steps / self.total_steps:.0f}%) {loss}"
+            f"{rate:.1f} steps/s {self.targets / max(elapsed, 1e-9):,.0f} targets/s "
+            f"elapsed {_clock(elapsed)} eta {_clock(eta)}{extra}",
+            flush=True,
+        )

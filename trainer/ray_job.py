@@ -1,0 +1,84 @@
+"""Data-parallel training on Ray Train: the only module of Recur that imports Ray.
+
+`TorchTrainer` starts `workers` processes, each running the plain training loop with Ray's
+wrappers injected: `prepare_model` (DistributedDataParallel over gloo on CPU, NCCL on GPU) and
+`prepare_data_loader` (a DistributedSampler, so each rank trains on its own shard with the same
+number of steps). Rank 0 writes the checkpoint of every epoch; every rank reports once per epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from trainer.config import TrainConfig
+from trainer.loop import train_loop
+from trainer.tasks import get_task
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def _report(metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
+    if checkpoint is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(checkpoint, Path(tmp) / CHECKPOINT_FILE)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """The per-worker entry point: the plain loop with Ray's wrappers."""
+    cfg = TrainConfig(**config["cfg"])
+    task = get_task(cfg.task)
+    data = task.prepare(cfg, tokenizer_json=config["tokenizer"])
+    train_loop(
+        task,
+        data,
+        cfg,
+        wrap_model=ray.train.torch.prepare_model,
+        wrap_loader=ray.train.torch.prepare_data_loader,
+        report=_report,
+        rank=ray.train.get_context().get_world_rank(),
+        device=ray.train.torch.get_device(),
+    )
+
+
+def train_with_ray(cfg: TrainConfig, *, tokenizer_json: str, run_name: str) -> dict[str, Any]:
+    """Train on a Ray cluster (a local one when `RAY_ADDRESS` is unset); return the checkpoint.
+
+    Under `ray job submit` the job connects to its cluster; locally Ray starts with as many CPUs
+    as workers (at least 2), without the dashboard.
+    """
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()
+        else:
+            ray.init(num_cpus=max(cfg.workers, 2), include_dashboard=False)
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"cfg": cfg.__dict__, "tokenizer": tokenizer_json},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": 1, "GPU": 1} if cfg.use_gpu else {"CPU": 1},
+        ),
+        run_config=RunConfig(storage_path=str(Path(cfg.run_dir).resolve()), name=run_name),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {run_name!r} finished without a checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        checkpoint: dict[str, Any] = torch.load(
+            Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False
+        )
+    return checkpoint

@@ -1,0 +1,91 @@
+"""Sentiment: a running classifier, trained on the label of the whole text (many-to-one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+from torch.nn import functional as F
+
+from trainer.config import TrainConfig
+from trainer.data import files
+from trainer.data.builtin import sentiment_reviews
+from trainer.data.tokenizer import word_tokenizer
+from trainer.models import Classifier, ClassifierConfig
+from trainer.tasks.base import Batch, ModelDefaults, Task, TaskData, hold_out, pad, unwrap
+
+MAX_TOKENS = 128
+
+
+class SentimentTask(Task):
+    name = "sentiment"
+    defaults = ModelDefaults(embed_dim=64, hidden_size=128, epochs=4)
+    monitor = "valid_accuracy"
+
+    def labels(self) -> tuple[str, ...]:
+        return ("negative", "positive")
+
+    def load_raw(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:
+        if cfg.data == "builtin":
+            split = sentiment_reviews(seed=cfg.seed)
+            return split.train, split.valid, "builtin:sentiment"
+        rows = files.read_labelled(cfg.train)
+        for text, label in rows:
+            if label not in (0, 1):
+                raise files.DataError(f"{cfg.train}: labels must be 0 or 1, got {label} ({text!r})")
+        if cfg.valid:
+            return rows, files.read_labelled(cfg.valid), f"{cfg.train} | {cfg.valid}"
+        train, valid = hold_out(rows, seed=cfg.seed)
+        return train, valid, f"{cfg.train} (5% held out)"
+
+    def build_tokenizer(self, train: list[Any]) -> Tokenizer:
+        return word_tokenizer(text for text, _ in train)
+
+    def encode(self, raw: list[Any], tokenizer: Tokenizer) -> list[Any]:
+        encoded = []
+        for text, label in raw:
+            ids = tokenizer.encode(text).ids[:MAX_TOKENS]
+            if ids:
+                encoded.append((ids, label))
+        return encoded
+
+    def collate(self, examples: list[Any]) -> Batch:
+        return {
+            "tokens": pad([ids for ids, _ in examples]),
+            "lengths": torch.tensor([len(ids) for ids, _ in examples]),
+            "labels": torch.tensor([label for _, label in examples]),
+        }
+
+    def build_model(self, cfg: TrainConfig, vocab_size: int) -> nn.Module:
+        return Classifier(
+            ClassifierConfig(
+                vocab_size=vocab_size,
+                num_classes=len(self.labels()),
+                embed_dim=cfg.embed_dim or self.defaults.embed_dim,
+                hidden_size=cfg.hidden_size or self.defaults.hidden_size,
+                num_layers=cfg.num_layers,
+                dropout=cfg.dropout,
+                cell=cfg.cell,
+            )
+        )
+
+    def _final_logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        tokens = batch["tokens"]
+        state = unwrap(model).init_hidden(tokens.size(0), tokens.device)
+        logits, _ = model(tokens, state)  # (B, T, C)
+        last = (batch["lengths"] - 1).view(-1, 1, 1).expand(-1, 1, logits.size(2))
+        return logits.gather(1, last).squeeze(1)  # (B, C): the label after the last token
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
+        logits = self._final_logits(model, batch)
+        return F.cross_entropy(logits, batch["labels"]), int(batch["labels"].numel())
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
+        batch = self.collate(data.valid)
+        logits = self._final_logits(model, batch)
+        loss = F.cross_entropy(logits, batch["labels"]).item()
+        accuracy = (logits.argmax(1) == batch["labels"]).float().mean().item()
+        return {"valid_loss": loss, "valid_accuracy": accuracy}
