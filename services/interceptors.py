@@ -10,7 +10,7 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc import aio
@@ -19,8 +19,9 @@ from services.errors import InvalidArgument, ModelNotFound, ServiceError, Unavai
 from services.metrics import CallInfo, ServerMetrics
 
 log = logging.getLogger(__name__)
-Handler = grpc.RpcMethodHandler[Any, Any]
-Context = aio.ServicerContext[Any, Any]
+# Generic only in the type stubs, so the aliases are strings.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Context: TypeAlias = "aio.ServicerContext[Any, Any]"
 CALL_INFO: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("recur_call_info")
 _CODES: dict[type[ServiceError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,

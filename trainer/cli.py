@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(cfg: TrainConfig) -> Path | None:
     """Train and export; returns the bundle directory (None for a dry run)."""
+    import torch
+
     from trainer.loop import train_loop
     from trainer.tasks import get_task
 
@@ -77,6 +79,7 @@ def run(cfg: TrainConfig) -> Path | None:
 
         checkpoint = train_with_ray(cfg, tokenizer_json=data.tokenizer.to_str(), run_name=run_name)
     assert checkpoint is not None  # rank 0 always has one
+    torch.save(checkpoint, run_dir / "checkpoint.pt")  # the final checkpoint, for re-export
     if cfg.dry_run:
         with tempfile.TemporaryDirectory() as tmp:
             bundle = export_checkpoint(checkpoint, out=Path(tmp), name=cfg.model_name)

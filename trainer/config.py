@@ -28,7 +28,7 @@ class TrainConfig:
     num_layers: int = 1
     dropout: float = 0.0
     epochs: int = 0  # 0: the task's default
-    batch_size: int = 64
+    batch_size: int = 64  # per worker, as in Ray Train
     lr: float = 3e-3
     clip_norm: float = 1.0
     seed: int = 0

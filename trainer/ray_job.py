@@ -60,10 +60,12 @@ def train_with_ray(cfg: TrainConfig, *, tokenizer_json: str, run_name: str) -> d
     as workers (at least 2), without the dashboard.
     """
     if not ray.is_initialized():
+        # Train V2 routes print() through its logger, which echoed every progress line twice.
+        runtime_env = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
         if os.environ.get("RAY_ADDRESS"):
-            ray.init()
+            ray.init(runtime_env=runtime_env)
         else:
-            ray.init(num_cpus=max(cfg.workers, 2), include_dashboard=False)
+            ray.init(num_cpus=max(cfg.workers, 2), include_dashboard=False, runtime_env=runtime_env)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"cfg": cfg.__dict__, "tokenizer": tokenizer_json},

@@ -26,7 +26,7 @@ MAX_CHARS = 128
 
 class AutocompleteTask(Task):
     name = "autocomplete"
-    defaults = ModelDefaults(embed_dim=32, hidden_size=192, epochs=3)
+    defaults = ModelDefaults(embed_dim=32, hidden_size=192, epochs=2)
     monitor = "valid_bits_per_char"
 
     def load_raw(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:

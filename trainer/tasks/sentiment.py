@@ -21,7 +21,7 @@ MAX_TOKENS = 128
 
 class SentimentTask(Task):
     name = "sentiment"
-    defaults = ModelDefaults(embed_dim=64, hidden_size=128, epochs=4)
+    defaults = ModelDefaults(embed_dim=64, hidden_size=128, epochs=2)
     monitor = "valid_accuracy"
 
     def labels(self) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ MAX_TOKENS = 100
 
 class TranslationTask(Task):
     name = "translation"
-    defaults = ModelDefaults(embed_dim=64, hidden_size=128, epochs=6)
+    defaults = ModelDefaults(embed_dim=64, hidden_size=128, epochs=5)
     monitor = "valid_exact_match"
 
     def load_raw(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:

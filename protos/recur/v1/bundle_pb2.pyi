@@ -320,11 +320,13 @@ class TrainingSummary(_message.Message):
     data: _builtins.str
     """Where the data came from, e.g. "builtin:translation" or the file paths."""
     train_examples: _builtins.int
-    """Training examples and validation examples."""
+    """Training examples."""
     valid_examples: _builtins.int
+    """Validation examples."""
     epochs: _builtins.int
-    """Epochs and optimizer steps (per worker) completed."""
+    """Epochs completed."""
     steps: _builtins.int
+    """Optimizer steps completed (each data-parallel worker takes the same number)."""
     workers: _builtins.int
     """Data-parallel workers (0: in-process, without Ray)."""
     wall_seconds: _builtins.float
@@ -366,8 +368,11 @@ class ExportVersions(_message.Message):
     ONNX_FIELD_NUMBER: _builtins.int
     ONNXRUNTIME_FIELD_NUMBER: _builtins.int
     torch: _builtins.str
+    """torch.__version__ of the exporting process."""
     onnx: _builtins.str
+    """onnx.__version__ (the checker that validated the graphs)."""
     onnxruntime: _builtins.str
+    """onnxruntime.__version__ (the runtime of the parity check)."""
     def __init__(
         self,
         *,

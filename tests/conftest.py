@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny trained bundles for the three tasks, and a real `recur-serve` process."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+# Small enough to train in seconds, big enough to learn something.
+TINY = {"embed_dim": 16, "hidden_size": 32, "epochs": 1, "max_train_examples": 1500}
+
+
+def tiny_config(task: str, tmp: Path, **overrides: object) -> object:
+    from trainer.config import resolve
+
+    flags = {"task": task, "workers": 0, "out": str(tmp / "models"), "run_dir": str(tmp / "runs")}
+    return resolve({**flags, **TINY, "log_every": 1000, **overrides}, environ={})
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with one tiny bundle per task, trained in-process (no Ray)."""
+    from trainer.cli import run
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    for task in ("translation", "sentiment", "autocomplete"):
+        run(tiny_config(task, tmp))  # type: ignore[arg-type]
+    return tmp / "models"
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    target: str
+    metrics_url: str
+
+
+def start_server(models: Path, *extra: str) -> Server:
+    """Start `recur-serve` on free ports and wait for its listening line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.server", "--models", str(models), "--host", "127.0.0.1",
+         "--port", "0", "--metrics-host", "127.0.0.1", "--metrics-port", "0", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        match = re.search(r"listening on ([\d.]+:\d+), metrics (\S+)", line)
+        if match:
+            return Server(process, match.group(1), match.group(2))
+    raise AssertionError("recur-serve exited before listening:\n" + "".join(seen))
+
+
+def stop_server(server: Server) -> str:
+    server.process.send_signal(signal.SIGTERM)
+    output, _ = server.process.communicate(timeout=30)
+    return output
+
+
+@pytest.fixture(scope="session")
+def served(tiny_models: Path) -> Iterator[Server]:
+    server = start_server(tiny_models)
+    yield server
+    if server.process.poll() is None:
+        stop_server(server)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data sets not found at {SHARED_DATA} (the ../shared/data folder)")
+    return SHARED_DATA

@@ -1,0 +1,79 @@
+"""The dependency rules of DESIGN §1, tested rather than written down."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def modules(package: str) -> list[str]:
+    return sorted(
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for p in (ROOT / package).rglob("*.py")
+    )
+
+
+def imported_names(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("package", ["services", "clients"])
+def test_serving_side_loads_without_torch_or_ray(package: str) -> None:
+    """Importing every module in a fresh interpreter leaves torch and ray out of sys.modules."""
+    names = modules(package)
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {names!r}: importlib.import_module(name)\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'ray', 'trainer', 'numpy', 'services'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    loaded = set(json.loads(result.stdout))
+    assert not {m for m in loaded if m.split(".")[0] in ("torch", "ray", "trainer")}
+    if package == "clients":  # clients: grpc, protobuf and protos only
+        assert not {m for m in loaded if m.split(".")[0] in ("numpy", "services")}
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden", "reason"),
+    [
+        ("trainer", ("services", "clients"), "trainer meets services only at the bundle"),
+        ("services", ("trainer", "torch", "ray"), "the serving image has no torch"),
+        ("clients", ("trainer", "services", "torch", "ray", "numpy"), "clients need grpc only"),
+    ],
+)
+def test_import_rules(package: str, forbidden: tuple[str, ...], reason: str) -> None:
+    for path in (ROOT / package).rglob("*.py"):
+        bad = {n for n in imported_names(path) if n.split(".")[0] in forbidden}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}: {reason}"
+
+
+def test_trainer_never_imports_grpc_stubs() -> None:
+    for path in (ROOT / "trainer").rglob("*.py"):
+        bad = {n for n in imported_names(path) if n.endswith("_pb2_grpc") or n == "grpc"}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_ray_is_confined_to_one_trainer_module() -> None:
+    users = sorted(
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "trainer").rglob("*.py")
+        if any(n.split(".")[0] == "ray" for n in imported_names(path))
+    )
+    assert users == ["trainer/ray_job.py"]

@@ -1,0 +1,202 @@
+"""The contract test: train tiny → export → real `recur-serve` on 127.0.0.1:0 → stream from every
+rpc over a real channel, and check the streams against the PyTorch model they were exported from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import torch
+
+from clients.sdk import RecurClient, RecurError
+from protos.recur.v1 import inference_pb2 as pb
+from tests.conftest import Server
+from trainer.data.tokenizer import BOS_ID, EOS_ID
+from trainer.export import rebuild_model
+from trainer.models.seq2seq import greedy_decode
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def collect(stream: Any) -> list[Any]:
+    return [event async for event in stream]
+
+
+async def call(target: str, method: Any) -> list[Any]:
+    """Open a client, run `method(client)` and collect its stream."""
+    async with RecurClient(target) as client:
+        return await collect(method(client))
+
+
+def load_torch(models: Path, task: str) -> tuple[Any, Any]:
+    """The PyTorch model a bundle was exported from, rebuilt from the run's checkpoint."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    from trainer.export import load_checkpoint
+
+    bundle = models / task / "1"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    runs = Path(json.loads(manifest["training"]["config_json"])["run_dir"])
+    checkpoint = load_checkpoint(next(runs.glob(f"{task}-*/checkpoint.pt")))
+    return rebuild_model(checkpoint), Tokenizer.from_file(str(bundle / "tokenizer.json"))
+
+
+def test_translate_streams_the_greedy_translation(served: Server, tiny_models: Path) -> None:
+    text = "the small black dog sees a red car"
+    events = run(call(served.target, lambda c: c.translate(text, include_attention=True)))
+    *tokens, last = events
+    assert last.WhichOneof("event") == "final" and all(e.HasField("token") for e in tokens)
+    final = last.final
+    assert final.text == "".join(e.token.text for e in tokens)
+    assert final.summary.output_tokens == len(tokens)
+    assert final.summary.model == "translation" and final.summary.version == 1
+    assert final.summary.timings.total_seconds >= final.summary.timings.time_to_first_token_seconds
+    assert list(final.source_tokens) == text.split()
+    for e in tokens:
+        assert len(e.token.attention) == len(final.source_tokens)
+        assert sum(e.token.attention) == pytest.approx(1.0, abs=1e-4)
+    model, tokenizer = load_torch(tiny_models, "translation")
+    ids = tokenizer.encode(text).ids
+    expected = greedy_decode(
+        model, torch.tensor([ids]), torch.tensor([len(ids)]), bos_id=BOS_ID, eos_id=EOS_ID,
+        max_len=2 * len(ids) + 10,
+    )[0]  # fmt: skip
+    assert [e.token.id for e in tokens] == expected
+
+
+def test_sentiment_streams_one_running_label_per_token(served: Server, tiny_models: Path) -> None:
+    text = "the plot was good but the acting was terrible"
+    events = run(call(served.target, lambda c: c.sentiment(text)))
+    *tokens, last = events
+    final = last.final
+    assert [e.token.text for e in tokens] == text.split()
+    assert [e.token.index for e in tokens] == list(range(len(tokens)))
+    assert list(final.labels) == ["negative", "positive"]
+    assert final.label == tokens[-1].token.label
+    assert list(final.probabilities) == pytest.approx(list(tokens[-1].token.probabilities))
+    for e in tokens:
+        assert sum(e.token.probabilities) == pytest.approx(1.0, abs=1e-5)
+    model, tokenizer = load_torch(tiny_models, "sentiment")
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([tokenizer.encode(text).ids]), model.init_hidden(1))
+    expected = torch.softmax(logits[0], dim=1).flatten().tolist()
+    got = [p for e in tokens for p in e.token.probabilities]
+    assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_complete_streams_the_greedy_completion(served: Server, tiny_models: Path) -> None:
+    prefix = "weather in"
+    events = run(call(served.target, lambda c: c.complete(prefix, max_tokens=12)))
+    *tokens, last = events
+    final = last.final
+    assert final.completion == "".join(e.token.text for e in tokens)
+    assert len(tokens) == final.summary.output_tokens <= 12
+    expected_reason = pb.FINISH_REASON_LENGTH if len(tokens) == 12 else pb.FINISH_REASON_STOP
+    assert final.summary.finish_reason == expected_reason
+    model, tokenizer = load_torch(tiny_models, "autocomplete")
+    ids = [BOS_ID, *tokenizer.encode(prefix).ids]
+    state, generated = model.init_hidden(1), []
+    with torch.no_grad():
+        logits, state = model(torch.tensor([ids]), state)
+        for _ in range(12):
+            token = int(logits[0, -1].argmax())
+            if token == EOS_ID:
+                break
+            generated.append(token)
+            logits, state = model(torch.tensor([[token]]), state)
+    assert [e.token.id for e in tokens] == generated
+
+
+def test_session_answers_every_revision_like_complete(served: Server) -> None:
+    texts = ["wea", "weat", "weather i", "how"]
+
+    async def scenario() -> tuple[dict[int, str], list[str]]:
+        async with RecurClient(served.target) as client:
+            session = client.session(max_tokens=10)
+            finals: dict[int, str] = {}
+            for text in texts:
+                await session.send_text(text)
+                async for response in session:
+                    if response.WhichOneof("event") == "final":
+                        finals[response.revision] = response.final.completion
+                        break
+            await session.close()
+            expected = []
+            for text in texts:
+                events = await collect(client.complete(text, max_tokens=10))
+                expected.append(events[-1].final.completion)
+            return finals, expected
+
+    finals, expected = run(scenario())
+    assert finals == {i + 1: completion for i, completion in enumerate(expected)}
+
+
+def test_session_applies_edits() -> None:
+    from services.session import Edit
+
+    text = "weather in paris"
+    assert Edit(11, 16, "rome").apply(text) == "weather in rome"
+    assert Edit(16, 16, " today").apply(text) == "weather in paris today"
+    assert Edit(0, 8, "").apply(text) == "in paris"
+
+
+def test_list_models_and_health(served: Server) -> None:
+    async def scenario() -> tuple[Any, list[str]]:
+        async with RecurClient(served.target) as client:
+            statuses = [await client.health(s) for s in ("", "recur.v1.TranslationService")]
+            return await client.list_models(), statuses
+
+    response, statuses = run(scenario())
+    assert statuses == ["SERVING", "SERVING"]
+    tasks = {(m.name, m.version, m.task, m.cell, m.is_default) for m in response.models}
+    assert tasks == {
+        ("translation", 1, "translation", "gru", True),
+        ("sentiment", 1, "sentiment", "gru", True),
+        ("autocomplete", 1, "autocomplete", "gru", True),
+    }
+    assert all("valid_loss" in m.metrics for m in response.models)
+
+
+@pytest.mark.parametrize(
+    ("call_", "code", "message", "reason"),
+    [
+        (lambda c: c.translate(""), "INVALID_ARGUMENT", "text must not be empty", "empty text"),
+        (lambda c: c.complete("x", max_tokens=100000), "INVALID_ARGUMENT", "max_tokens must be",
+         "max_tokens over the limit"),
+        (lambda c: c.sentiment("good", model="nope"), "NOT_FOUND", "unknown model 'nope'",
+         "unknown model"),
+        (lambda c: c.complete("hi", model="sentiment"), "NOT_FOUND", "serves sentiment",
+         "model of another task"),
+        (lambda c: c.sentiment("x" * 5000), "INVALID_ARGUMENT", "at most 2000 characters",
+         "text over the length limit"),
+    ],
+)  # fmt: skip
+def test_bad_input_gets_a_status_naming_the_field(
+    served: Server, call_: Any, code: str, message: str, reason: str
+) -> None:
+    with pytest.raises(RecurError) as info:
+        run(call(served.target, call_))
+    assert info.value.code == getattr(grpc.StatusCode, code), reason
+    assert message in info.value.details, reason
+
+
+def test_metrics_are_scraped_over_http(served: Server) -> None:
+    run(call(served.target, lambda c: c.sentiment("good movie")))
+    with urllib.request.urlopen(served.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    assert (
+        'recur_requests_total{code="OK",model="sentiment",rpc="Analyze",task="sentiment",'
+        'version="1"}' in text
+    )
+    assert "recur_time_to_first_token_seconds_bucket" in text
+    assert 'le="5e-05"' in text  # histograms start at 50 µs
+    assert "recur_inter_token_latency_seconds_count" in text
