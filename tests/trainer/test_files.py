@@ -58,7 +58,7 @@ def test_malformed_files_name_file_and_line(tmp_path: Path, reader: object, text
 
 def test_misaligned_files(tmp_path: Path) -> None:
     en, de = write(tmp_path / "a.en", "a\nb\n"), write(tmp_path / "a.de", "x\n")
-    with pytest.raises(files.DataError, match="has 2 lines but .* has 1"):
+    with pytest.raises(files.DataError, match=r"has 2 lines but .* has 1"):
         files.read_pairs(f"{en},{de}")
 
 
