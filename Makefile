@@ -12,7 +12,7 @@ setup: $(STAMP)
 # Idempotent: reruns only when the dependency files change. Exact versions come from constraints.txt.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-compile --disable-pip-version-check -c constraints.txt -e '.[all]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[all]'
 	@touch $@
 
 demo: setup

@@ -55,7 +55,11 @@ async def build_server(
 ) -> Running:
     """Create, bind and start the gRPC server; health says SERVING for every loaded task."""
     engine = Engine(registry, workers=cfg.executor_workers)
-    server = aio.server(interceptors=[ErrorsAndMetricsInterceptor(metrics)])
+    server = aio.server(
+        interceptors=[ErrorsAndMetricsInterceptor(metrics)],
+        # gRPC shares ports by default (SO_REUSEPORT); a second server must fail, not split traffic.
+        options=[("grpc.so_reuseport", 0)],
+    )
     limits = validation.Limits(cfg.max_input_chars, cfg.max_tokens_limit)
     servicers = Servicers(engine, metrics, limits, default_max_tokens=cfg.default_max_tokens)
     pb_grpc.add_TranslationServiceServicer_to_server(servicers, server)
@@ -68,7 +72,10 @@ async def build_server(
     reflection.enable_server_reflection(
         [*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    try:
+        port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    except RuntimeError as e:  # grpc reports a failed bind this way
+        raise OSError(f"--port: cannot listen on {cfg.host}:{cfg.port} ({e})") from None
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING

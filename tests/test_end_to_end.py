@@ -200,3 +200,28 @@ def test_metrics_are_scraped_over_http(served: Server) -> None:
     assert "recur_time_to_first_token_seconds_bucket" in text
     assert 'le="5e-05"' in text  # histograms start at 50 µs
     assert "recur_inter_token_latency_seconds_count" in text
+
+
+def test_server_refuses_a_busy_port_with_a_clear_error(served: Server, tiny_models: Path) -> None:
+    import subprocess
+    import sys
+
+    port = served.target.rsplit(":", 1)[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "services.server", "--models", str(tiny_models),
+         "--host", "127.0.0.1", "--port", port, "--metrics-port", "-1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"recur-serve: error: --port: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sigterm_drains_and_exits_cleanly(tiny_models: Path) -> None:
+    from tests.conftest import start_server, stop_server
+
+    server = start_server(tiny_models)
+    run(call(server.target, lambda c: c.complete("weather", max_tokens=5)))
+    output = stop_server(server)
+    assert server.process.returncode == 0
+    assert "draining" in output and "recur-serve: stopped" in output

@@ -73,7 +73,8 @@ def run(cfg: TrainConfig) -> Path | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(cfg.to_json() + "\n")
     if cfg.workers == 0 or cfg.dry_run:
-        checkpoint = train_loop(task, data, cfg).checkpoint
+        device = torch.device("cuda" if cfg.use_gpu else "cpu")
+        checkpoint = train_loop(task, data, cfg, device=device).checkpoint
     else:
         from trainer.ray_job import train_with_ray
 
@@ -92,6 +93,12 @@ def run(cfg: TrainConfig) -> Path | None:
     return bundle
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -99,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         cfg = resolve(vars(args))
     except ValueError as e:
         parser.error(str(e))
+    in_process = cfg.workers == 0 or cfg.dry_run
+    if cfg.use_gpu and in_process and not _cuda_available():
+        parser.error("--use-gpu: no CUDA device is available to this process")
     print(f"recur-train configuration:\n{cfg.to_json()}", flush=True)
     try:
         run(cfg)

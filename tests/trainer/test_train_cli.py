@@ -87,3 +87,14 @@ def test_dry_run_writes_no_bundle(tmp_path: Path) -> None:
                       out=str(tmp_path / "m"), run_dir=str(tmp_path / "runs"))  # fmt: skip
     assert run(cfg) is None
     assert not (tmp_path / "m").exists()
+
+
+def test_use_gpu_without_cuda_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--task", "sentiment", "--workers", "0", "--use-gpu"])
+    assert exit_info.value.code == 2
+    assert "--use-gpu: no CUDA device is available" in capsys.readouterr().err
