@@ -31,7 +31,7 @@ MODELS = ROOT / "models"
 RUNS = [
     ("translation", {"epochs": 4, "batch_size": 32}),
     ("sentiment", {"epochs": 1}),
-    ("autocomplete", {"epochs": 1}),
+    ("autocomplete", {"epochs": 2}),
 ]
 SENTIMENT_PROBE = "not good"
 COMPLETION_PREFIX = "weather in"
