@@ -100,7 +100,7 @@ class Engine:
         )
         feeds = {
             "prev": np.array([[model.bos_id]], dtype=np.int64),
-            "h": encoded["h_init"],
+            **model.encoder_state(encoded),
             "memory": encoded["memory"],
             "src_mask": np.ones(src.shape, dtype=bool),
         }
@@ -118,7 +118,7 @@ class Engine:
             if clock.first is None:
                 clock = Clock(arrived, clock.started, time.perf_counter())
             yield TokenEvent(index, token, detok.add(token), float(logprobs[token]), attention)
-            feeds = {**feeds, "prev": np.array([[token]], dtype=np.int64), "h": out["h_out"]}
+            feeds = {**feeds, "prev": np.array([[token]], dtype=np.int64), **model.next_state(out)}
         yield clock.finish(
             model,
             reason=reason,
@@ -161,7 +161,7 @@ class Engine:
         clock = Clock(arrived, started=time.perf_counter())
         tokens = np.array([prefix], dtype=np.int64)
         out = await self.run(model, "lm_step", {"tokens": tokens, **model.zero_state(1)})
-        state = {model.state_outputs()[k]: v for k, v in out.items() if k != "logits"}
+        state = model.next_state(out)
         async for event in self.generate(
             model, out["logits"][0, -1], state, prefix=prefix, max_tokens=max_tokens, clock=clock
         ):
@@ -181,7 +181,6 @@ class Engine:
         """Greedy language-model decoding from `logits` (V,) and `state` after `prefix`."""
         detok = Detokenizer(model, prefix)
         reason = FinishReason.LENGTH
-        outputs = model.state_outputs()
         for index in range(max_tokens):
             if stale is not None and stale.is_set():
                 reason = FinishReason.SUPERSEDED
@@ -197,7 +196,7 @@ class Engine:
             feeds = {"tokens": np.array([[token]], dtype=np.int64), **state}
             out = await self.run(model, "lm_step", feeds)
             logits = out["logits"][0, -1]
-            state = {outputs[k]: v for k, v in out.items() if k != "logits"}
+            state = model.next_state(out)
         yield clock.finish(
             model,
             reason=reason,

@@ -50,9 +50,13 @@ class LoadedModel:
             for spec in self.bundle.manifest.state
         }
 
-    def state_outputs(self) -> dict[str, str]:
-        """Graph output name → the input name it feeds at the next step (`h_out` → `h`)."""
-        return {spec.output: spec.input for spec in self.bundle.manifest.state}
+    def next_state(self, outputs: Arrays) -> Arrays:
+        """The state inputs of the next step from a step's outputs (`h_out` → `h`, ...)."""
+        return {spec.input: outputs[spec.output] for spec in self.bundle.manifest.state}
+
+    def encoder_state(self, outputs: Arrays) -> Arrays:
+        """The decoder's first state from the encoder's outputs (`h_init` → `h`, ...)."""
+        return {spec.input: outputs[f"{spec.input}_init"] for spec in self.bundle.manifest.state}
 
     def run(self, role: str, feeds: Arrays) -> Arrays:
         """Run one graph (blocking; the engine calls this in its executor)."""

@@ -66,13 +66,12 @@ class TypedText:
         while keep < min(len(ids), len(self.ids)) and ids[keep] == self.ids[keep]:
             keep += 1
         del self.ids[keep:], self.states[keep:], self.logits[keep:]
-        outputs = self.model.state_outputs()
         for token in ids[keep:]:
             state = self.states[-1] if self.states else self.model.zero_state(1)
             feeds = {"tokens": np.array([[token]], dtype=np.int64), **state}
             out = await self.engine.run(self.model, "lm_step", feeds)
             self.ids.append(token)
-            self.states.append({outputs[k]: v for k, v in out.items() if k != "logits"})
+            self.states.append(self.model.next_state(out))
             self.logits.append(out["logits"][0, -1])
         return len(ids) - keep
 

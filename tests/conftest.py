@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,30 @@ def tiny_config(task: str, tmp: Path, **overrides: object) -> object:
 
     flags = {"task": task, "workers": 0, "out": str(tmp / "models"), "run_dir": str(tmp / "runs")}
     return resolve({**flags, **TINY, "log_every": 1000, **overrides}, environ={})
+
+
+def untrained_checkpoint(task_name: str, cell: str = "gru") -> dict[str, Any]:
+    """A checkpoint of a small untrained 2-layer model (random weights exercise parity too)."""
+    import torch
+
+    from trainer.config import TrainConfig
+    from trainer.loop import make_checkpoint
+    from trainer.tasks import get_task
+
+    task = get_task(task_name)
+    cfg = TrainConfig(
+        task=task_name,
+        cell=cell,
+        embed_dim=16,
+        hidden_size=24,
+        num_layers=2,
+        max_train_examples=200,
+    )
+    data = task.prepare(cfg)
+    torch.manual_seed(0)
+    model = task.build_model(cfg, data.tokenizer.get_vocab_size()).eval()
+    extra = {"metrics": {"valid_loss": 1.0}, "steps": 0, "epochs": 0, "wall_seconds": 0.0}
+    return make_checkpoint(task, data, cfg, model, extra)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 TASKS = ("translation", "sentiment", "autocomplete")
+CELLS = ("gru", "lstm", "elman", "elman_relu", "jordan")  # trainer.models.recurrent.CELLS
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class TrainConfig:
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.num_layers >= 1, f"--num-layers must be >= 1, got {self.num_layers}"),
             (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
-            (self.cell == "gru", f"--cell {self.cell!r} is not available yet; use gru"),
+            (self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -33,6 +33,7 @@ from trainer.models import (
     Seq2Seq,
     Seq2SeqConfig,
 )
+from trainer.models.recurrent import state_names
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -148,7 +149,10 @@ def build_manifest(checkpoint: dict[str, Any], name: str) -> bundle_pb2.BundleMa
         ),
     )
     state_shape = [str(cfg["num_layers"]), "batch", str(cfg["hidden_size"])]
-    manifest.state.append(bundle_pb2.StateSpec(input="h", output="h_out", shape=state_shape))
+    for name in state_names(cfg["cell"]):
+        manifest.state.append(
+            bundle_pb2.StateSpec(input=name, output=f"{name}_out", shape=state_shape)
+        )
     training = manifest.training
     training.data = checkpoint["data"]
     training.train_examples = checkpoint["train_examples"]

@@ -34,7 +34,8 @@ def test_precedence(environ: dict[str, str], flags: dict[str, object], field: st
          "unknown task"),
         (["--workers", "-1"], "--workers must be >= 0, got -1", "negative workers"),
         (["--data", "files"], "--data files needs --train", "files without --train"),
-        (["--cell", "lstm"], "--cell 'lstm' is not available yet", "cell of a later issue"),
+        (["--cell", "transformer"], "--cell must be one of gru, lstm, elman, elman_relu, jordan",
+         "not a recurrent cell"),
         (["--epochs", "many"], "argument --epochs: invalid int value", "not a number"),
     ],
 )  # fmt: skip

@@ -58,12 +58,16 @@ class Encoder(nn.Module):
             )
             for _ in range(2)
         )
-        self.bridge = nn.Linear(2 * cfg.hidden_size, cfg.num_layers * cfg.hidden_size)
+        # One projection per state tensor (h; h and c for an LSTM) from both final directions.
+        self.bridges = nn.ModuleList(
+            nn.Linear(2 * cfg.hidden_size, cfg.num_layers * cfg.hidden_size)
+            for _ in self.forward_rnn.names
+        )
         self.num_layers = cfg.num_layers
         self.hidden_size = cfg.hidden_size
 
     def forward(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[torch.Tensor, State]:
-        """`src: (B, S)`, `src_len: (B,)` → memory `(B, S, 2H)` and `h: (num_layers, B, H)`."""
+        """`src: (B, S)`, `src_len: (B,)` → memory `(B, S, 2H)` and the decoder's first state."""
         batch = src.size(0)
         x = self.drop(self.embed(src))  # (B, S, E)
         zeros = self.forward_rnn.init_hidden(batch, src.device)
@@ -74,9 +78,14 @@ class Encoder(nn.Module):
         last = (src_len - 1).view(batch, 1, 1).expand(-1, 1, fwd.size(2))
         fwd_last = fwd.gather(1, last).squeeze(1)  # (B, H): forward state after the last token
         summary = torch.cat([fwd_last, bwd[:, 0]], dim=1)  # (B, 2H)
-        h = torch.tanh(self.bridge(summary))  # (B, L*H)
-        h = h.view(batch, self.num_layers, self.hidden_size).transpose(0, 1).contiguous()
-        return memory, (h,)
+        state = tuple(
+            torch.tanh(bridge(summary))  # (B, L*H)
+            .view(batch, self.num_layers, self.hidden_size)
+            .transpose(0, 1)
+            .contiguous()  # (L, B, H)
+            for bridge in self.bridges
+        )
+        return memory, state
 
 
 class Decoder(nn.Module):
