@@ -30,8 +30,16 @@ class TrainConfig:
     dropout: float = 0.0
     epochs: int = 0  # 0: the task's default
     batch_size: int = 64  # per worker, as in Ray Train
+    optimizer: str = "adam"  # adam, adamw, sgd, rmsprop
     lr: float = 3e-3
-    clip_norm: float = 1.0
+    momentum: float = 0.9  # sgd and rmsprop
+    weight_decay: float = 0.0
+    schedule: str = "none"  # none, cosine, plateau
+    warmup_steps: int = 0
+    clip_norm: float = 1.0  # 0: no clipping by norm
+    clip_value: float = 0.0  # 0: no clipping by value
+    weight_norm: bool = False  # weight normalization of input and recurrent weights
+    patience: int = 0  # early stopping: validations without improvement; 0: off
     seed: int = 0
     workers: int = 2  # data-parallel Ray Train workers; 0 trains in-process without Ray
     use_gpu: bool = False
@@ -62,6 +70,17 @@ class TrainConfig:
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.num_layers >= 1, f"--num-layers must be >= 1, got {self.num_layers}"),
             (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (
+                self.optimizer in ("adam", "adamw", "sgd", "rmsprop"),
+                f"--optimizer must be one of adam, adamw, sgd, rmsprop, got {self.optimizer!r}",
+            ),
+            (
+                self.schedule in ("none", "cosine", "plateau"),
+                f"--schedule must be one of none, cosine, plateau, got {self.schedule!r}",
+            ),
+            (self.clip_norm >= 0, f"--clip-norm must be >= 0, got {self.clip_norm}"),
+            (self.clip_value >= 0, f"--clip-value must be >= 0, got {self.clip_value}"),
+            (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
             (self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}"),
         ]
         for ok, message in checks:

@@ -10,6 +10,7 @@ Ray Train's when it runs under `TorchTrainer`. Every rank runs the same number o
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer.config import TrainConfig
+from trainer.models.recurrent import RecurrentStack, apply_weight_norm, remove_weight_norm
+from trainer.optim import EarlyStopping, Schedule, build_optimizer, clip_gradients
 from trainer.progress import Progress
 from trainer.tasks import Task, TaskData
 from trainer.tasks.base import unwrap
@@ -33,7 +36,7 @@ Report = Callable[[dict[str, float], dict[str, Any] | None], None]
 class LoopResult:
     model: nn.Module  # unwrapped, in eval mode
     metrics: dict[str, float]
-    checkpoint: dict[str, Any] | None  # None on ranks other than 0
+    checkpoint: dict[str, Any] | None  # the best validation's; None on ranks other than 0
 
 
 def identity(x: Any) -> Any:
@@ -48,12 +51,18 @@ def print_report(metrics: dict[str, float], checkpoint: dict[str, Any] | None) -
 def make_checkpoint(
     task: Task, data: TaskData, cfg: TrainConfig, model: nn.Module, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    """Everything needed to rebuild and export the model, with no other file."""
+    """Everything needed to rebuild and export the model, with no other file.
+
+    Weight-norm parametrizations are folded into plain weights, so the checkpoint loads into the
+    model built from its config alone.
+    """
+    plain = copy.deepcopy(model).cpu()
+    remove_weight_norm(plain)
     return {
         "task": task.name,
         "config": dataclasses.asdict(cfg),
         "model_config": dataclasses.asdict(model.cfg),  # type: ignore[call-overload]
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_state": {k: v.detach() for k, v in plain.state_dict().items()},
         "tokenizer": data.tokenizer.to_str(),
         "labels": list(data.labels),
         "data": data.description,
@@ -61,6 +70,17 @@ def make_checkpoint(
         "valid_examples": len(data.valid),
         **extra,
     }
+
+
+def build_model(task: Task, data: TaskData, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """The task's model, weight-normalized if asked, on `device`."""
+    torch.manual_seed(cfg.seed)
+    model = task.build_model(cfg, data.tokenizer.get_vocab_size())
+    if cfg.weight_norm:
+        for module in model.modules():
+            if isinstance(module, RecurrentStack):
+                apply_weight_norm(module)
+    return model.to(device)
 
 
 def train_loop(
@@ -74,11 +94,9 @@ def train_loop(
     rank: int = 0,
     device: torch.device | None = None,
 ) -> LoopResult:
-    """Train `task` on `data` and return the trained model with its last metrics."""
+    """Train `task` on `data`; return the model and the checkpoint of its best validation."""
     device = device or torch.device("cpu")
-    torch.manual_seed(cfg.seed)
-    model = task.build_model(cfg, data.tokenizer.get_vocab_size()).to(device)
-    model = wrap_model(model)
+    model = wrap_model(build_model(task, data, cfg, device))
     loader = wrap_loader(
         DataLoader(
             data.train,
@@ -88,9 +106,11 @@ def train_loop(
             generator=torch.Generator().manual_seed(cfg.seed),
         )
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     epochs = 1 if cfg.dry_run else cfg.epochs or task.defaults.epochs
     steps_per_epoch = 1 if cfg.dry_run else len(loader)
+    optimizer = build_optimizer(model.parameters(), cfg)
+    schedule = Schedule(optimizer, cfg, total_steps=epochs * steps_per_epoch, mode=task.mode)
+    stopping = EarlyStopping(cfg.patience, task.mode)
     progress = Progress(
         total_steps=epochs * steps_per_epoch,
         every=cfg.log_every,
@@ -99,12 +119,13 @@ def train_loop(
     )
     start = time.perf_counter()
     metrics: dict[str, float] = {}
-    checkpoint: dict[str, Any] | None = None
+    best: dict[str, Any] | None = None
     for epoch in range(1, epochs + 1):
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # a new shuffle per epoch, the same on every rank
         model.train()
+        grad_norms = []
         for step, batch in enumerate(loader):
             if step == steps_per_epoch:
                 break
@@ -112,16 +133,31 @@ def train_loop(
             loss, targets = task.loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            grad_norms.append(clip_gradients(model, cfg))
             optimizer.step()
+            schedule.step()
             progress.step(loss.item(), targets)
-        train_loss = progress.mean_loss()
         model.eval()
-        metrics = task.evaluate(unwrap(model), data)
-        metrics |= {"epoch": float(epoch), "train_loss": train_loss, "steps": progress.steps}
+        metrics = task.evaluate(unwrap(model), data) | {
+            "epoch": float(epoch),
+            "train_loss": progress.mean_loss(),
+            "steps": float(progress.steps),
+            "lr": schedule.lr,
+            "grad_norm_mean": sum(grad_norms) / max(len(grad_norms), 1),
+            "grad_norm_max": max(grad_norms, default=0.0),
+        }
         progress.emit(" | " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        schedule.epoch_end(metrics[task.monitor])
         extra = {"metrics": metrics, "steps": progress.steps, "epochs": epoch}
         extra["wall_seconds"] = time.perf_counter() - start
         checkpoint = make_checkpoint(task, data, cfg, unwrap(model), extra) if rank == 0 else None
+        if stopping.improved(metrics[task.monitor]):
+            best = checkpoint
         report(metrics, checkpoint)
-    return LoopResult(model=unwrap(model).eval(), metrics=metrics, checkpoint=checkpoint)
+        if stopping.should_stop:  # every rank sees the same metrics, so all stop together
+            if rank == 0:
+                print(
+                    f"[{task.name}] early stop: no better {task.monitor} for {cfg.patience} epochs"
+                )
+            break
+    return LoopResult(model=unwrap(model).eval(), metrics=metrics, checkpoint=best)

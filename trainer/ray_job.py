@@ -54,7 +54,8 @@ def _train_worker(config: dict[str, Any]) -> None:
 
 
 def train_with_ray(cfg: TrainConfig, *, tokenizer_json: str, run_name: str) -> dict[str, Any]:
-    """Train on a Ray cluster (a local one when `RAY_ADDRESS` is unset); return the checkpoint.
+    """Train on a Ray cluster (a local one when `RAY_ADDRESS` is unset); return the checkpoint
+    of the best validation.
 
     Under `ray job submit` the job connects to its cluster; locally Ray starts with as many CPUs
     as workers (at least 2), without the dashboard.
@@ -77,9 +78,11 @@ def train_with_ray(cfg: TrainConfig, *, tokenizer_json: str, run_name: str) -> d
         run_config=RunConfig(storage_path=str(Path(cfg.run_dir).resolve()), name=run_name),
     )
     result = trainer.fit()
-    if result.checkpoint is None:
+    task = get_task(cfg.task)
+    best = result.get_best_checkpoint(metric=task.monitor, mode=task.mode) or result.checkpoint
+    if best is None:
         raise RuntimeError(f"Ray Train run {run_name!r} finished without a checkpoint")
-    with result.checkpoint.as_directory() as directory:
+    with best.as_directory() as directory:
         checkpoint: dict[str, Any] = torch.load(
             Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False
         )

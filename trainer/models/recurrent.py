@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import weight_norm
 
 _STATES = {
     "gru": ("h",),
@@ -155,3 +157,22 @@ class RecurrentStack(nn.Module):
             return out, (h, c)
         out, h = self.rnn(x, state[0])
         return out, (h,)
+
+
+def apply_weight_norm(stack: RecurrentStack) -> None:
+    """Weight-normalize the input and recurrent weights of `stack` (w = g · v / ‖v‖)."""
+    if stack.cell == "jordan":
+        for layer in stack.rnn.layers:  # type: ignore[union-attr]
+            weight_norm(layer.input, "weight")
+            weight_norm(layer.recurrent, "weight")
+        return
+    for name in [n for n, _ in stack.rnn.named_parameters() if n.startswith("weight_")]:
+        weight_norm(stack.rnn, name)
+
+
+def remove_weight_norm(model: nn.Module) -> None:
+    """Fold every parametrization back into a plain weight (before export or checkpointing)."""
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations):  # type: ignore[union-attr]
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)

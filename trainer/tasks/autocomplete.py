@@ -28,6 +28,7 @@ class AutocompleteTask(Task):
     name = "autocomplete"
     defaults = ModelDefaults(embed_dim=32, hidden_size=192, epochs=2)
     monitor = "valid_bits_per_char"
+    mode = "min"
 
     def load_raw(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:
         if cfg.data == "builtin":

@@ -41,7 +41,8 @@ class Task(ABC):
 
     name: str
     defaults: ModelDefaults
-    monitor: str  # the validation metric reported as the run's headline
+    monitor: str  # the validation metric that picks the best checkpoint and early-stops
+    mode: str  # "max" or "min": which direction of `monitor` is better
 
     @abstractmethod
     def load_raw(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:

@@ -23,6 +23,7 @@ class SentimentTask(Task):
     name = "sentiment"
     defaults = ModelDefaults(embed_dim=64, hidden_size=128, epochs=2)
     monitor = "valid_accuracy"
+    mode = "max"
 
     def labels(self) -> tuple[str, ...]:
         return ("negative", "positive")

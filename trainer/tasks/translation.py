@@ -24,6 +24,7 @@ class TranslationTask(Task):
     name = "translation"
     defaults = ModelDefaults(embed_dim=64, hidden_size=128, epochs=5)
     monitor = "valid_exact_match"
+    mode = "max"
 
     def load_raw(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:
         if cfg.data == "builtin":
