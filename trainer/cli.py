@@ -7,6 +7,7 @@ recur-train --task translation --data files --train a.en,a.de --valid b.en,b.de 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -54,6 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def write_run_artifacts(checkpoint: dict[str, Any], run_dir: Path) -> None:
+    """metrics.json (per-epoch metrics, gradient flow) and their PNG plots in the run directory."""
+    from trainer import plots
+
+    history, flows = checkpoint.get("history", []), checkpoint.get("gradient_flow", [])
+    record = {"history": history, "gradient_flow": flows}
+    (run_dir / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
+    title = f"{checkpoint['task']} ({checkpoint['model_config']['cell']})"
+    if history:
+        plots.loss_curve(history, run_dir / "loss_curve.png", title=title)
+    if flows:
+        plots.gradient_flow(flows, run_dir / "gradient_flow.png", title=f"gradient flow: {title}")
+    print(f"[{checkpoint['task']}] run artifacts in {run_dir}", flush=True)
+
+
 def run(cfg: TrainConfig) -> Path | None:
     """Train and export; returns the bundle directory (None for a dry run)."""
     import torch
@@ -80,7 +96,8 @@ def run(cfg: TrainConfig) -> Path | None:
 
         checkpoint = train_with_ray(cfg, tokenizer_json=data.tokenizer.to_str(), run_name=run_name)
     assert checkpoint is not None  # rank 0 always has one
-    torch.save(checkpoint, run_dir / "checkpoint.pt")  # the final checkpoint, for re-export
+    torch.save(checkpoint, run_dir / "checkpoint.pt")  # the best checkpoint, for re-export
+    write_run_artifacts(checkpoint, run_dir)
     if cfg.dry_run:
         with tempfile.TemporaryDirectory() as tmp:
             bundle = export_checkpoint(checkpoint, out=Path(tmp), name=cfg.model_name)

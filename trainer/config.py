@@ -49,6 +49,7 @@ class TrainConfig:
     run_dir: str = "runs"  # Ray Train storage path (checkpoints, results)
     run_name: str = ""  # empty: "<name>-<timestamp>"
     log_every: int = 50  # progress line every N optimizer steps
+    diagnose_every: int = 100  # gradient-flow diagnostics every N optimizer steps; 0: off
     dry_run: bool = False  # one batch of training and a tiny export, for smoke tests
 
     @property
@@ -80,6 +81,7 @@ class TrainConfig:
             ),
             (self.clip_norm >= 0, f"--clip-norm must be >= 0, got {self.clip_norm}"),
             (self.clip_value >= 0, f"--clip-value must be >= 0, got {self.clip_value}"),
+            (self.diagnose_every >= 0, f"--diagnose-every must be >= 0: {self.diagnose_every}"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
             (self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}"),
         ]

@@ -189,6 +189,11 @@ def export_checkpoint(
                 _graph_spec(graph, check_parity(graph, path, tolerance=tolerance))
             )
         (staging / "tokenizer.json").write_text(checkpoint["tokenizer"])
+        if checkpoint.get("history"):
+            from trainer import plots
+
+            title = f"{checkpoint['task']} ({checkpoint['model_config']['cell']})"
+            plots.loss_curve(checkpoint["history"], staging / "loss_curve.png", title=title)
         return bundle.finalize(staging, manifest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

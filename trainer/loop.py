@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer.config import TrainConfig
+from trainer.diagnostics import gradient_flow, probe_examples
 from trainer.models.recurrent import RecurrentStack, apply_weight_norm, remove_weight_norm
 from trainer.optim import EarlyStopping, Schedule, build_optimizer, clip_gradients
 from trainer.progress import Progress
@@ -120,6 +121,10 @@ def train_loop(
     start = time.perf_counter()
     metrics: dict[str, float] = {}
     best: dict[str, Any] | None = None
+    history: list[dict[str, float]] = []
+    flows: list[dict[str, Any]] = []
+    probe_batch = task.collate(probe_examples(data.valid, cfg.batch_size))
+    probe = {k: v.to(device) for k, v in probe_batch.items()}
     for epoch in range(1, epochs + 1):
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
@@ -137,6 +142,13 @@ def train_loop(
             optimizer.step()
             schedule.step()
             progress.step(loss.item(), targets)
+            if rank == 0 and cfg.diagnose_every and progress.steps % cfg.diagnose_every == 0:
+                flow = gradient_flow(
+                    task, unwrap(model), probe, step=progress.steps, grad_norm=grad_norms[-1]
+                )
+                flows.append(flow.to_dict())
+                if warning := flow.warning():
+                    print(f"[{task.name}] WARNING: {warning}", flush=True)
         model.eval()
         metrics = task.evaluate(unwrap(model), data) | {
             "epoch": float(epoch),
@@ -148,7 +160,9 @@ def train_loop(
         }
         progress.emit(" | " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         schedule.epoch_end(metrics[task.monitor])
+        history.append(metrics)
         extra = {"metrics": metrics, "steps": progress.steps, "epochs": epoch}
+        extra |= {"history": list(history), "gradient_flow": list(flows)}
         extra["wall_seconds"] = time.perf_counter() - start
         checkpoint = make_checkpoint(task, data, cfg, unwrap(model), extra) if rank == 0 else None
         if stopping.improved(metrics[task.monitor]):
