@@ -3,8 +3,11 @@
     recur translate "the black cat"          recur models
     recur sentiment "a good film" --json     recur health recur.v1.SentimentService
     recur complete "once upon a"             printf 'hel\\nhello\\n' | recur session
+    recur session  (on a terminal: live)     recur bench --task sentiment --concurrency 16
 
-Exit codes: 0 done, 1 failed call (or health not SERVING), 2 bad flags, 130 interrupted.
+TLS and auth: --tls, --root-cert, --client-cert/--client-key (mutual TLS), --token (better given
+as RECUR_TOKEN: a flag shows in `ps`). Exit codes: 0 done, 1 failed call (or health not SERVING),
+2 bad flags, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -23,16 +26,17 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from clients import render
+from clients import bench_cli, render, terminal
 from clients.sdk import DEFAULT_TARGET, RecurClient, RecurError, Session
 
 Command = Callable[[RecurClient, argparse.Namespace], Awaitable[int]]
 
 SESSION_HELP = """\
-Autocomplete as you type. Each input line is the full text typed so far; it is sent as one
+Autocomplete as you type. On a terminal (stdin and stdout both, without --json) the suggestion
+follows every key: type, Backspace deletes, Enter (or Tab) accepts the suggestion, Ctrl-C or
+Ctrl-D leaves. Otherwise each input line is the full text typed so far; it is sent as one
 revision and its answer is printed as `revision N: <text>⟨<completion>⟩`, with ` (superseded)`
-when a newer revision won. Reads stdin until it ends (a prompt is shown on a terminal). The
---timeout deadline covers the whole session. A key-by-key interactive mode comes later."""
+when a newer revision won, until stdin ends. The --timeout deadline covers the whole session."""
 
 
 def _seconds(value: str) -> float:
@@ -49,23 +53,45 @@ def _count(value: str) -> int:
     raise argparse.ArgumentTypeError(f"expected 0 (the server default) or more, got {value!r}")
 
 
-def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    """Builds the parser; `environ` gives the defaults of --target and --timeout (RECUR_*)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def _connection_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The flags of every command that calls a server: where it is, the deadline, TLS, auth."""
+    connection = argparse.ArgumentParser(add_help=False)
+    add = connection.add_argument
+    add(
         "--target",
         default=environ.get("RECUR_TARGET", DEFAULT_TARGET),
         metavar="HOST:PORT",
         help="the server (env RECUR_TARGET, default %(default)s)",
     )
-    common.add_argument("--model", default="", metavar="NAME", help="model (default: the task's)")
-    common.add_argument(
+    add(
         "--timeout",
         type=_seconds,
         default=environ.get("RECUR_TIMEOUT", "30"),
         metavar="SECONDS",
         help="deadline of the call (env RECUR_TIMEOUT, default %(default)s)",
     )
+    tls_default = environ.get("RECUR_TLS", "").lower() in ("1", "true", "yes")
+    add("--tls", action="store_true", default=tls_default, help="use TLS (env RECUR_TLS=1)")
+    for flag, env, what in (
+        ("--root-cert", "RECUR_ROOT_CERT", "PEM roots that sign the server's certificate"),
+        ("--client-cert", "RECUR_CLIENT_CERT", "PEM client certificate chain (mutual TLS)"),
+        ("--client-key", "RECUR_CLIENT_KEY", "PEM private key of --client-cert"),
+    ):
+        add(flag, default=environ.get(env), metavar="FILE", help=f"{what}; implies --tls ({env})")
+    add(
+        "--token",
+        default=environ.get("RECUR_TOKEN"),
+        metavar="TOKEN",
+        help="bearer token sent as `authorization: Bearer TOKEN` (better: env RECUR_TOKEN)",
+    )
+    return connection
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """Builds the parser; `environ` gives the defaults of the connection flags (RECUR_*)."""
+    connection = _connection_parser(environ)
+    common = argparse.ArgumentParser(add_help=False, parents=[connection])
+    common.add_argument("--model", default="", metavar="NAME", help="model (default: the task's)")
     common.add_argument("--json", action="store_true", help="one JSON object per event per line")
     max_tokens = argparse.ArgumentParser(add_help=False)
     max_tokens.add_argument(
@@ -98,6 +124,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     health = add("health", parents=[common], help="health of the server or of one service")
     health.add_argument("service", nargs="?", default="", help="e.g. recur.v1.TranslationService")
     health.set_defaults(run=_health)
+    bench_cli.add_parser(commands, parents=[connection])
     return parser
 
 
@@ -141,8 +168,11 @@ async def _complete(client: RecurClient, args: argparse.Namespace) -> int:
 
 async def _session(client: RecurClient, args: argparse.Namespace) -> int:
     session = client.session(model=args.model, max_tokens=args.max_tokens)
+    if sys.stdin.isatty() and sys.stdout.isatty() and not args.json:
+        await terminal.run(session, fd=sys.stdin.fileno(), style=_style())
+        return 0
     texts: list[str] = []
-    async for text in _stdin_lines(prompt="> " if sys.stdin.isatty() else ""):
+    async for text in _stdin_lines():
         texts.append(text)
         await session.send_text(text)
         if not await _print_answers(session, texts, until=len(texts), as_json=args.json):
@@ -173,8 +203,8 @@ async def _print_answers(
     return False
 
 
-async def _stdin_lines(*, prompt: str) -> AsyncIterator[str]:
-    """Yields the lines of stdin, without their newline, showing `prompt` before each."""
+async def _stdin_lines() -> AsyncIterator[str]:
+    """Yields the lines of stdin, without their newline."""
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str | None] = asyncio.Queue()
 
@@ -186,10 +216,8 @@ async def _stdin_lines(*, prompt: str) -> AsyncIterator[str]:
     reader = threading.Thread(target=_read_lines, args=(sys.stdin.fileno(), deliver), daemon=True)
     reader.start()
     while True:
-        print(prompt, end="", flush=True)
         line = await lines.get()
         if line is None:
-            print("\n" if prompt else "", end="", flush=True)  # leave the prompt's line
             return
         yield line
 
@@ -228,7 +256,16 @@ async def _health(client: RecurClient, args: argparse.Namespace) -> int:
 
 async def _dispatch(args: argparse.Namespace) -> int:
     run: Command = args.run
-    async with RecurClient(args.target, timeout=args.timeout) as client:
+    client = RecurClient(
+        args.target,
+        timeout=args.timeout,
+        tls=args.tls,
+        root_certificates=args.root_cert,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        token=args.token,
+    )
+    async with client:
         return await run(client, args)
 
 
@@ -251,9 +288,12 @@ def main(argv: list[str] | None = None) -> None:
         SystemExit: Always, with the exit code: 0 done, 1 failed call or health not SERVING,
             2 bad flags (from argparse), 130 interrupted by Ctrl-C.
     """
-    args = build_parser(os.environ).parse_args(argv)
+    parser = build_parser(os.environ)
+    args = parser.parse_args(argv)
+    if (args.client_cert is None) != (args.client_key is None):
+        parser.error("--client-cert and --client-key come together: give both or neither")
     try:
-        code = asyncio.run(_dispatch(args))
+        code = bench_cli.run(args) if args.command == "bench" else asyncio.run(_dispatch(args))
     except RecurError as error:
         print(_error_message(error, target=args.target), file=sys.stderr)
         code = 1
@@ -263,6 +303,9 @@ def main(argv: list[str] | None = None) -> None:
         # Whoever read stdout went away (`recur ... | head`): point stdout at /dev/null so the
         # interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    except OSError as error:  # a certificate, key or payload file that cannot be read
+        print(f"error: {error}", file=sys.stderr)
         code = 1
     raise SystemExit(code)
 

@@ -1,127 +1,53 @@
 """The async Python client of the Recur serving API.
 
-Every streaming RPC is an async generator of the generated response messages, every call carries the
-client's `timeout` as its deadline, and every gRPC failure surfaces as a `RecurError`:
-
-    async with RecurClient("127.0.0.1:50051") as client:
+    async with RecurClient("127.0.0.1:50051", token="s3cret") as client:
         async for event in client.translate("the black cat"):
             if event.HasField("token"):
                 print(event.token.text, end="")
+
+Events. Every streaming method yields the generated response messages of `inference.proto`, typed:
+each holds a `oneof event` (`event.WhichOneof("event")`), zero or more `token` events then exactly
+one `final` event, which is always the last.
+
+| method       | yields (alias)                        | `token`          | `final`          |
+|--------------|---------------------------------------|------------------|------------------|
+| `translate`  | `TranslateResponse` (TranslateEvent)  | `GeneratedToken` | `TranslateFinal` |
+| `sentiment`  | `SentimentResponse` (SentimentEvent)  | `SentimentToken` | `SentimentFinal` |
+| `complete`   | `CompleteResponse` (CompleteEvent)    | `GeneratedToken` | `CompleteFinal`  |
+| `session`    | `SessionResponse` (SessionEvent), each with the `revision` it answers   |
+
+Every final event carries a `StreamSummary`: finish reason, token counts, model, version, timings.
+
+Calls. Every call has a deadline (`timeout`, 30 s by default; for `session`, of the whole session),
+is retried on UNAVAILABLE and RESOURCE_EXHAUSTED until its first event (`RetryPolicy`, see
+`clients.calls`; a server may send `retry-after-ms` trailing metadata to pace the retries), and
+fails with `RecurError`, which carries the status code and the details. Sessions are not retried:
+the answers of a session depend on everything sent on it.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeAlias
 
-import grpc
 from grpc import aio
 
+from clients import health_wire
+from clients.calls import RecurError, RetryPolicy, recur_errors, stream_call, unary_call
+from clients.channel import Connection
 from protos.recur.v1 import inference_pb2, inference_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
-# grpc.health.v1.HealthCheckResponse.ServingStatus, by number.
-HEALTH_STATUS_NAMES = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
 
-_Request = TypeVar("_Request")
-_Response = TypeVar("_Response")
+TranslateEvent: TypeAlias = inference_pb2.TranslateResponse
+SentimentEvent: TypeAlias = inference_pb2.SentimentResponse
+CompleteEvent: TypeAlias = inference_pb2.CompleteResponse
+SessionEvent: TypeAlias = inference_pb2.SessionResponse
 
-
-class RecurError(Exception):
-    """A failed call: its gRPC status code and details; str() reads `NOT_FOUND: unknown model 'x'`.
-
-    Attributes:
-        code: The gRPC status code.
-        details: The human-readable details the server (or the channel) gave.
-    """
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}" if details else code.name)
-        self.code = code
-        self.details = details
-
-
-@contextlib.contextmanager
-def _recur_errors() -> Iterator[None]:
-    """Re-raises any `grpc.aio.AioRpcError` raised in the block as a `RecurError`."""
-    try:
-        yield
-    except aio.AioRpcError as error:
-        raise RecurError(error.code(), error.details() or "") from error
-
-
-async def _responses(call: aio.UnaryStreamCall[_Request, _Response]) -> AsyncIterator[_Response]:
-    """Yields the responses of a server-streaming call; cancels it if the reader stops early."""
-    try:
-        with _recur_errors():
-            async for response in call:
-                yield response
-    finally:
-        call.cancel()
-
-
-def _varint(value: int) -> bytes:
-    """Encodes a non-negative integer as a protobuf base-128 varint."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    """Decodes the varint at `data[pos:]`; returns it and the position after it."""
-    value = shift = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos, shift = pos + 1, shift + 7
-        if byte < 0x80:
-            return value, pos
-
-
-def encode_health_request(service: str) -> bytes:
-    """Encodes `grpc.health.v1.HealthCheckRequest {string service = 1;}` in protobuf wire format.
-
-    Field 1 is length-delimited (tag byte 0x0A); proto3 leaves out the empty default.
-    """
-    if not service:
-        return b""
-    encoded = service.encode()
-    return b"\x0a" + _varint(len(encoded)) + encoded
-
-
-def decode_health_response(data: bytes) -> str:
-    """Decodes `grpc.health.v1.HealthCheckResponse {ServingStatus status = 1;}` to the status name.
-
-    Field 1 is a varint (tag byte 0x08); other fields are skipped, as protobuf parsers do.
-
-    Raises:
-        ValueError: `data` is not a well-formed protobuf message.
-    """
-    status, pos = 0, 0
-    while pos < len(data):
-        tag, pos = _read_varint(data, pos)
-        field, wire_type = tag >> 3, tag & 7
-        if wire_type == 0:
-            value, pos = _read_varint(data, pos)
-            status = value if field == 1 else status
-        elif wire_type == 2:
-            length, pos = _read_varint(data, pos)
-            pos += length
-        elif wire_type in (1, 5):
-            pos += 8 if wire_type == 1 else 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire_type}")
-    if pos > len(data):
-        raise ValueError("truncated field")
-    return HEALTH_STATUS_NAMES[status] if status < len(HEALTH_STATUS_NAMES) else str(status)
+__all__ = ["DEFAULT_TARGET", "RecurClient", "RecurError", "RetryPolicy", "Session"]
 
 
 class Session:
@@ -154,14 +80,14 @@ class Session:
 
     async def close(self) -> None:
         """Says that nothing more will be sent; the answers still in flight keep arriving."""
-        with _recur_errors():
+        with recur_errors():
             await self._call.done_writing()
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> inference_pb2.SessionResponse:
-        with _recur_errors():
+        with recur_errors():
             response = await self._call.read()
         if isinstance(response, inference_pb2.SessionResponse):
             return response
@@ -171,29 +97,62 @@ class Session:
         # The server reads `model` from the first message only; sending it on every one is harmless.
         request.model = self._model
         request.max_tokens = self._max_tokens
-        with _recur_errors():
+        with recur_errors():
             await self._call.write(request)
 
 
 class RecurClient:
-    """An async client of one Recur server, over an insecure gRPC channel.
+    """An async client of one Recur server.
 
     Use it as an async context manager, which opens the channel and closes it on exit.
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = 30.0,
+        tls: bool = False,
+        root_certificates: str | Path | None = None,
+        client_cert: str | Path | None = None,
+        client_key: str | Path | None = None,
+        token: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         """Creates a client; the channel opens in `async with`.
 
         Args:
             target: The server's `host:port`.
-            timeout: The deadline of every call, in seconds (for `session`, of the whole session).
+            timeout: The deadline of every call in seconds, retries included (for `session`, of
+                the whole session).
+            tls: Use TLS; implied by any of the certificate paths.
+            root_certificates: PEM file of the roots that may sign the server's certificate
+                (default: gRPC's bundled roots).
+            client_cert: PEM certificate chain of the client, for mutual TLS (with `client_key`).
+            client_key: PEM private key of `client_cert`.
+            token: Bearer token, sent with every call as `authorization: Bearer <token>`.
+            retry: When to retry (default `RetryPolicy()`; `RetryPolicy(max_attempts=1)`: never).
+
+        Raises:
+            ValueError: Only one of `client_cert` and `client_key` was given.
         """
+        self.connection = Connection(
+            target=target,
+            tls=tls,
+            root_certificates=root_certificates,
+            client_cert=client_cert,
+            client_key=client_key,
+            token=token,
+        )
         self.target = target
         self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._metadata = self.connection.metadata()
+        self._rng = random.Random()
         self._channel: aio.Channel | None = None
 
     async def __aenter__(self) -> Self:
-        self._channel = aio.insecure_channel(self.target)
+        self._channel = self.connection.open()
         return self
 
     async def __aexit__(
@@ -210,9 +169,9 @@ class RecurClient:
             await self._channel.close()
             self._channel = None
 
-    async def translate(
+    def translate(
         self, text: str, *, model: str = "", max_tokens: int = 0, include_attention: bool = False
-    ) -> AsyncIterator[inference_pb2.TranslateResponse]:
+    ) -> AsyncIterator[TranslateEvent]:
         """Translates `text`, yielding each target token as it is decoded, then the final event.
 
         Args:
@@ -228,12 +187,9 @@ class RecurClient:
             text=text, model=model, max_tokens=max_tokens, include_attention=include_attention
         )
         stub = inference_pb2_grpc.TranslationServiceStub(self._open_channel())
-        async for response in _responses(stub.Translate(request, timeout=self.timeout)):
-            yield response
+        return self._stream(stub.Translate, request)
 
-    async def sentiment(
-        self, text: str, *, model: str = ""
-    ) -> AsyncIterator[inference_pb2.SentimentResponse]:
+    def sentiment(self, text: str, *, model: str = "") -> AsyncIterator[SentimentEvent]:
         """Classifies `text`, yielding the running sentiment after each token, then the label.
 
         Raises:
@@ -241,12 +197,11 @@ class RecurClient:
         """
         request = inference_pb2.SentimentRequest(text=text, model=model)
         stub = inference_pb2_grpc.SentimentServiceStub(self._open_channel())
-        async for response in _responses(stub.Analyze(request, timeout=self.timeout)):
-            yield response
+        return self._stream(stub.Analyze, request)
 
-    async def complete(
+    def complete(
         self, text: str, *, model: str = "", max_tokens: int = 0
-    ) -> AsyncIterator[inference_pb2.CompleteResponse]:
+    ) -> AsyncIterator[CompleteEvent]:
         """Completes the prefix `text`, yielding each completion token, then the final event.
 
         Raises:
@@ -254,13 +209,13 @@ class RecurClient:
         """
         request = inference_pb2.CompleteRequest(text=text, model=model, max_tokens=max_tokens)
         stub = inference_pb2_grpc.AutocompleteServiceStub(self._open_channel())
-        async for response in _responses(stub.Complete(request, timeout=self.timeout)):
-            yield response
+        return self._stream(stub.Complete, request)
 
     def session(self, *, model: str = "", max_tokens: int = 0) -> Session:
         """Opens an autocomplete session; see `Session`. Its deadline is the client's `timeout`."""
         stub = inference_pb2_grpc.AutocompleteServiceStub(self._open_channel())
-        return Session(stub.Session(timeout=self.timeout), model=model, max_tokens=max_tokens)
+        call = stub.Session(timeout=self.timeout, metadata=self._metadata)
+        return Session(call, model=model, max_tokens=max_tokens)
 
     async def list_models(self) -> inference_pb2.ListModelsResponse:
         """Returns the models the server has loaded.
@@ -269,8 +224,13 @@ class RecurClient:
             RecurError: The call failed.
         """
         stub = inference_pb2_grpc.ModelServiceStub(self._open_channel())
-        with _recur_errors():
-            return await stub.ListModels(inference_pb2.ListModelsRequest(), timeout=self.timeout)
+        request = inference_pb2.ListModelsRequest()
+        return await unary_call(
+            lambda timeout: stub.ListModels(request, timeout=timeout, metadata=self._metadata),
+            policy=self.retry,
+            timeout=self.timeout,
+            rng=self._rng,
+        )
 
     async def health(self, service: str = "") -> str:
         """Asks the standard `grpc.health.v1` service how `service` ("" = the server) is doing.
@@ -282,12 +242,26 @@ class RecurClient:
             RecurError: The call failed; NOT_FOUND when the server does not know `service`.
         """
         check = self._open_channel().unary_unary(
-            HEALTH_CHECK_METHOD,
-            request_serializer=encode_health_request,
-            response_deserializer=decode_health_response,
+            health_wire.HEALTH_CHECK_METHOD,
+            request_serializer=health_wire.encode_health_request,
+            response_deserializer=health_wire.decode_health_response,
         )
-        with _recur_errors():
-            return await check(service, timeout=self.timeout)
+        status: str = await unary_call(
+            lambda timeout: check(service, timeout=timeout, metadata=self._metadata),
+            policy=self.retry,
+            timeout=self.timeout,
+            rng=self._rng,
+        )
+        return status
+
+    def _stream(self, method: Any, request: Any) -> AsyncIterator[Any]:
+        """Starts `method(request)` under the client's deadline, metadata and retry policy."""
+        return stream_call(
+            lambda timeout: method(request, timeout=timeout, metadata=self._metadata),
+            policy=self.retry,
+            timeout=self.timeout,
+            rng=self._rng,
+        )
 
     def _open_channel(self) -> aio.Channel:
         if self._channel is None:

@@ -5,18 +5,30 @@ The server runs on its own event loop in a background thread, so that the code u
 
 - Translate streams "le", " chat", " noir" then a final; model "missing" is NOT_FOUND, model "slow"
   sleeps past any short deadline, and model "gated" waits for the `gate` fixture after one token.
+  Retries: model "flaky" fails UNAVAILABLE on the first two attempts of each text, model "busy"
+  fails RESOURCE_EXHAUSTED with `retry-after-ms: 300` on the first, and model "broken" fails
+  UNAVAILABLE after its first token, every time; `ATTEMPTS[text]` counts the attempts.
 - Analyze streams one running result per word ("good" → positive 0.9, else positive 0.2).
 - Complete streams " upon", " a", " time", cut to `max_tokens`.
 - Session answers revision N with " <len(text)>", " chars".
-- ListModels lists two models; health says "" SERVING, the sentiment service NOT_SERVING.
+- ListModels lists two models and appends the call's `authorization` metadata to `AUTHORIZATIONS`;
+  health says "" SERVING, the sentiment service NOT_SERVING.
+
+The same fakes are served over TLS (`tls_target`) and mutual TLS (`mtls_target`) with
+certificates made by the `openssl` command for the session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,6 +39,8 @@ from protos.recur.v1 import inference_pb2 as pb
 from protos.recur.v1 import inference_pb2_grpc as pb_grpc
 
 GATE = threading.Event()
+ATTEMPTS: collections.Counter[str] = collections.Counter()
+AUTHORIZATIONS: list[str] = []
 SENTIMENT_SERVICE = "recur.v1.SentimentService"
 
 
@@ -53,6 +67,12 @@ class Translation(pb_grpc.TranslationServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown model 'missing'")
         if request.model == "slow":
             await asyncio.sleep(5)
+        ATTEMPTS[request.text] += 1
+        if request.model == "flaky" and ATTEMPTS[request.text] <= 2:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        if request.model == "busy" and ATTEMPTS[request.text] == 1:
+            context.set_trailing_metadata((("retry-after-ms", "300"),))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "admission full")
         pieces = ["le", " chat", " noir"]
         for index, piece in enumerate(pieces):
             attention = [0.1, 0.1, 0.1]
@@ -68,6 +88,8 @@ class Translation(pb_grpc.TranslationServiceServicer):
             )
             if request.model == "gated" and index == 0:
                 await asyncio.to_thread(GATE.wait, 20)
+            if request.model == "broken":
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "lost the model")
         final = pb.TranslateFinal(
             text="le chat noir",
             source_tokens=["the", "black", "cat"],
@@ -130,6 +152,8 @@ class Autocomplete(pb_grpc.AutocompleteServiceServicer):
 
 class Models(pb_grpc.ModelServiceServicer):
     async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> Any:
+        metadata = dict(context.invocation_metadata() or ())
+        AUTHORIZATIONS.append(metadata.get("authorization", ""))
         return pb.ListModelsResponse(
             models=[
                 pb.ModelInfo(
@@ -145,7 +169,7 @@ class Models(pb_grpc.ModelServiceServicer):
         )
 
 
-async def _start() -> tuple[grpc.aio.Server, int]:
+async def _start(credentials: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server()
     pb_grpc.add_TranslationServiceServicer_to_server(Translation(), server)
     pb_grpc.add_SentimentServiceServicer_to_server(Sentiment(), server)
@@ -155,24 +179,104 @@ async def _start() -> tuple[grpc.aio.Server, int]:
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SENTIMENT_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if credentials is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", credentials)
     await server.start()
     return server, port
 
 
+class ServerThread:
+    """An event loop in a background thread that serves the fakes, once per `serve` call."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fakes", daemon=True)
+        self.thread.start()
+        self.servers: list[grpc.aio.Server] = []
+
+    def serve(self, credentials: grpc.ServerCredentials | None = None) -> str:
+        future = asyncio.run_coroutine_threadsafe(_start(credentials), self.loop)
+        server, port = future.result(timeout=10)
+        self.servers.append(server)
+        return f"127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        for server in self.servers:
+            asyncio.run_coroutine_threadsafe(server.stop(1), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
 @pytest.fixture(scope="session")
-def target() -> Iterator[str]:
-    """Serves the fakes on 127.0.0.1:<free port> from a background thread; yields `host:port`."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="fake-recur-server", daemon=True)
-    thread.start()
-    server, port = asyncio.run_coroutine_threadsafe(_start(), loop).result(timeout=10)
-    yield f"127.0.0.1:{port}"
+def fakes() -> Iterator[ServerThread]:
+    """The background thread that serves the fakes; stops every server it started at the end."""
+    servers = ServerThread()
+    yield servers
     GATE.set()
-    asyncio.run_coroutine_threadsafe(server.stop(1), loop).result(timeout=10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
-    loop.close()
+    servers.stop()
+
+
+@pytest.fixture(scope="session")
+def target(fakes: ServerThread) -> str:
+    """`host:port` of the fakes over plaintext on 127.0.0.1."""
+    return fakes.serve()
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """Self-signed PEM files: the server's (for 127.0.0.1) and the client's."""
+
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert),
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """Certificates made by the `openssl` command (`cryptography` is not in the virtualenv)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("TLS tests need the `openssl` command (or the `cryptography` package)")
+    directory = tmp_path_factory.mktemp("tls")
+    server_cert, server_key = _self_signed(directory, "server")
+    client_cert, client_key = _self_signed(directory, "client")
+    return Certificates(server_cert, server_key, client_cert, client_key)
+
+
+def _key_pair(cert: Path, key: Path) -> tuple[bytes, bytes]:
+    return key.read_bytes(), cert.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def tls_target(fakes: ServerThread, certificates: Certificates) -> str:
+    """`host:port` of the fakes over TLS with the self-signed server certificate."""
+    pair = _key_pair(certificates.server_cert, certificates.server_key)
+    return fakes.serve(grpc.ssl_server_credentials([pair]))
+
+
+@pytest.fixture(scope="session")
+def mtls_target(fakes: ServerThread, certificates: Certificates) -> str:
+    """`host:port` of the fakes over TLS that requires the self-signed client certificate."""
+    credentials = grpc.ssl_server_credentials(
+        [_key_pair(certificates.server_cert, certificates.server_key)],
+        root_certificates=certificates.client_cert.read_bytes(),
+        require_client_auth=True,
+    )
+    return fakes.serve(credentials)
 
 
 @pytest.fixture
@@ -190,3 +294,15 @@ def closed_target() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def attempts() -> collections.Counter[str]:
+    """How many times the fake Translate was called with each text."""
+    return ATTEMPTS
+
+
+@pytest.fixture
+def authorizations() -> list[str]:
+    """The `authorization` metadata of every ListModels call, in order ("" when absent)."""
+    return AUTHORIZATIONS

@@ -222,9 +222,20 @@ def test_environment_gives_target_and_timeout(
         (["complete", "x", "--timeout", "0"], {}, "expected a positive number of seconds, got '0'"),
         (["models"], {"RECUR_TIMEOUT": "soon"}, "got 'soon'"),
         (["sentiment", "x", "--attention"], {}, "unrecognized arguments: --attention"),
-        (["bench"], {}, "invalid choice: 'bench'"),
+        (["bench", "--rate", "0"], {}, "expected a positive number, got '0'"),
+        (["bench", "--rate", "5", "--concurrency", "2"], {}, "not allowed with argument"),
+        (["models", "--client-cert", "c.pem"], {}, "--client-cert and --client-key come together"),
     ],
-    ids=["missing-text", "negative-max-tokens", "zero-timeout", "bad-env", "foreign-flag", "verb"],
+    ids=[
+        "missing-text",
+        "negative-max-tokens",
+        "zero-timeout",
+        "bad-env",
+        "foreign-flag",
+        "bench-zero-rate",
+        "bench-rate-or-concurrency",
+        "cert-without-key",
+    ],
 )
 def test_bad_flags_exit_2(
     capsys: pytest.CaptureFixture[str],

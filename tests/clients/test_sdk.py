@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from clients import RecurClient, RecurError
-from clients.sdk import decode_health_response, encode_health_request
+from clients.health_wire import decode_health_response, encode_health_request
 from protos.recur.v1 import inference_pb2 as pb
 
 T = TypeVar("T")
