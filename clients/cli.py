@@ -36,7 +36,8 @@ Autocomplete as you type. On a terminal (stdin and stdout both, without --json) 
 follows every key: type, Backspace deletes, Enter (or Tab) accepts the suggestion, Ctrl-C or
 Ctrl-D leaves. Otherwise each input line is the full text typed so far; it is sent as one
 revision and its answer is printed as `revision N: <text>⟨<completion>⟩`, with ` (superseded)`
-when a newer revision won, until stdin ends. The --timeout deadline covers the whole session."""
+when a newer revision won, until stdin ends. There the --timeout deadline covers the whole
+session; the live terminal mode has none."""
 
 
 def _seconds(value: str) -> float:
@@ -167,10 +168,12 @@ async def _complete(client: RecurClient, args: argparse.Namespace) -> int:
 
 
 async def _session(client: RecurClient, args: argparse.Namespace) -> int:
-    session = client.session(model=args.model, max_tokens=args.max_tokens)
     if sys.stdin.isatty() and sys.stdout.isatty() and not args.json:
-        await terminal.run(session, fd=sys.stdin.fileno(), style=_style())
+        # A person typing: the session lasts until Ctrl-C/Ctrl-D, not until --timeout.
+        live = client.session(model=args.model, max_tokens=args.max_tokens, open_ended=True)
+        await terminal.run(live, fd=sys.stdin.fileno(), style=_style())
         return 0
+    session = client.session(model=args.model, max_tokens=args.max_tokens)
     texts: list[str] = []
     async for text in _stdin_lines():
         texts.append(text)

@@ -211,10 +211,15 @@ class RecurClient:
         stub = inference_pb2_grpc.AutocompleteServiceStub(self._open_channel())
         return self._stream(stub.Complete, request)
 
-    def session(self, *, model: str = "", max_tokens: int = 0) -> Session:
-        """Opens an autocomplete session; see `Session`. Its deadline is the client's `timeout`."""
+    def session(self, *, model: str = "", max_tokens: int = 0, open_ended: bool = False) -> Session:
+        """Opens an autocomplete session; see `Session`.
+
+        Its deadline is the client's `timeout`, unless `open_ended` keeps it open until it is
+        closed (a person typing: no deadline fits).
+        """
         stub = inference_pb2_grpc.AutocompleteServiceStub(self._open_channel())
-        call = stub.Session(timeout=self.timeout, metadata=self._metadata)
+        timeout = None if open_ended else self.timeout
+        call = stub.Session(timeout=timeout, metadata=self._metadata)
         return Session(call, model=model, max_tokens=max_tokens)
 
     async def list_models(self) -> inference_pb2.ListModelsResponse:
