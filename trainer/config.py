@@ -30,6 +30,7 @@ class TrainConfig:
     dropout: float = 0.0
     epochs: int = 0  # 0: the task's default
     batch_size: int = 64  # per worker, as in Ray Train
+    bptt: int = 0  # autocomplete: truncated BPTT over the text as one stream; 0: per sequence
     optimizer: str = "adam"  # adam, adamw, sgd, rmsprop
     lr: float = 3e-3
     momentum: float = 0.9  # sgd and rmsprop
@@ -81,6 +82,11 @@ class TrainConfig:
             ),
             (self.clip_norm >= 0, f"--clip-norm must be >= 0, got {self.clip_norm}"),
             (self.clip_value >= 0, f"--clip-value must be >= 0, got {self.clip_value}"),
+            (self.bptt >= 0, f"--bptt must be >= 0, got {self.bptt}"),
+            (
+                self.bptt == 0 or self.task == "autocomplete",
+                "--bptt applies to language models (--task autocomplete)",
+            ),
             (self.diagnose_every >= 0, f"--diagnose-every must be >= 0: {self.diagnose_every}"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
             (self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}"),

@@ -1,6 +1,8 @@
 """The training loop: plain PyTorch, top to bottom; Ray reaches it only through injected callables.
 
 data → model → optimizer → epochs (batches → loss → backward → clip → step) → validate → report.
+Language models can instead read the text as one stream with truncated BPTT (`--bptt`, see
+`trainer/tbptt.py`): the "batches" are then chunks of this rank's token rows.
 
 `wrap_model` (DDP), `wrap_loader` (a DistributedSampler) and `report` (metrics + checkpoint) are
 identity / print functions when the loop runs in-process (tests, `--workers 0`, `--dry-run`), and
@@ -13,7 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,7 @@ from trainer.optim import EarlyStopping, Schedule, build_optimizer, clip_gradien
 from trainer.progress import Progress
 from trainer.tasks import Task, TaskData
 from trainer.tasks.base import unwrap
+from trainer.tbptt import TruncatedBPTT, chunks, num_chunks, rank_rows
 
 # report(metrics, checkpoint): the checkpoint is None on ranks other than 0.
 Report = Callable[[dict[str, float], dict[str, Any] | None], None]
@@ -84,20 +87,39 @@ def build_model(task: Task, data: TaskData, cfg: TrainConfig, device: torch.devi
     return model.to(device)
 
 
-def train_loop(
+def _epoch_losses(
     task: Task,
-    data: TaskData,
-    cfg: TrainConfig,
+    model: nn.Module,
+    batches: Any,
     *,
-    wrap_model: Callable[[nn.Module], nn.Module] = identity,
-    wrap_loader: Callable[[DataLoader[Any]], Any] = identity,
-    report: Report = print_report,
-    rank: int = 0,
-    device: torch.device | None = None,
-) -> LoopResult:
-    """Train `task` on `data`; return the model and the checkpoint of its best validation."""
-    device = device or torch.device("cpu")
-    model = wrap_model(build_model(task, data, cfg, device))
+    tbptt: TruncatedBPTT | None,
+    bptt: int,
+    steps: int,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, int]]:
+    """(loss, targets) of each training step of one epoch: per batch, or per TBPTT chunk."""
+    if tbptt is not None:
+        tbptt.reset()  # the state is zero at the start of every epoch
+        for step, (inputs, targets) in enumerate(chunks(batches, bptt)):
+            if step == steps:
+                return
+            yield tbptt.loss(model, unwrap(model), inputs.to(device), targets.to(device))
+        return
+    for step, batch in enumerate(batches):
+        if step == steps:
+            return
+        yield task.loss(model, {k: v.to(device) for k, v in batch.items()})
+
+
+def _training_batches(
+    task: Task, data: TaskData, cfg: TrainConfig, wrap_loader: Callable[..., Any], *,
+    rank: int, world_size: int,
+) -> tuple[Any, int]:  # fmt: skip
+    """The epoch's batches (a loader, or this rank's token rows for TBPTT) and their count."""
+    if cfg.bptt:
+        stream = [token for example in data.train for token in example]
+        rows = rank_rows(stream, batch_size=cfg.batch_size, rank=rank, world_size=world_size)
+        return rows, num_chunks(rows, cfg.bptt)
     loader = wrap_loader(
         DataLoader(
             data.train,
@@ -107,8 +129,30 @@ def train_loop(
             generator=torch.Generator().manual_seed(cfg.seed),
         )
     )
+    return loader, len(loader)
+
+
+def train_loop(
+    task: Task,
+    data: TaskData,
+    cfg: TrainConfig,
+    *,
+    wrap_model: Callable[[nn.Module], nn.Module] = identity,
+    wrap_loader: Callable[[DataLoader[Any]], Any] = identity,
+    report: Report = print_report,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | None = None,
+) -> LoopResult:
+    """Train `task` on `data`; return the model and the checkpoint of its best validation."""
+    device = device or torch.device("cpu")
+    model = wrap_model(build_model(task, data, cfg, device))
+    batches, steps_per_epoch = _training_batches(
+        task, data, cfg, wrap_loader, rank=rank, world_size=world_size
+    )
+    tbptt = TruncatedBPTT() if cfg.bptt else None
     epochs = 1 if cfg.dry_run else cfg.epochs or task.defaults.epochs
-    steps_per_epoch = 1 if cfg.dry_run else len(loader)
+    steps_per_epoch = 1 if cfg.dry_run else steps_per_epoch
     optimizer = build_optimizer(model.parameters(), cfg)
     schedule = Schedule(optimizer, cfg, total_steps=epochs * steps_per_epoch, mode=task.mode)
     stopping = EarlyStopping(cfg.patience, task.mode)
@@ -126,16 +170,15 @@ def train_loop(
     probe_batch = task.collate(probe_examples(data.valid, cfg.batch_size))
     probe = {k: v.to(device) for k, v in probe_batch.items()}
     for epoch in range(1, epochs + 1):
-        sampler = getattr(loader, "sampler", None)
+        sampler = getattr(batches, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # a new shuffle per epoch, the same on every rank
         model.train()
         grad_norms = []
-        for step, batch in enumerate(loader):
-            if step == steps_per_epoch:
-                break
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss, targets = task.loss(model, batch)
+        losses = _epoch_losses(
+            task, model, batches, tbptt=tbptt, bptt=cfg.bptt, steps=steps_per_epoch, device=device
+        )
+        for loss, targets in losses:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norms.append(clip_gradients(model, cfg))

@@ -49,6 +49,7 @@ def _train_worker(config: dict[str, Any]) -> None:
         wrap_loader=ray.train.torch.prepare_data_loader,
         report=_report,
         rank=ray.train.get_context().get_world_rank(),
+        world_size=ray.train.get_context().get_world_size(),
         device=ray.train.torch.get_device(),
     )
 
