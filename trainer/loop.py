@@ -29,7 +29,7 @@ from trainer.models.recurrent import RecurrentStack, apply_weight_norm, remove_w
 from trainer.optim import EarlyStopping, Schedule, build_optimizer, clip_gradients
 from trainer.progress import Progress
 from trainer.tasks import Task, TaskData
-from trainer.tasks.base import unwrap
+from trainer.tasks.base import Batch, unwrap
 from trainer.tbptt import TruncatedBPTT, chunks, num_chunks, rank_rows
 
 # report(metrics, checkpoint): the checkpoint is None on ranks other than 0.
@@ -132,6 +132,40 @@ def _training_batches(
     return loader, len(loader)
 
 
+@dataclass
+class _Step:
+    """The parts one optimizer step needs."""
+
+    task: Task
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    progress: Progress
+    cfg: TrainConfig
+    rank: int
+    probe: Batch
+    flows: list[dict[str, Any]]
+
+    def run(self, loss: torch.Tensor, targets: int) -> float:
+        """Backward, clip, step; every `diagnose_every` steps, measure the gradient flow."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = clip_gradients(self.model, self.cfg)
+        self.optimizer.step()
+        self.schedule.step()
+        self.progress.step(loss.item(), targets)
+        every = self.cfg.diagnose_every
+        if self.rank == 0 and every and self.progress.steps % every == 0:
+            flow = gradient_flow(
+                self.task, unwrap(self.model), self.probe, step=self.progress.steps,
+                grad_norm=grad_norm,
+            )  # fmt: skip
+            self.flows.append(flow.to_dict())
+            if warning := flow.warning():
+                print(f"[{self.task.name}] WARNING: {warning}", flush=True)
+        return grad_norm
+
+
 def train_loop(
     task: Task,
     data: TaskData,
@@ -156,42 +190,23 @@ def train_loop(
     optimizer = build_optimizer(model.parameters(), cfg)
     schedule = Schedule(optimizer, cfg, total_steps=epochs * steps_per_epoch, mode=task.mode)
     stopping = EarlyStopping(cfg.patience, task.mode)
-    progress = Progress(
-        total_steps=epochs * steps_per_epoch,
-        every=cfg.log_every,
-        prefix=f"[{task.name}] ",
-        enabled=rank == 0,
-    )
-    start = time.perf_counter()
+    progress = Progress(total_steps=epochs * steps_per_epoch, every=cfg.log_every,
+                        prefix=f"[{task.name}] ", enabled=rank == 0)  # fmt: skip
+    probe = task.collate(probe_examples(data.valid, cfg.batch_size))
+    step = _Step(task, model, optimizer, schedule, progress, cfg, rank,
+                 {k: v.to(device) for k, v in probe.items()}, flows=[])  # fmt: skip
+    start, history = time.perf_counter(), []
     metrics: dict[str, float] = {}
     best: dict[str, Any] | None = None
-    history: list[dict[str, float]] = []
-    flows: list[dict[str, Any]] = []
-    probe_batch = task.collate(probe_examples(data.valid, cfg.batch_size))
-    probe = {k: v.to(device) for k, v in probe_batch.items()}
     for epoch in range(1, epochs + 1):
         sampler = getattr(batches, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # a new shuffle per epoch, the same on every rank
         model.train()
-        grad_norms = []
         losses = _epoch_losses(
             task, model, batches, tbptt=tbptt, bptt=cfg.bptt, steps=steps_per_epoch, device=device
         )
-        for loss, targets in losses:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norms.append(clip_gradients(model, cfg))
-            optimizer.step()
-            schedule.step()
-            progress.step(loss.item(), targets)
-            if rank == 0 and cfg.diagnose_every and progress.steps % cfg.diagnose_every == 0:
-                flow = gradient_flow(
-                    task, unwrap(model), probe, step=progress.steps, grad_norm=grad_norms[-1]
-                )
-                flows.append(flow.to_dict())
-                if warning := flow.warning():
-                    print(f"[{task.name}] WARNING: {warning}", flush=True)
+        grad_norms = [step.run(loss, targets) for loss, targets in losses]
         model.eval()
         metrics = task.evaluate(unwrap(model), data) | {
             "epoch": float(epoch),
@@ -204,17 +219,15 @@ def train_loop(
         progress.emit(" | " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         schedule.epoch_end(metrics[task.monitor])
         history.append(metrics)
-        extra = {"metrics": metrics, "steps": progress.steps, "epochs": epoch}
-        extra |= {"history": list(history), "gradient_flow": list(flows)}
-        extra["wall_seconds"] = time.perf_counter() - start
+        extra = {"metrics": metrics, "steps": progress.steps, "epochs": epoch,
+                 "history": list(history), "gradient_flow": list(step.flows),
+                 "wall_seconds": time.perf_counter() - start}  # fmt: skip
         checkpoint = make_checkpoint(task, data, cfg, unwrap(model), extra) if rank == 0 else None
         if stopping.improved(metrics[task.monitor]):
             best = checkpoint
         report(metrics, checkpoint)
         if stopping.should_stop:  # every rank sees the same metrics, so all stop together
             if rank == 0:
-                print(
-                    f"[{task.name}] early stop: no better {task.monitor} for {cfg.patience} epochs"
-                )
+                print(f"[{task.name}] early stop: {task.monitor} stalled {cfg.patience} epochs")
             break
     return LoopResult(model=unwrap(model).eval(), metrics=metrics, checkpoint=best)
