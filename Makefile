@@ -22,6 +22,7 @@ test: setup
 	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 
 test-slow: setup
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[cluster]'
 	$(PY) -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
 
 lint: setup
