@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from trainer.config import TASKS, TrainConfig, resolve
 from trainer.data.files import DataError
 from trainer.export import ExportError, export_checkpoint
+from trainer.loop import print_report
 
 _HELP = {
     "task": f"what to train: {', '.join(TASKS)}",
@@ -55,8 +58,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def save_each_epoch(path: Path, metrics: dict[str, float], checkpoint: Any) -> None:
+    """The in-process `report`: print, and keep the latest checkpoint for a resume.
+
+    Written to a temporary file, flushed to disk, then renamed, so a crash mid-write leaves the
+    previous checkpoint intact.
+    """
+    import torch
+
+    print_report(metrics, checkpoint)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
 def write_run_artifacts(checkpoint: dict[str, Any], run_dir: Path) -> None:
-    """metrics.json (per-epoch metrics, gradient flow) and their PNG plots in the run directory."""
+    """metrics.json (per-epoch metrics, gradient flow) and their PNG plots in the run directory,
+    from the last epoch's checkpoint (which holds the whole history)."""
     from trainer import plots
 
     history, flows = checkpoint.get("history", []), checkpoint.get("gradient_flow", [])
@@ -90,14 +111,20 @@ def run(cfg: TrainConfig) -> Path | None:
     (run_dir / "config.json").write_text(cfg.to_json() + "\n")
     if cfg.workers == 0 or cfg.dry_run:
         device = torch.device("cuda" if cfg.use_gpu else "cpu")
-        checkpoint = train_loop(task, data, cfg, device=device).checkpoint
+        last = run_dir / "last.pt"
+        resume = torch.load(last, weights_only=False)["resume"] if last.is_file() else None
+        report = partial(save_each_epoch, last)
+        result = train_loop(task, data, cfg, device=device, report=report, resume=resume)
+        latest = torch.load(last, weights_only=False)
+        # A relaunch of a finished run trains no further epoch: export what it left.
+        checkpoint = result.checkpoint or latest
     else:
         from trainer.ray_job import train_with_ray
 
-        checkpoint = train_with_ray(cfg, tokenizer_json=data.tokenizer.to_str(), run_name=run_name)
-    assert checkpoint is not None  # rank 0 always has one
+        tokenizer = data.tokenizer.to_str()
+        checkpoint, latest = train_with_ray(cfg, tokenizer_json=tokenizer, run_name=run_name)
     torch.save(checkpoint, run_dir / "checkpoint.pt")  # the best checkpoint, for re-export
-    write_run_artifacts(checkpoint, run_dir)
+    write_run_artifacts(latest, run_dir)  # the whole run's history
     if cfg.dry_run:
         with tempfile.TemporaryDirectory() as tmp:
             bundle = export_checkpoint(checkpoint, out=Path(tmp), name=cfg.model_name)

@@ -48,7 +48,8 @@ class TrainConfig:
     out: str = "models"  # model repository the bundle is exported to
     name: str = ""  # model name; empty: the task name
     run_dir: str = "runs"  # Ray Train storage path (checkpoints, results)
-    run_name: str = ""  # empty: "<name>-<timestamp>"
+    run_name: str = ""  # empty: "<name>-<timestamp>"; an existing run of that name resumes
+    max_failures: int = 1  # Ray Train: restarts of a failed worker group from its checkpoint
     log_every: int = 50  # progress line every N optimizer steps
     diagnose_every: int = 100  # gradient-flow diagnostics every N optimizer steps; 0: off
     dry_run: bool = False  # one batch of training and a tiny export, for smoke tests

@@ -177,10 +177,19 @@ def train_loop(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> LoopResult:
-    """Train `task` on `data`; return the model and the checkpoint of its best validation."""
+    """Train `task` on `data`; return the model and the checkpoint of its best validation.
+
+    `resume` (a checkpoint's "resume" entry) continues a run at the epoch after the one it saved,
+    with the model, optimizer, schedule, early-stopping and step counters as they were; the data
+    order of every later epoch is the one an uninterrupted run would have seen.
+    """
     device = device or torch.device("cpu")
-    model = wrap_model(build_model(task, data, cfg, device))
+    inner = build_model(task, data, cfg, device)
+    if resume is not None:
+        inner.load_state_dict(resume["model_state"])
+    model = wrap_model(inner)
     batches, steps_per_epoch = _training_batches(
         task, data, cfg, wrap_loader, rank=rank, world_size=world_size
     )
@@ -195,13 +204,24 @@ def train_loop(
     probe = task.collate(probe_examples(data.valid, cfg.batch_size))
     step = _Step(task, model, optimizer, schedule, progress, cfg, rank,
                  {k: v.to(device) for k, v in probe.items()}, flows=[])  # fmt: skip
-    start, history = time.perf_counter(), []
-    metrics: dict[str, float] = {}
+    start, history, first_epoch = time.perf_counter(), [], 1
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        stopping.best, stopping.bad_epochs = resume["stopping"]
+        progress.steps, history, step.flows = resume["steps"], resume["history"], resume["flows"]
+        first_epoch = resume["epoch"] + 1
+        if rank == 0:
+            print(f"[{task.name}] resuming at epoch {first_epoch} (step {progress.steps})")
+    metrics: dict[str, float] = history[-1] if history else {}
     best: dict[str, Any] | None = None
-    for epoch in range(1, epochs + 1):
+    last: dict[str, Any] | None = None
+    for epoch in range(first_epoch, epochs + 1):
         sampler = getattr(batches, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # a new shuffle per epoch, the same on every rank
+        elif (generator := getattr(batches, "generator", None)) is not None:
+            generator.manual_seed(cfg.seed + epoch)  # in-process: each epoch's order is fixed
         model.train()
         losses = _epoch_losses(
             task, model, batches, tbptt=tbptt, bptt=cfg.bptt, steps=steps_per_epoch, device=device
@@ -222,12 +242,25 @@ def train_loop(
         extra = {"metrics": metrics, "steps": progress.steps, "epochs": epoch,
                  "history": list(history), "gradient_flow": list(step.flows),
                  "wall_seconds": time.perf_counter() - start}  # fmt: skip
-        checkpoint = make_checkpoint(task, data, cfg, unwrap(model), extra) if rank == 0 else None
-        if stopping.improved(metrics[task.monitor]):
+        improved = stopping.improved(metrics[task.monitor])
+        checkpoint = None
+        if rank == 0:
+            extra["resume"] = {
+                "model_state": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "stopping": (stopping.best, stopping.bad_epochs),
+                "epoch": epoch,
+                "steps": progress.steps,
+                "history": list(history),
+                "flows": list(step.flows),
+            }
+            checkpoint = last = make_checkpoint(task, data, cfg, unwrap(model), extra)
+        if improved:
             best = checkpoint
         report(metrics, checkpoint)
         if stopping.should_stop:  # every rank sees the same metrics, so all stop together
             if rank == 0:
                 print(f"[{task.name}] early stop: {task.monitor} stalled {cfg.patience} epochs")
             break
-    return LoopResult(model=unwrap(model).eval(), metrics=metrics, checkpoint=best)
+    return LoopResult(model=unwrap(model).eval(), metrics=metrics, checkpoint=best or last)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,6 +83,17 @@ class Schedule:
     def step(self) -> None:
         """After every optimizer step."""
         self.step_count += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        plateau = self.plateau.state_dict() if self.plateau is not None else None
+        return {"step_count": self.step_count, "plateau": plateau}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue a resumed run: the step count, and the plateau scheduler's memory."""
+        self.step_count = state["step_count"]
+        if self.plateau is not None and state["plateau"] is not None:
+            self.plateau.load_state_dict(state["plateau"])
         self._apply()
 
     def epoch_end(self, metric: float) -> None:

@@ -4,6 +4,8 @@
 wrappers injected: `prepare_model` (DistributedDataParallel over gloo on CPU, NCCL on GPU) and
 `prepare_data_loader` (a DistributedSampler, so each rank trains on its own shard with the same
 number of steps). Rank 0 writes the checkpoint of every epoch; every rank reports once per epoch.
+Each checkpoint carries what a resumed run needs (model, optimizer, schedule, counters), so a
+relaunch with the same `--run-name` continues at the next epoch.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, RunConfig, ScalingConfig
+from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from trainer.config import TrainConfig
@@ -41,6 +43,12 @@ def _train_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig(**config["cfg"])
     task = get_task(cfg.task)
     data = task.prepare(cfg, tokenizer_json=config["tokenizer"])
+    resume = None
+    if (latest := ray.train.get_checkpoint()) is not None:  # a relaunch or a restarted worker
+        with latest.as_directory() as directory:
+            resume = torch.load(
+                Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False
+            )["resume"]
     train_loop(
         task,
         data,
@@ -51,12 +59,23 @@ def _train_worker(config: dict[str, Any]) -> None:
         rank=ray.train.get_context().get_world_rank(),
         world_size=ray.train.get_context().get_world_size(),
         device=ray.train.torch.get_device(),
+        resume=resume,
     )
 
 
-def train_with_ray(cfg: TrainConfig, *, tokenizer_json: str, run_name: str) -> dict[str, Any]:
-    """Train on a Ray cluster (a local one when `RAY_ADDRESS` is unset); return the checkpoint
-    of the best validation.
+def _load(checkpoint: Checkpoint) -> dict[str, Any]:
+    with checkpoint.as_directory() as directory:
+        loaded: dict[str, Any] = torch.load(
+            Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False
+        )
+    return loaded
+
+
+def train_with_ray(
+    cfg: TrainConfig, *, tokenizer_json: str, run_name: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train on a Ray cluster (a local one when `RAY_ADDRESS` is unset); return the checkpoints
+    of the best validation and of the last epoch.
 
     Under `ray job submit` the job connects to its cluster; locally Ray starts with as many CPUs
     as workers (at least 2), without the dashboard.
@@ -76,15 +95,17 @@ def train_with_ray(cfg: TrainConfig, *, tokenizer_json: str, run_name: str) -> d
             use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": 1, "GPU": 1} if cfg.use_gpu else {"CPU": 1},
         ),
-        run_config=RunConfig(storage_path=str(Path(cfg.run_dir).resolve()), name=run_name),
+        # Relaunching with the same name resumes from the latest checkpoint; a failed worker
+        # group is restarted from it up to `max_failures` times.
+        run_config=RunConfig(
+            storage_path=str(Path(cfg.run_dir).resolve()),
+            name=run_name,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
     )
     result = trainer.fit()
     task = get_task(cfg.task)
-    best = result.get_best_checkpoint(metric=task.monitor, mode=task.mode) or result.checkpoint
-    if best is None:
+    if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {run_name!r} finished without a checkpoint")
-    with best.as_directory() as directory:
-        checkpoint: dict[str, Any] = torch.load(
-            Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False
-        )
-    return checkpoint
+    best = result.get_best_checkpoint(metric=task.monitor, mode=task.mode) or result.checkpoint
+    return _load(best), _load(result.checkpoint)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -27,7 +28,13 @@ def test_two_ray_workers_train_and_export(tmp_path: Path) -> None:
     # Each rank trains on half the data (the sampler pads to equal shards): same step count.
     assert int(training["steps"]) == 2 * math.ceil(math.ceil(2000 / 2) / 32)
     assert training["metrics"]["valid_accuracy"] > 0.8
-    checkpoints = sorted(
-        (tmp_path / "runs" / "ray-test").glob("checkpoint_2*")
-    )  # checkpoint_<timestamp>
-    assert len(checkpoints) == 2  # one per epoch, written by rank 0
+    run_dir = tmp_path / "runs" / "ray-test"
+    assert len(list(run_dir.glob("checkpoint_2*"))) == 2  # checkpoint_<timestamp>, one per epoch
+
+    # Relaunching with the same run name resumes after epoch 2 instead of starting over.
+    resumed = run(dataclasses.replace(cfg, epochs=3))
+    assert resumed == tmp_path / "models" / "sentiment" / "2"
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert [m["epoch"] for m in history] == [1.0, 2.0, 3.0]
+    assert history[-1]["steps"] == 3 * math.ceil(math.ceil(2000 / 2) / 32)
+    assert len(list(run_dir.glob("checkpoint_2*"))) == 3
