@@ -20,6 +20,7 @@ class ServeConfig:
     metrics_port: int = 9464  # Prometheus /metrics; 0 picks a free port, -1 disables
     max_input_chars: int = 2000  # longest accepted request text
     max_tokens_limit: int = 512  # largest accepted max_tokens
+    max_streams: int = 256  # streams in flight; beyond, RESOURCE_EXHAUSTED at once
     default_max_tokens: int = 32  # autocomplete default when max_tokens is 0
     ort_threads: int = 1  # ONNX Runtime intra-op threads per session
     executor_workers: int = 2  # threads running ONNX Runtime calls off the event loop
@@ -34,6 +35,7 @@ _HELP = {
     "port": "gRPC port (0: any free port)",
     "metrics_port": "Prometheus metrics port (0: any free port, -1: off)",
     "grace_seconds": "seconds in-flight streams get to finish on SIGTERM",
+    "max_streams": "streams in flight; beyond them RESOURCE_EXHAUSTED at once",
 }
 
 
@@ -67,7 +69,14 @@ def resolve(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
         if args[f.name] is not None:
             values[f.name] = args[f.name]
     cfg = ServeConfig(**values)
-    for name in ("port", "max_input_chars", "max_tokens_limit", "ort_threads", "executor_workers"):
+    positive = (
+        "max_input_chars",
+        "max_tokens_limit",
+        "max_streams",
+        "ort_threads",
+        "executor_workers",
+    )
+    for name in ("port", *positive):
         if getattr(cfg, name) < (0 if name == "port" else 1):
             parser.error(f"--{name.replace('_', '-')} is out of range: {getattr(cfg, name)}")
     return cfg

@@ -23,5 +23,9 @@ class Unavailable(ServiceError):
     """The server is draining or not ready (UNAVAILABLE)."""
 
 
+class ResourceExhausted(ServiceError):
+    """The server is at its stream limit (RESOURCE_EXHAUSTED)."""
+
+
 class BundleError(Exception):
     """A model bundle that fails verification; it is refused and never served."""

@@ -15,7 +15,14 @@ from typing import Any, TypeAlias
 import grpc
 from grpc import aio
 
-from services.errors import InvalidArgument, ModelNotFound, ServiceError, Unavailable
+from services.admission import Admission
+from services.errors import (
+    InvalidArgument,
+    ModelNotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
 from services.metrics import CallInfo, ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -23,10 +30,12 @@ log = logging.getLogger(__name__)
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Context: TypeAlias = "aio.ServicerContext[Any, Any]"
 CALL_INFO: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("recur_call_info")
+RETRY_AFTER_MS = 100  # the hint sent with RESOURCE_EXHAUSTED
 _CODES: dict[type[ServiceError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -45,8 +54,9 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
 class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
     """Maps ServiceErrors to status codes and counts every Recur call by its final code."""
 
-    def __init__(self, metrics: ServerMetrics) -> None:
+    def __init__(self, metrics: ServerMetrics, admission: Admission) -> None:
         self.metrics = metrics
+        self.admission = admission
 
     async def intercept_service(
         self,
@@ -89,6 +99,8 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
         code, message = status_for(error)
         if code is grpc.StatusCode.INTERNAL:
             log.exception("unexpected error in %s", current_call().rpc, exc_info=error)
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            context.set_trailing_metadata((("retry-after-ms", str(RETRY_AFTER_MS)),))
         await context.abort(code, message)
 
     def _wrap_stream(self, rpc: str, behavior: Callable[..., Any]) -> Any:
@@ -97,8 +109,9 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
             CALL_INFO.set(info)
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
-                async for response in behavior(request, context):
-                    yield response
+                with self.admission.admit():
+                    async for response in behavior(request, context):
+                        yield response
             except aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from protos.recur.v1 import inference_pb2 as pb
 from protos.recur.v1 import inference_pb2_grpc as pb_grpc
 from services import validation
+from services.admission import Admission
 from services.config import ServeConfig, resolve
 from services.engine import Engine
 from services.interceptors import ErrorsAndMetricsInterceptor
@@ -56,7 +57,7 @@ async def build_server(
     """Create, bind and start the gRPC server; health says SERVING for every loaded task."""
     engine = Engine(registry, workers=cfg.executor_workers)
     server = aio.server(
-        interceptors=[ErrorsAndMetricsInterceptor(metrics)],
+        interceptors=[ErrorsAndMetricsInterceptor(metrics, Admission(cfg.max_streams))],
         # gRPC shares ports by default (SO_REUSEPORT); a second server must fail, not split traffic.
         options=[("grpc.so_reuseport", 0)],
     )
