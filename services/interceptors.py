@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
@@ -37,6 +38,21 @@ _CODES: dict[type[ServiceError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+
+
+def _trailing(context: Context, info: CallInfo, *extra: tuple[str, str]) -> None:
+    context.set_trailing_metadata((("x-request-id", info.request_id), *extra))
+
+
+def _start_call(rpc: str, context: Context) -> CallInfo:
+    """The call's CallInfo; its x-request-id (the client's, or a new one) goes back in the
+    trailing metadata and into the log lines about the call."""
+    metadata = dict(context.invocation_metadata() or ())
+    request_id = str(metadata.get("x-request-id", ""))[:128] or uuid.uuid4().hex
+    info = CallInfo(rpc=rpc, request_id=request_id)
+    CALL_INFO.set(info)
+    _trailing(context, info)
+    return info
 
 
 def current_call() -> CallInfo:
@@ -97,16 +113,16 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
 
     async def _abort(self, context: Context, error: BaseException) -> None:
         code, message = status_for(error)
+        info = current_call()
         if code is grpc.StatusCode.INTERNAL:
-            log.exception("unexpected error in %s", current_call().rpc, exc_info=error)
+            log.exception("unexpected error in %s [%s]", info.rpc, info.request_id, exc_info=error)
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-            context.set_trailing_metadata((("retry-after-ms", str(RETRY_AFTER_MS)),))
+            _trailing(context, info, ("retry-after-ms", str(RETRY_AFTER_MS)))
         await context.abort(code, message)
 
     def _wrap_stream(self, rpc: str, behavior: Callable[..., Any]) -> Any:
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
-            info = CallInfo(rpc=rpc)
-            CALL_INFO.set(info)
+            info = _start_call(rpc, context)
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 with self.admission.admit():
@@ -128,8 +144,7 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
 
     def _wrap_unary(self, rpc: str, behavior: Callable[..., Awaitable[Any]]) -> Any:
         async def wrapper(request: Any, context: Context) -> Any:
-            info = CallInfo(rpc=rpc)
-            CALL_INFO.set(info)
+            info = _start_call(rpc, context)
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 return await behavior(request, context)

@@ -23,6 +23,7 @@ class CallInfo:
     """What a call resolved to, filled in by the servicer and read by the interceptor."""
 
     rpc: str
+    request_id: str = ""  # the client's x-request-id, or one generated for the call
     model: str = ""
     version: str = ""
     task: str = ""

@@ -225,3 +225,22 @@ def test_sigterm_drains_and_exits_cleanly(tiny_models: Path) -> None:
     output = stop_server(server)
     assert server.process.returncode == 0
     assert "draining" in output and "recur-serve: stopped" in output
+
+
+def test_request_id_is_echoed_or_generated(served: Server) -> None:
+    from grpc import aio
+
+    from protos.recur.v1 import inference_pb2_grpc as pb_grpc
+
+    async def trailing(metadata: tuple[tuple[str, str], ...]) -> dict[str, str]:
+        async with aio.insecure_channel(served.target) as channel:
+            call = pb_grpc.SentimentServiceStub(channel).Analyze(
+                pb.SentimentRequest(text="good"), metadata=metadata
+            )
+            async for _ in call:
+                pass
+            return {k: str(v) for k, v in (await call.trailing_metadata() or ())}
+
+    assert run(trailing((("x-request-id", "req-42"),)))["x-request-id"] == "req-42"
+    generated = run(trailing(()))["x-request-id"]
+    assert len(generated) == 32 and int(generated, 16) >= 0
