@@ -221,17 +221,7 @@ class _Worker:
 
 async def run_process(config: BenchConfig, *, counters: Counters, slot: int) -> Samples:
     """Runs `config` in this process on its own channel; `slot` is its index in `counters`."""
-    connection = config.connection
-    client = RecurClient(
-        connection.target,
-        timeout=config.timeout,
-        tls=connection.tls,
-        root_certificates=connection.root_certificates,
-        client_cert=connection.client_cert,
-        client_key=connection.client_key,
-        token=connection.token,
-        retry=NO_RETRIES,
-    )
+    client = RecurClient.for_connection(config.connection, timeout=config.timeout, retry=NO_RETRIES)
     async with client:
         worker = _Worker(config, client, counters, slot)
         cpu = asyncio.create_task(worker.measure_cpu())

@@ -85,16 +85,8 @@ def _payloads(args: argparse.Namespace) -> tuple[str, ...]:
 
 def config_from(args: argparse.Namespace) -> bench.BenchConfig:
     """The load test the parsed `recur bench` flags describe."""
-    connection = Connection(
-        target=args.target,
-        tls=args.tls,
-        root_certificates=args.root_cert,
-        client_cert=args.client_cert,
-        client_key=args.client_key,
-        token=args.token,
-    )
     return bench.BenchConfig(
-        connection=connection,
+        connection=Connection.from_flags(args),
         task=args.task,
         payloads=_payloads(args),
         concurrency=args.concurrency,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -32,6 +33,18 @@ class Connection:
     client_cert: str | Path | None = None
     client_key: str | Path | None = None
     token: str | None = None
+
+    @classmethod
+    def from_flags(cls, args: Any) -> Connection:
+        """The connection the CLI's parsed --target/--tls/--root-cert/... flags describe."""
+        return cls(
+            target=args.target,
+            tls=args.tls,
+            root_certificates=args.root_cert,
+            client_cert=args.client_cert,
+            client_key=args.client_key,
+            token=args.token,
+        )
 
     def __post_init__(self) -> None:
         if (self.client_cert is None) != (self.client_key is None):

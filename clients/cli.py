@@ -27,6 +27,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from clients import bench_cli, render, terminal
+from clients.channel import Connection
 from clients.sdk import DEFAULT_TARGET, RecurClient, RecurError, Session
 
 Command = Callable[[RecurClient, argparse.Namespace], Awaitable[int]]
@@ -259,15 +260,7 @@ async def _health(client: RecurClient, args: argparse.Namespace) -> int:
 
 async def _dispatch(args: argparse.Namespace) -> int:
     run: Command = args.run
-    client = RecurClient(
-        args.target,
-        timeout=args.timeout,
-        tls=args.tls,
-        root_certificates=args.root_cert,
-        client_cert=args.client_cert,
-        client_key=args.client_key,
-        token=args.token,
-    )
+    client = RecurClient.for_connection(Connection.from_flags(args), timeout=args.timeout)
     async with client:
         return await run(client, args)
 

@@ -151,6 +151,22 @@ class RecurClient:
         self._rng = random.Random()
         self._channel: aio.Channel | None = None
 
+    @classmethod
+    def for_connection(
+        cls, connection: Connection, *, timeout: float = 30.0, retry: RetryPolicy | None = None
+    ) -> RecurClient:
+        """A client of the server `connection` describes."""
+        return cls(
+            connection.target,
+            timeout=timeout,
+            tls=connection.tls,
+            root_certificates=connection.root_certificates,
+            client_cert=connection.client_cert,
+            client_key=connection.client_key,
+            token=connection.token,
+            retry=retry,
+        )
+
     async def __aenter__(self) -> Self:
         self._channel = self.connection.open()
         return self
