@@ -1,50 +1,62 @@
 """The serving engine: turns a request into a stream of events by stepping ONNX graphs.
 
-Each stream runs its graphs in a small thread pool (ONNX Runtime releases the GIL), so the event
-loop never blocks. Decoding is greedy. Cancellation is checked between steps for free: a stream
-is an async generator, so a cancelled call stops it at its next `await`.
+Every stream leases slots in its model's state pool and asks the model's scheduler for steps, so
+the steps of all live streams run as batched ONNX Runtime calls (continuous batching; see
+`scheduler.py`). A stream is an async generator: a cancelled call or an expired deadline stops it
+at its next `await`, and its `with runtime.lease(...)` block gives the slots back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 
-from services.events import Event, Finished, FinishReason, RunningLabel, TokenEvent
+from services.decoding import BeamSearch, Hypothesis, Sampler, log_softmax
+from services.errors import InvalidArgument, Unavailable
+from services.events import Event, Finished, FinishReason, RunningLabel, Suggestion, TokenEvent
 from services.model import Arrays, LoadedModel, ModelRegistry
+from services.requests import CompleteParams, TranslateParams
+from services.runtime import EngineConfig, Runtime, pump
+from services.scheduler import BatchObserver
 
 
-@dataclass(frozen=True)
 class Clock:
     """Timings of one stream, measured from the request's arrival."""
 
-    arrived: float
-    started: float | None = None
-    first: float | None = None
+    def __init__(self, arrived: float) -> None:
+        self.arrived = arrived
+        self.started: float | None = None
+        self.first: float | None = None
+        self.last: float | None = None
+        self.events = 0
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def mark(self) -> None:
+        """An event is about to be streamed."""
+        self.last = time.perf_counter()
+        self.first = self.first or self.last
+        self.events += 1
 
     def finish(self, model: LoadedModel, **fields: object) -> Finished:
         now = time.perf_counter()
-        started = self.started if self.started is not None else now
-        first = self.first if self.first is not None else now
+        started = self.started or now
+        first = self.first or now
+        gaps = (self.last - first) / (self.events - 1) if self.last and self.events > 1 else 0.0
         return Finished(
             model=model.name,
             version=model.version,
             queue_seconds=started - self.arrived,
             time_to_first_token_seconds=first - self.arrived,
             total_seconds=now - self.arrived,
+            mean_inter_token_seconds=gaps,
             **fields,  # type: ignore[arg-type]
         )
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    result: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return result
 
 
 class Detokenizer:
@@ -53,8 +65,8 @@ class Detokenizer:
     def __init__(self, model: LoadedModel, prefix: list[int]) -> None:
         self.tokenizer = model.tokenizer
         self.ids = list(prefix)
-        self.start = len(self.tokenizer.decode(self.ids)) if prefix else 0
         self.text = self.tokenizer.decode(self.ids) if prefix else ""
+        self.start = len(self.text)
 
     def add(self, token: int) -> str:
         self.ids.append(token)
@@ -71,77 +83,182 @@ class Detokenizer:
 class Engine:
     """Streams for every task over the models of a registry."""
 
-    def __init__(self, registry: ModelRegistry, *, workers: int = 2) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        cfg: EngineConfig | None = None,
+        *,
+        workers: int = 2,
+        observe: BatchObserver | None = None,
+        on_slots: Callable[[Runtime], None] | None = None,
+    ) -> None:
         self.registry = registry
+        self.cfg = cfg or EngineConfig(concurrency=workers)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ort")
+        self.observe = observe
+        self.on_slots = on_slots
+        self.ready = True  # False while the server loads and warms its models
+        self._runtimes: dict[LoadedModel, Runtime] = {}
 
-    async def run(self, model: LoadedModel, role: str, feeds: Arrays) -> Arrays:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, model.run, role, feeds)
+    def runtime(self, model: LoadedModel) -> Runtime:
+        if model not in self._runtimes:
+            self._runtimes[model] = Runtime(
+                model, self.executor, self.cfg, observe=self.observe, on_slots=self.on_slots
+            )
+        return self._runtimes[model]
+
+    def forget(self, model: LoadedModel) -> None:
+        """Drop an unloaded model's runtime (streams still on it keep their own reference)."""
+        self._runtimes.pop(model, None)
+
+    def resolve(self, name: str, task: str) -> LoadedModel:
+        if not self.ready:
+            raise Unavailable("the server is still loading its models; retry shortly")
+        return self.registry.resolve(name, task)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def translate(
-        self,
-        model: LoadedModel,
-        text: str,
-        *,
-        max_tokens: int,
-        include_attention: bool,
-        arrived: float,
+    def translate(
+        self, model: LoadedModel, text: str, params: TranslateParams, *, arrived: float
     ) -> AsyncIterator[Event]:
-        """Greedy translation, one event per target token."""
+        """Translation, one event per target token (beam search: the best, once found)."""
+        return pump(self._translate(model, text, params, arrived))
+
+    def analyze(self, model: LoadedModel, text: str, *, arrived: float) -> AsyncIterator[Event]:
+        """Running sentiment: the label and probabilities after every input token."""
+        return pump(self._analyze(model, text, arrived))
+
+    def complete(
+        self, model: LoadedModel, text: str, params: CompleteParams, *, arrived: float
+    ) -> AsyncIterator[Event]:
+        """Completion of a prefix: greedy or sampled tokens, then suggestions by beam search."""
+        return pump(self._complete(model, text, params, arrived))
+
+    async def _translate(
+        self, model: LoadedModel, text: str, params: TranslateParams, arrived: float
+    ) -> AsyncIterator[Event]:
         encoding = model.tokenizer.encode(text)
         src = np.array([encoding.ids], dtype=np.int64)  # (1, S)
-        clock = Clock(arrived, started=time.perf_counter())
-        encoded = await self.run(
-            model, "encoder", {"src": src, "src_len": np.array([src.shape[1]])}
-        )
-        feeds = {
-            "prev": np.array([[model.bos_id]], dtype=np.int64),
-            **model.encoder_state(encoded),
-            "memory": encoded["memory"],
-            "src_mask": np.ones(src.shape, dtype=bool),
-        }
-        detok = Detokenizer(model, [])
-        reason = FinishReason.LENGTH
-        limit = max_tokens or 2 * src.shape[1] + 10
-        for index in range(limit):
-            out = await self.run(model, "decoder_step", feeds)
-            logprobs = log_softmax(out["logits"][0])
-            token = int(logprobs.argmax())
-            if token == model.eos_id:
-                reason = FinishReason.STOP
-                break
-            attention = tuple(out["attention"][0].tolist()) if include_attention else ()
-            if clock.first is None:
-                clock = Clock(arrived, clock.started, time.perf_counter())
-            yield TokenEvent(index, token, detok.add(token), float(logprobs[token]), attention)
-            feeds = {**feeds, "prev": np.array([[token]], dtype=np.int64), **model.next_state(out)}
+        limit = params.limit(src.shape[1])
+        runtime, clock = self.runtime(model), Clock(arrived)
+        with runtime.lease(params.beam_size) as slots:
+            clock.start()
+            encoded = await runtime.step(
+                "encoder", slots[:1], {"src": src, "src_len": np.array([src.shape[1]])}
+            )
+            memory = encoded["memory"]  # (1, S, E)
+
+            def feeds(prev: np.ndarray) -> Arrays:
+                rows = len(prev)
+                return {
+                    "prev": prev,
+                    "memory": np.repeat(memory, rows, axis=0),
+                    "src_mask": np.ones((rows, src.shape[1]), dtype=bool),
+                }
+
+            if params.beam_size > 1:
+                beam = BeamSearch(params.beam_size, model.eos_id, limit, params.length_penalty)
+                bos = np.array([[model.bos_id]], dtype=np.int64)
+                first = await runtime.step("decoder_step", slots[:1], feeds(bos))
+                best = (await self._beam(runtime, "decoder_step", beam, slots, first, feeds))[0]
+                events = self._replay(model, best, clock)
+            else:
+                events = self._greedy_translation(runtime, slots[:1], feeds, limit, params, clock)
+            pieces, reason = [], FinishReason.LENGTH
+            async for event in events:
+                if isinstance(event, FinishReason):
+                    reason = event
+                    break
+                pieces.append(event.text)
+                yield event
         yield clock.finish(
             model,
             reason=reason,
-            text=detok.output,
+            text="".join(pieces),
             input_tokens=src.shape[1],
-            output_tokens=len(detok.ids),
+            output_tokens=len(pieces),
             source_tokens=tuple(encoding.tokens),
         )
 
-    async def analyze(
-        self, model: LoadedModel, text: str, *, arrived: float
-    ) -> AsyncIterator[Event]:
-        """Running sentiment: the label and probabilities after every input token."""
+    async def _greedy_translation(
+        self,
+        runtime: Runtime,
+        slots: np.ndarray,
+        feeds: Callable[[np.ndarray], Arrays],
+        limit: int,
+        params: TranslateParams,
+        clock: Clock,
+    ) -> AsyncIterator[TokenEvent | FinishReason]:
+        model = runtime.model
+        detok = Detokenizer(model, [])
+        prev = np.array([[model.bos_id]], dtype=np.int64)
+        for index in range(limit):
+            out = await runtime.step("decoder_step", slots, feeds(prev))
+            logprobs = log_softmax(out["logits"][0])
+            token = int(logprobs.argmax())
+            if token == model.eos_id:
+                yield FinishReason.STOP
+                return
+            attention = tuple(out["attention"][0].tolist()) if params.include_attention else ()
+            clock.mark()
+            yield TokenEvent(index, token, detok.add(token), float(logprobs[token]), attention)
+            prev = np.array([[token]], dtype=np.int64)
+        yield FinishReason.LENGTH
+
+    async def _replay(
+        self, model: LoadedModel, best: Hypothesis, clock: Clock
+    ) -> AsyncIterator[TokenEvent | FinishReason]:
+        """Stream a finished hypothesis token by token."""
+        detok = Detokenizer(model, [])
+        for index, (token, logprob) in enumerate(
+            zip(best.tokens, best.token_logprobs, strict=True)
+        ):
+            clock.mark()
+            yield TokenEvent(index, token, detok.add(token), logprob)
+        yield FinishReason.STOP if best.finished else FinishReason.LENGTH
+
+    async def _beam(
+        self,
+        runtime: Runtime,
+        role: str,
+        beam: BeamSearch,
+        slots: np.ndarray,
+        first: Arrays,
+        feeds: Callable[[np.ndarray], Arrays],
+    ) -> list[Hypothesis]:
+        """Run `beam` from its root, whose state is in `slots[0]` and logits in `first`.
+
+        Beam `i` lives in `slots[i]`; after each step the survivors take their parents' state.
+        """
+        out = first
+        while True:
+            logits = out["logits"].reshape(len(beam.live), -1)  # (live, V)
+            parents = beam.advance(log_softmax(logits))
+            if beam.done:
+                return beam.ranked()
+            live = len(beam.live)
+            runtime.pool.copy(slots[np.array(parents)], slots[:live])
+            prev = np.array([[h.tokens[-1]] for h in beam.live], dtype=np.int64)
+            out = await runtime.step(role, slots[:live], feeds(prev))
+
+    async def _analyze(self, model: LoadedModel, text: str, arrived: float) -> AsyncIterator[Event]:
         encoding = model.tokenizer.encode(text)
-        tokens = np.array([encoding.ids], dtype=np.int64)  # (1, T)
-        clock = Clock(arrived, started=time.perf_counter())
-        out = await self.run(model, "classifier_step", {"tokens": tokens, **model.zero_state(1)})
-        probabilities = np.exp(log_softmax(out["logits"][0]))  # (T, C)
-        clock = Clock(arrived, clock.started, time.perf_counter())
-        for index, (token, piece) in enumerate(zip(encoding.ids, encoding.tokens, strict=True)):
-            p = probabilities[index]
-            label = model.labels[int(p.argmax())]
-            yield RunningLabel(index, token, piece, label, tuple(p.tolist()))
+        if not encoding.ids:
+            raise InvalidArgument("text", "has no tokens for this model's tokenizer")
+        runtime, clock = self.runtime(model), Clock(arrived)
+        ids, chunk = encoding.ids, runtime.prefill_chunk
+        with runtime.lease() as slots:
+            clock.start()
+            for start in range(0, len(ids), chunk):
+                tokens = np.array([ids[start : start + chunk]], dtype=np.int64)
+                out = await runtime.step("classifier_step", slots, {"tokens": tokens})
+                probabilities = np.exp(log_softmax(out["logits"][0]))  # (T, C)
+                for index, p in enumerate(probabilities, start):
+                    clock.mark()
+                    label = model.labels[int(p.argmax())]
+                    piece = encoding.tokens[index]
+                    yield RunningLabel(index, ids[index], piece, label, tuple(p.tolist()))
         final = probabilities[-1]
         yield clock.finish(
             model,
@@ -153,54 +270,85 @@ class Engine:
             labels=model.labels,
         )
 
-    async def complete(
-        self, model: LoadedModel, text: str, *, max_tokens: int, arrived: float
+    async def _complete(
+        self, model: LoadedModel, text: str, params: CompleteParams, arrived: float
     ) -> AsyncIterator[Event]:
-        """Greedy completion of a prefix."""
         prefix = [model.bos_id, *model.tokenizer.encode(text).ids]
-        clock = Clock(arrived, started=time.perf_counter())
-        tokens = np.array([prefix], dtype=np.int64)
-        out = await self.run(model, "lm_step", {"tokens": tokens, **model.zero_state(1)})
-        state = model.next_state(out)
-        async for event in self.generate(
-            model, out["logits"][0, -1], state, prefix=prefix, max_tokens=max_tokens, clock=clock
-        ):
-            yield event
+        runtime, clock = self.runtime(model), Clock(arrived)
+        with runtime.lease() as slots:
+            clock.start()
+            logits = (await runtime.prefill("lm_step", slots, prefix))[-1][-1]
+            state = runtime.pool.read(slots)  # after the prefix, for the suggestions
+            async for event in self.generate(
+                runtime, slots, logits, prefix=prefix, params=params, clock=clock
+            ):
+                if isinstance(event, Finished) and params.suggestions:
+                    found = await self.suggest(runtime, state, logits, prefix, params)
+                    event = replace(event, suggestions=found)
+                yield event
 
     async def generate(
         self,
-        model: LoadedModel,
+        runtime: Runtime,
+        slots: np.ndarray,
         logits: np.ndarray,
-        state: Arrays,
         *,
         prefix: list[int],
-        max_tokens: int,
+        params: CompleteParams,
         clock: Clock,
-        stale: asyncio.Event | None = None,
+        is_stale: Callable[[], bool] = lambda: False,
     ) -> AsyncIterator[Event]:
-        """Greedy language-model decoding from `logits` (V,) and `state` after `prefix`."""
+        """Language-model decoding from `logits: (V,)` with the state after `prefix` in `slots`."""
+        model = runtime.model
+        sampler = Sampler(params.sampling)
         detok = Detokenizer(model, prefix)
         reason = FinishReason.LENGTH
-        for index in range(max_tokens):
-            if stale is not None and stale.is_set():
+        for index in range(params.max_tokens):
+            if is_stale():
                 reason = FinishReason.SUPERSEDED
                 break
-            logprobs = log_softmax(logits)
-            token = int(logprobs.argmax())
+            token, logprob = sampler.choose(logits)
             if token == model.eos_id:
                 reason = FinishReason.STOP
                 break
-            if clock.first is None:
-                clock = Clock(clock.arrived, clock.started, time.perf_counter())
-            yield TokenEvent(index, token, detok.add(token), float(logprobs[token]))
-            feeds = {"tokens": np.array([[token]], dtype=np.int64), **state}
-            out = await self.run(model, "lm_step", feeds)
-            logits = out["logits"][0, -1]
-            state = model.next_state(out)
+            clock.mark()
+            yield TokenEvent(index, token, detok.add(token), logprob)
+            if any(detok.output.endswith(s) for s in params.stop):
+                reason = FinishReason.STOP
+                break
+            if index + 1 < params.max_tokens:
+                out = await runtime.step(
+                    "lm_step", slots, {"tokens": np.array([[token]], dtype=np.int64)}
+                )
+                logits = out["logits"][0, -1]
         yield clock.finish(
             model,
             reason=reason,
             text=detok.output,
             input_tokens=len(prefix) - 1,
             output_tokens=len(detok.ids) - len(prefix),
+        )
+
+    async def suggest(
+        self,
+        runtime: Runtime,
+        state: Arrays,
+        logits: np.ndarray,
+        prefix: list[int],
+        params: CompleteParams,
+    ) -> tuple[Suggestion, ...]:
+        """The `params.suggestions` most probable completions of `prefix`, by beam search."""
+        model = runtime.model
+        beam = BeamSearch(params.suggestions, model.eos_id, params.max_tokens)
+        with runtime.lease(params.suggestions) as slots:
+            runtime.pool.write(slots[:1], state)
+
+            def feeds(prev: np.ndarray) -> Arrays:
+                return {"tokens": prev}
+
+            found = await self._beam(runtime, "lm_step", beam, slots, {"logits": logits}, feeds)
+        start = len(model.tokenizer.decode(prefix))
+        return tuple(
+            Suggestion(model.tokenizer.decode([*prefix, *h.tokens])[start:], h.logprob)
+            for h in found
         )

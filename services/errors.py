@@ -27,5 +27,13 @@ class ResourceExhausted(ServiceError):
     """The server is at its stream limit (RESOURCE_EXHAUSTED)."""
 
 
+class Expired(ServiceError):
+    """A session idle for longer than its time to live (DEADLINE_EXCEEDED)."""
+
+
+class Unauthenticated(ServiceError):
+    """A missing or wrong bearer token (UNAUTHENTICATED)."""
+
+
 class BundleError(Exception):
     """A model bundle that fails verification; it is refused and never served."""

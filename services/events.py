@@ -35,6 +35,14 @@ class RunningLabel:
 
 
 @dataclass(frozen=True)
+class Suggestion:
+    """One alternative completion found by beam search."""
+
+    text: str
+    logprob: float  # total log-probability of its tokens (and of its end, when it ended)
+
+
+@dataclass(frozen=True)
 class Finished:
     """The last event of every stream."""
 
@@ -47,9 +55,11 @@ class Finished:
     queue_seconds: float
     time_to_first_token_seconds: float
     total_seconds: float
+    mean_inter_token_seconds: float = 0.0
     probabilities: tuple[float, ...] = ()
     labels: tuple[str, ...] = ()
     source_tokens: tuple[str, ...] = field(default_factory=tuple)
+    suggestions: tuple[Suggestion, ...] = ()
 
 
 Event = TokenEvent | RunningLabel | Finished

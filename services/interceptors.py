@@ -18,10 +18,12 @@ from grpc import aio
 
 from services.admission import Admission
 from services.errors import (
+    Expired,
     InvalidArgument,
     ModelNotFound,
     ResourceExhausted,
     ServiceError,
+    Unauthenticated,
     Unavailable,
 )
 from services.metrics import CallInfo, ServerMetrics
@@ -37,6 +39,8 @@ _CODES: dict[type[ServiceError], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Expired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 

@@ -27,6 +27,7 @@ class LoadedModel:
         self.version = manifest.version
         self.task = bundle.task
         self.labels = tuple(manifest.labels)
+        self.pad_id = manifest.special_tokens.pad_id
         self.bos_id = manifest.special_tokens.bos_id
         self.eos_id = manifest.special_tokens.eos_id
         options = ort.SessionOptions()
@@ -96,8 +97,16 @@ class ModelRegistry:
         return self.latest(task if task in names else names[0])
 
     def resolve(self, name: str, task: str) -> LoadedModel:
-        """The model a request asked for (`name`, or the task's default when empty)."""
-        model = self.latest(name) if name else self.default_for(task)
+        """The model a request asked for (`name`, `name@version`, or the task's default)."""
+        name, _, version = name.partition("@")
+        if version:
+            model = self.models.get((name, int(version))) if version.isdigit() else None
+            if model is None:
+                versions = sorted(v for n, v in self.models if n == name)
+                raise ModelNotFound(f"model {name!r} has no loaded version {version!r} "
+                                    f"(loaded: {versions or 'none'})")  # fmt: skip
+        else:
+            model = self.latest(name) if name else self.default_for(task)
         if model is None:
             if name:
                 loaded = ", ".join(sorted({n for n, _ in self.models})) or "none"

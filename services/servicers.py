@@ -13,6 +13,7 @@ from services.events import Event, Finished, FinishReason, RunningLabel, TokenEv
 from services.interceptors import Context, current_call
 from services.metrics import ServerMetrics
 from services.model import LoadedModel
+from services.requests import CompleteParams, TranslateParams
 from services.session import Edit, SessionInput, run_session
 
 _REASONS = {
@@ -33,6 +34,7 @@ def summary(event: Finished) -> pb.StreamSummary:
             queue_seconds=event.queue_seconds,
             time_to_first_token_seconds=event.time_to_first_token_seconds,
             total_seconds=event.total_seconds,
+            mean_inter_token_seconds=event.mean_inter_token_seconds,
         ),
     )
 
@@ -44,6 +46,14 @@ def token(event: TokenEvent) -> pb.GeneratedToken:
         text=event.text,
         logprob=event.logprob,
         attention=event.attention,
+    )
+
+
+def complete_final(event: Finished) -> pb.CompleteFinal:
+    return pb.CompleteFinal(
+        completion=event.text,
+        summary=summary(event),
+        suggestions=[pb.Suggestion(text=s.text, logprob=s.logprob) for s in event.suggestions],
     )
 
 
@@ -62,14 +72,16 @@ class Servicers(
         limits: validation.Limits,
         *,
         default_max_tokens: int,
+        session_ttl: float = 300.0,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.limits = limits
         self.default_max_tokens = default_max_tokens
+        self.session_ttl = session_ttl
 
     def _model(self, name: str, task: str) -> LoadedModel:
-        model = self.engine.registry.resolve(validation.model_name(name), task)
+        model = self.engine.resolve(validation.model_name(name), task)
         info = current_call()
         info.model, info.version, info.task = model.name, str(model.version), model.task
         return model
@@ -82,15 +94,18 @@ class Servicers(
     ) -> AsyncIterator[pb.TranslateResponse]:
         arrived = time.perf_counter()
         text = validation.text(request.text, self.limits)
-        limit = validation.max_tokens(request.max_tokens, self.limits, default=0)
-        model = self._model(request.model, "translation")
-        events = self.engine.translate(
-            model,
-            text,
-            max_tokens=limit,
+        params = TranslateParams(
+            max_tokens=validation.max_tokens(request.max_tokens, self.limits, default=0),
+            max_length_ratio=validation.in_range(
+                "max_length_ratio", request.max_length_ratio, 0.0, 10.0
+            )
+            or 2.0,
+            beam_size=validation.beam_size(request.beam_size, self.limits),
+            length_penalty=validation.in_range("length_penalty", request.length_penalty, 0, 2),
             include_attention=request.include_attention,
-            arrived=arrived,
         )
+        model = self._model(request.model, "translation")
+        events = self.engine.translate(model, text, params, arrived=arrived)
         async for event in self._observe(events):
             if isinstance(event, TokenEvent):
                 yield pb.TranslateResponse(token=token(event))
@@ -131,17 +146,26 @@ class Servicers(
     ) -> AsyncIterator[pb.CompleteResponse]:
         arrived = time.perf_counter()
         text = validation.text(request.text, self.limits)
-        limit = validation.max_tokens(
-            request.max_tokens, self.limits, default=self.default_max_tokens
+        seed = request.seed if request.HasField("seed") else None
+        params = CompleteParams(
+            max_tokens=validation.max_tokens(
+                request.max_tokens, self.limits, default=self.default_max_tokens
+            ),
+            sampling=validation.sampling(request.temperature, request.top_k, request.top_p, seed),
+            stop=validation.stop_strings(list(request.stop)),
+            suggestions=validation.beam_size(
+                request.num_suggestions, self.limits, field="num_suggestions"
+            )
+            if request.num_suggestions
+            else 0,
         )
         model = self._model(request.model, "autocomplete")
-        events = self.engine.complete(model, text, max_tokens=limit, arrived=arrived)
+        events = self.engine.complete(model, text, params, arrived=arrived)
         async for event in self._observe(events):
             if isinstance(event, TokenEvent):
                 yield pb.CompleteResponse(token=token(event))
             elif isinstance(event, Finished):
-                final = pb.CompleteFinal(completion=event.text, summary=summary(event))
-                yield pb.CompleteResponse(final=final)
+                yield pb.CompleteResponse(final=complete_final(event))
 
     async def Session(
         self, request_iterator: AsyncIterator[pb.SessionRequest], context: Context
@@ -149,8 +173,15 @@ class Servicers(
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return
-        limit = validation.max_tokens(
-            first.max_tokens, self.limits, default=self.default_max_tokens
+        params = CompleteParams(
+            max_tokens=validation.max_tokens(
+                first.max_tokens, self.limits, default=self.default_max_tokens
+            ),
+            suggestions=validation.beam_size(
+                first.num_suggestions, self.limits, field="num_suggestions"
+            )
+            if first.num_suggestions
+            else 0,
         )
         model = self._model(first.model, "autocomplete")
 
@@ -160,14 +191,18 @@ class Servicers(
                 yield self._session_input(request)
 
         answers = run_session(
-            self.engine, model, inputs(), max_tokens=limit, max_chars=self.limits.max_input_chars
+            self.engine,
+            model,
+            inputs(),
+            params=params,
+            max_chars=self.limits.max_input_chars,
+            ttl=self.session_ttl,
         )
         async for revision, event in answers:
             if isinstance(event, TokenEvent):
                 yield pb.SessionResponse(revision=revision, token=token(event))
             elif isinstance(event, Finished):
-                final = pb.CompleteFinal(completion=event.text, summary=summary(event))
-                yield pb.SessionResponse(revision=revision, final=final)
+                yield pb.SessionResponse(revision=revision, final=complete_final(event))
 
     def _session_input(self, request: pb.SessionRequest) -> SessionInput:
         arrived = time.perf_counter()

@@ -1,9 +1,11 @@
 """Autocomplete sessions: completions for text that is still being typed.
 
-The session keeps the language model's state after every token of the current text. When the
-text changes, it keeps the states of the longest common token prefix and advances only over the
-new tokens, so typing one more character costs one model step however long the text is. A newer
-message abandons the suggestion being generated for older text (FINISH_REASON_SUPERSEDED).
+The session keeps the language model's state after every token of the current text (a stack of
+snapshots). When the text changes, it keeps the snapshots of the longest common token prefix,
+restores the last of them into its slot and steps only the new tokens, so typing one more
+character costs one model step however long the text is. A newer message abandons the
+suggestion being generated for older text (FINISH_REASON_SUPERSEDED), and a session with no
+message for `ttl` seconds ends with DEADLINE_EXCEEDED, giving its slot and snapshots back.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.engine import Clock, Engine
-from services.errors import InvalidArgument
+from services.errors import Expired, InvalidArgument
 from services.events import Event, FinishReason
 from services.model import Arrays, LoadedModel
+from services.requests import CompleteParams
+from services.runtime import Runtime, pump
+from services.slots import SlotPool
 
 
 @dataclass(frozen=True)
@@ -50,30 +55,39 @@ class SessionInput:
 
 
 class TypedText:
-    """The model state after every token of the text typed so far."""
+    """The model state after every token of the text typed so far; the live state in `slots`."""
 
-    def __init__(self, engine: Engine, model: LoadedModel) -> None:
-        self.engine = engine
-        self.model = model
+    def __init__(self, runtime: Runtime, slots: np.ndarray) -> None:
+        self.runtime = runtime
+        self.slots = slots
         self.ids: list[int] = []
-        self.states: list[Arrays] = []  # states[i]: after ids[: i + 1]
+        self.snapshots: list[Arrays] = []  # snapshots[i]: state after ids[: i + 1]
         self.logits: list[np.ndarray] = []  # logits[i]: next-token logits after ids[: i + 1]
+        self.moved = False  # the slot advanced past the text (a suggestion was generated)
 
     async def advance_to(self, text: str) -> int:
         """Move to `text`; returns how many tokens had to be stepped."""
-        ids = [self.model.bos_id, *self.model.tokenizer.encode(text).ids]
+        model = self.runtime.model
+        ids = [model.bos_id, *model.tokenizer.encode(text).ids]
         keep = 0
         while keep < min(len(ids), len(self.ids)) and ids[keep] == self.ids[keep]:
             keep += 1
-        del self.ids[keep:], self.states[keep:], self.logits[keep:]
+        if keep < len(self.ids) or self.moved:
+            restored = self.snapshots[keep - 1] if keep else dict.fromkeys(self.pool.arrays, 0.0)
+            self.pool.write(self.slots, restored)
+            self.moved = False
+        del self.ids[keep:], self.snapshots[keep:], self.logits[keep:]
         for token in ids[keep:]:
-            state = self.states[-1] if self.states else self.model.zero_state(1)
-            feeds = {"tokens": np.array([[token]], dtype=np.int64), **state}
-            out = await self.engine.run(self.model, "lm_step", feeds)
+            feeds = {"tokens": np.array([[token]], dtype=np.int64)}
+            out = await self.runtime.step("lm_step", self.slots, feeds)
             self.ids.append(token)
-            self.states.append(self.model.next_state(out))
+            self.snapshots.append(self.pool.read(self.slots))
             self.logits.append(out["logits"][0, -1])
         return len(ids) - keep
+
+    @property
+    def pool(self) -> SlotPool:
+        return self.runtime.pool
 
 
 async def run_session(
@@ -81,8 +95,9 @@ async def run_session(
     model: LoadedModel,
     inputs: AsyncIterator[SessionInput],
     *,
-    max_tokens: int,
+    params: CompleteParams,
     max_chars: int,
+    ttl: float,
 ) -> AsyncIterator[tuple[int, Event]]:
     """Answer every client message with a suggestion: `(revision, event)` pairs, revision from 1.
 
@@ -90,59 +105,82 @@ async def run_session(
     ends as superseded, and messages that queued up meanwhile are answered with an immediate
     superseded final before the latest one is served.
     """
-    queue: asyncio.Queue[SessionInput | None] = asyncio.Queue()
-    stale = asyncio.Event()
-    failure: list[BaseException] = []
+    async for answer in pump(_session(engine, model, inputs, params, max_chars, ttl)):
+        yield answer
+
+
+async def _session(
+    engine: Engine,
+    model: LoadedModel,
+    inputs: AsyncIterator[SessionInput],
+    params: CompleteParams,
+    max_chars: int,
+    ttl: float,
+) -> AsyncIterator[tuple[int, Event]]:
+    queue: asyncio.Queue[SessionInput | BaseException | None] = asyncio.Queue()
+    received = 0  # client messages read so far
 
     async def read() -> None:
+        nonlocal received
         try:
             async for item in inputs:
+                received += 1
                 await queue.put(item)
-                stale.set()
-        except BaseException as e:  # surfaced to the caller below
-            failure.append(e)
+        except Exception as e:  # surfaced to the caller below
+            await queue.put(e)
         await queue.put(None)
 
     reader = asyncio.create_task(read())
-    typed = TypedText(engine, model)
+    runtime = engine.runtime(model)
     text, revision = "", 0
     try:
-        while (item := await queue.get()) is not None:
-            revision += 1
-            text = item.edit.apply(text) if item.edit is not None else item.text or ""
-            if len(text) > max_chars:
-                raise InvalidArgument(
-                    "text", f"must be at most {max_chars} characters, got {len(text)}"
-                )
-            clock = Clock(item.arrived or time.perf_counter())
-            if not queue.empty():
-                yield (
-                    revision,
-                    clock.finish(
-                        model,
-                        reason=FinishReason.SUPERSEDED,
-                        text="",
-                        input_tokens=0,
-                        output_tokens=0,
-                    ),
-                )
-                continue
-            stale.clear()
-            clock = Clock(clock.arrived, started=time.perf_counter())
-            await typed.advance_to(text)
-            async for event in engine.generate(
-                model,
-                typed.logits[-1],
-                typed.states[-1],
-                prefix=list(typed.ids),
-                max_tokens=max_tokens,
-                clock=clock,
-                stale=stale,
-            ):
-                yield revision, event
-        if failure:
-            raise failure[0]
+        with runtime.lease() as slots:
+            typed = TypedText(runtime, slots)
+            while (item := await _next(queue, ttl)) is not None:
+                revision += 1
+                text = item.edit.apply(text) if item.edit is not None else item.text or ""
+                if len(text) > max_chars:
+                    raise InvalidArgument(
+                        "text", f"must be at most {max_chars} characters, got {len(text)}"
+                    )
+                clock = Clock(item.arrived or time.perf_counter())
+                if received > revision:
+                    yield revision, _superseded(clock, model)
+                    continue
+                clock.start()
+                await typed.advance_to(text)
+                typed.moved = True
+                async for event in engine.generate(
+                    runtime,
+                    slots,
+                    typed.logits[-1],
+                    prefix=list(typed.ids),
+                    params=params,
+                    clock=clock,
+                    is_stale=lambda seen=revision: received > seen,
+                ):
+                    yield revision, event
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
+
+
+async def _next(
+    queue: asyncio.Queue[SessionInput | BaseException | None], ttl: float
+) -> SessionInput | None:
+    try:
+        item = await asyncio.wait_for(queue.get(), ttl)
+    except TimeoutError:
+        raise Expired(
+            f"session idle for more than {ttl:g} s (--session-ttl-seconds); open a new one"
+        ) from None
+    if isinstance(item, BaseException):
+        raise item
+    return item
+
+
+def _superseded(clock: Clock, model: LoadedModel) -> Event:
+    return clock.finish(
+        model, reason=FinishReason.SUPERSEDED, text="", input_tokens=0, output_tokens=0
+    )

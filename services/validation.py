@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from services.decoding import SamplingParams
 from services.errors import InvalidArgument
+
+MAX_STOP_STRINGS = 8
+MAX_STOP_CHARS = 64
 
 
 @dataclass(frozen=True)
 class Limits:
     max_input_chars: int
     max_tokens_limit: int
+    max_beam_size: int = 8
 
 
 def text(value: str, limits: Limits, *, field: str = "text", allow_empty: bool = False) -> str:
@@ -42,3 +48,35 @@ def model_name(value: str) -> str:
     if len(value) > 200 or any(c in value for c in "/\\\x00"):
         raise InvalidArgument("model", f"is not a valid model name: {value[:40]!r}")
     return value
+
+
+def in_range(field: str, value: float, low: float, high: float) -> float:
+    """`value` within [low, high] and finite, else INVALID_ARGUMENT naming `field`."""
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidArgument(field, f"must be in [{low:g}, {high:g}], got {value:g}")
+    return value
+
+
+def beam_size(value: int, limits: Limits, *, field: str = "beam_size") -> int:
+    """0 and 1 are greedy; at most `max_beam_size`."""
+    in_range(field, value, 0, limits.max_beam_size)
+    return max(value, 1)
+
+
+def sampling(temperature: float, top_k: int, top_p: float, seed: int | None) -> SamplingParams:
+    in_range("temperature", temperature, 0.0, 5.0)
+    in_range("top_p", top_p, 0.0, 1.0)
+    if top_k > 1_000_000:
+        raise InvalidArgument("top_k", f"must be at most 1000000 (0: no limit), got {top_k}")
+    return SamplingParams(temperature, top_k, top_p or 1.0, seed)
+
+
+def stop_strings(values: list[str]) -> tuple[str, ...]:
+    if len(values) > MAX_STOP_STRINGS:
+        raise InvalidArgument("stop", f"must hold at most {MAX_STOP_STRINGS} strings")
+    for value in values:
+        if not value or len(value) > MAX_STOP_CHARS:
+            raise InvalidArgument(
+                "stop", f"strings must have 1 to {MAX_STOP_CHARS} characters, got {len(value)}"
+            )
+    return tuple(values)

@@ -13,6 +13,7 @@ import torch
 from services.engine import Engine
 from services.events import Finished, RunningLabel, TokenEvent
 from services.model import ModelRegistry
+from services.requests import CompleteParams, TranslateParams
 from tests.conftest import untrained_checkpoint
 from trainer.data.tokenizer import BOS_ID, EOS_ID
 from trainer.export import export_checkpoint, rebuild_model
@@ -42,7 +43,7 @@ def test_translation_matches_pytorch_greedy(cell_repo: Any) -> None:
     model = engine.registry.resolve("", "translation")
     text = "the small dog sees a red car"
     events = asyncio.run(
-        collect(engine.translate(model, text, max_tokens=8, include_attention=False,
+        collect(engine.translate(model, text, TranslateParams(max_tokens=8),
                                  arrived=time.perf_counter()))
     )  # fmt: skip
     ids = model.tokenizer.encode(text).ids
@@ -63,7 +64,7 @@ def test_sentiment_and_completion_match_pytorch(cell_repo: Any) -> None:
     expected = torch.softmax(logits[0], 1).flatten().tolist()
     assert [p for e in running for p in e.probabilities] == pytest.approx(expected, abs=1e-4)
     lm = engine.registry.resolve("", "autocomplete")
-    events = asyncio.run(collect(engine.complete(lm, "how to", max_tokens=6, arrived=0.0)))
+    events = asyncio.run(collect(engine.complete(lm, "how to", CompleteParams(max_tokens=6), arrived=0.0)))
     prefix = [BOS_ID, *lm.tokenizer.encode("how to").ids]
     model, generated = models["autocomplete"], []
     with torch.no_grad():

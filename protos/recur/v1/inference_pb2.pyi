@@ -61,22 +61,26 @@ class Timings(_message.Message):
     QUEUE_SECONDS_FIELD_NUMBER: _builtins.int
     TIME_TO_FIRST_TOKEN_SECONDS_FIELD_NUMBER: _builtins.int
     TOTAL_SECONDS_FIELD_NUMBER: _builtins.int
+    MEAN_INTER_TOKEN_SECONDS_FIELD_NUMBER: _builtins.int
     queue_seconds: _builtins.float
     """From the request's arrival to the start of its first model step."""
     time_to_first_token_seconds: _builtins.float
     """From the request's arrival to the first streamed event."""
     total_seconds: _builtins.float
     """From the request's arrival to the final event."""
+    mean_inter_token_seconds: _builtins.float
+    """Mean time between consecutive streamed events (0 with fewer than two)."""
     def __init__(
         self,
         *,
         queue_seconds: _builtins.float = ...,
         time_to_first_token_seconds: _builtins.float = ...,
         total_seconds: _builtins.float = ...,
+        mean_inter_token_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue_seconds", b"queue_seconds", "time_to_first_token_seconds", b"time_to_first_token_seconds", "total_seconds", b"total_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mean_inter_token_seconds", b"mean_inter_token_seconds", "queue_seconds", b"queue_seconds", "time_to_first_token_seconds", b"time_to_first_token_seconds", "total_seconds", b"total_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -180,14 +184,27 @@ class TranslateRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     INCLUDE_ATTENTION_FIELD_NUMBER: _builtins.int
+    BEAM_SIZE_FIELD_NUMBER: _builtins.int
+    LENGTH_PENALTY_FIELD_NUMBER: _builtins.int
+    MAX_LENGTH_RATIO_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The source text. Required, non-empty."""
     model: _builtins.str
-    """The model to use; empty selects the server's default translation model."""
+    """The model to use (`name`, or `name@version` to pin a loaded version); empty selects the
+    server's default translation model.
+    """
     max_tokens: _builtins.int
     """The most target tokens to produce; 0 selects the server default (twice the source length + 10)."""
     include_attention: _builtins.bool
-    """Stream each step's attention weights over the source tokens."""
+    """Stream each step's attention weights over the source tokens (greedy decoding only)."""
+    beam_size: _builtins.int
+    """Beam width: 0 or 1 decodes greedily and streams each token as it is chosen; more keeps that
+    many hypotheses and streams the best one once the search ends. At most the server's limit.
+    """
+    length_penalty: _builtins.float
+    """GNMT length normalization alpha for beam search, in [0, 2]; 0 ranks by total log-probability."""
+    max_length_ratio: _builtins.float
+    """With max_tokens = 0: at most max_length_ratio * source tokens + 10 target tokens; 0 selects 2."""
     def __init__(
         self,
         *,
@@ -195,10 +212,13 @@ class TranslateRequest(_message.Message):
         model: _builtins.str = ...,
         max_tokens: _builtins.int = ...,
         include_attention: _builtins.bool = ...,
+        beam_size: _builtins.int = ...,
+        length_penalty: _builtins.float = ...,
+        max_length_ratio: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_attention", b"include_attention", "max_tokens", b"max_tokens", "model", b"model", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beam_size", b"beam_size", "include_attention", b"include_attention", "length_penalty", b"length_penalty", "max_length_ratio", b"max_length_ratio", "max_tokens", b"max_tokens", "model", b"model", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -285,7 +305,9 @@ class SentimentRequest(_message.Message):
     text: _builtins.str
     """The text to classify. Required, non-empty."""
     model: _builtins.str
-    """The model to use; empty selects the server's default sentiment model."""
+    """The model to use (`name`, or `name@version` to pin a loaded version); empty selects the
+    server's default sentiment model.
+    """
     def __init__(
         self,
         *,
@@ -425,26 +447,84 @@ class CompleteRequest(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    TOP_P_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    NUM_SUGGESTIONS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The prefix typed so far. Required, non-empty."""
     model: _builtins.str
-    """The model to use; empty selects the server's default autocomplete model."""
+    """The model to use (`name`, or `name@version` to pin a loaded version); empty selects the
+    server's default autocomplete model.
+    """
     max_tokens: _builtins.int
     """The most tokens to add; 0 selects the server default (32)."""
+    temperature: _builtins.float
+    """Sampling temperature in [0, 5]; 0 (the default) decodes greedily and ignores top_k/top_p/seed."""
+    top_k: _builtins.int
+    """Sample only among the k most probable tokens; 0 means no limit."""
+    top_p: _builtins.float
+    """Nucleus sampling: only the most probable tokens whose probabilities sum to top_p, in (0, 1];
+    0 means 1 (no limit).
+    """
+    seed: _builtins.int
+    """Seeds the sampler, so the same request samples the same tokens; unset draws a fresh seed."""
+    num_suggestions: _builtins.int
+    """How many alternative completions, found by beam search, the final event lists (0 to 8)."""
+    @_builtins.property
+    def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The completion ends after a token that makes it end with one of these strings (at most 8)."""
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         model: _builtins.str = ...,
         max_tokens: _builtins.int = ...,
+        temperature: _builtins.float = ...,
+        top_k: _builtins.int = ...,
+        top_p: _builtins.float = ...,
+        seed: _builtins.int | None = ...,
+        stop: _abc.Iterable[_builtins.str] | None = ...,
+        num_suggestions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "seed", b"seed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "max_tokens", b"max_tokens", "model", b"model", "num_suggestions", b"num_suggestions", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "text", b"text", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+
+Global___CompleteRequest: _TypeAlias = CompleteRequest  # noqa: Y015
+
+@_typing.final
+class Suggestion(_message.Message):
+    """An alternative completion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    LOGPROB_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The text that would follow the prefix."""
+    logprob: _builtins.float
+    """Total natural-log probability of its tokens (and of its end, where it ended)."""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        logprob: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_tokens", b"max_tokens", "model", b"model", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logprob", b"logprob", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CompleteRequest: _TypeAlias = CompleteRequest  # noqa: Y015
+Global___Suggestion: _TypeAlias = Suggestion  # noqa: Y015
 
 @_typing.final
 class CompleteFinal(_message.Message):
@@ -454,21 +534,27 @@ class CompleteFinal(_message.Message):
 
     COMPLETION_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    SUGGESTIONS_FIELD_NUMBER: _builtins.int
     completion: _builtins.str
     """The text added to the prefix (the concatenation of the streamed tokens)."""
     @_builtins.property
     def summary(self) -> Global___StreamSummary:
         """Counts, model and timings."""
 
+    @_builtins.property
+    def suggestions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Suggestion]:
+        """The most probable completions by beam search, best first (when num_suggestions > 0)."""
+
     def __init__(
         self,
         *,
         completion: _builtins.str = ...,
         summary: Global___StreamSummary | None = ...,
+        suggestions: _abc.Iterable[Global___Suggestion] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "suggestions", b"suggestions", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -548,12 +634,15 @@ class SessionRequest(_message.Message):
     EDIT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    NUM_SUGGESTIONS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The full text as typed so far; the server diffs it against the previous one."""
     model: _builtins.str
     """The model to use; only read from the first message of a session."""
     max_tokens: _builtins.int
     """The most tokens of each suggestion; 0 selects the server default (32)."""
+    num_suggestions: _builtins.int
+    """Alternative completions by beam search in each final event (0 to 8); first message only."""
     @_builtins.property
     def edit(self) -> Global___TextEdit:
         """An edit of the previous text."""
@@ -565,10 +654,11 @@ class SessionRequest(_message.Message):
         edit: Global___TextEdit | None = ...,
         model: _builtins.str = ...,
         max_tokens: _builtins.int = ...,
+        num_suggestions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["edit", b"edit", "input", b"input", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["edit", b"edit", "input", b"input", "max_tokens", b"max_tokens", "model", b"model", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edit", b"edit", "input", b"input", "max_tokens", b"max_tokens", "model", b"model", "num_suggestions", b"num_suggestions", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["text", "edit"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015

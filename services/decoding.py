@@ -1,0 +1,143 @@
+"""Choosing tokens from logits: greedy, sampling and beam search. Pure numpy, no model calls.
+
+The engine owns the model steps; these classes only decide which token (or which beams) come
+next, so they are tested against brute force on tiny tables of log-probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    result: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return result
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each token. `temperature == 0` is greedy (and ignores the rest).
+
+    Attributes:
+        temperature: Divides the logits before sampling; lower is more conservative.
+        top_k: Sample only among the k most probable tokens (0: all).
+        top_p: Sample only among the most probable tokens whose probabilities sum to p (1: all).
+        seed: Seeds the stream's generator, so the same request samples the same tokens.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class Sampler:
+    """Picks tokens for one stream; returns the token and its log-probability under the model."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def choose(self, logits: np.ndarray) -> tuple[int, float]:
+        """`logits: (V,)` -> (token, log p(token)) with p the model's unscaled distribution."""
+        logprobs = log_softmax(logits.astype(np.float64))
+        if self.params.greedy:
+            token = int(logprobs.argmax())
+            return token, float(logprobs[token])
+        scaled = log_softmax(logprobs / self.params.temperature)
+        order = np.argsort(-scaled, kind="stable")
+        keep = len(order)
+        if self.params.top_k:
+            keep = min(keep, self.params.top_k)
+        if self.params.top_p < 1.0:
+            cumulative = np.cumsum(np.exp(scaled[order]))
+            keep = min(keep, int(np.searchsorted(cumulative, self.params.top_p)) + 1)
+        candidates = order[:keep]
+        weights = np.exp(scaled[candidates])
+        token = int(self.rng.choice(candidates, p=weights / weights.sum()))
+        return token, float(logprobs[token])
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT's length normalization ((5 + |Y|) / 6)^alpha; alpha = 0 scores by total log-prob."""
+    return float(((5.0 + length) / 6.0) ** alpha)
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    tokens: tuple[int, ...]  # without the end-of-sequence token
+    token_logprobs: tuple[float, ...]  # log p of each token in `tokens`
+    logprob: float  # total, including the end-of-sequence token when it ended with one
+    score: float  # logprob / length_penalty
+    finished: bool  # ended with end-of-sequence (False: cut at max_len)
+
+
+@dataclass
+class BeamSearch:
+    """Beam search over a model that the caller steps.
+
+    Usage: `beams = BeamSearch(...)`; while not `beams.done`: step the model for the live beams
+    (`beams.live`, initially one empty beam) to get `logprobs: (len(live), V)` and call
+    `parents = beams.advance(logprobs)`; the next live beam `i` continues from the previous live
+    beam `parents[i]` with token `beams.live[i].tokens[-1]`. `beams.ranked()` gives the results.
+
+    With `alpha == 0` the search stops as soon as no live beam can beat the `size`-th finished
+    one (log-probabilities only fall as a sequence grows); with `alpha > 0` normalized scores can
+    rise with length, so it runs until every beam has ended or reached `max_len`.
+    """
+
+    size: int
+    eos_id: int
+    max_len: int
+    alpha: float = 0.0
+    live: list[Hypothesis] = field(default_factory=lambda: [Hypothesis((), (), 0.0, 0.0, False)])
+    ended: list[Hypothesis] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        if not self.live:
+            return True
+        if self.alpha != 0.0 or len(self.ended) < self.size:
+            return False
+        kth = sorted(h.score for h in self.ended)[-self.size]
+        return max(h.logprob for h in self.live) <= kth
+
+    def advance(self, logprobs: np.ndarray) -> list[int]:
+        """Extend the live beams by one token; returns each new live beam's parent index."""
+        totals = np.array([h.logprob for h in self.live])[:, None] + logprobs  # (n, V)
+        order = np.argsort(-totals, axis=None, kind="stable")[: 2 * self.size]
+        live, parents = [], []
+        for flat in order:
+            parent, token = divmod(int(flat), logprobs.shape[1])
+            total = float(totals[parent, token])
+            before = self.live[parent]
+            if token == self.eos_id:
+                score = total / length_penalty(len(before.tokens) + 1, self.alpha)
+                self.ended.append(
+                    Hypothesis(before.tokens, before.token_logprobs, total, score, True)
+                )
+                continue
+            grown = (*before.tokens, token)
+            token_logprobs = (*before.token_logprobs, float(logprobs[parent, token]))
+            score = total / length_penalty(len(grown), self.alpha)
+            live.append(Hypothesis(grown, token_logprobs, total, score, False))
+            parents.append(parent)
+            if len(live) == self.size:
+                break
+        if live and len(live[0].tokens) >= self.max_len:
+            self.ended.extend(live)
+            live, parents = [], []
+        self.live = live
+        return parents
+
+    def ranked(self) -> list[Hypothesis]:
+        """The best `size` hypotheses, best first (ended ones, else the live ones at their end)."""
+        pool = self.ended or self.live
+        return sorted(pool, key=lambda h: -h.score)[: self.size]

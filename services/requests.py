@@ -1,0 +1,46 @@
+"""What a stream was asked to do, validated: plain dataclasses the servicers build from protos."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.decoding import SamplingParams
+
+
+@dataclass(frozen=True)
+class TranslateParams:
+    """Decoding of one translation.
+
+    Attributes:
+        max_tokens: Most target tokens; 0 derives it from the source (`max_length_ratio`).
+        max_length_ratio: With `max_tokens == 0`, at most `ratio * source tokens + 10` tokens.
+        beam_size: 1 is greedy; more keeps that many hypotheses and streams the best at the end.
+        length_penalty: GNMT's alpha; 0 ranks beams by total log-probability.
+        include_attention: Stream each step's attention over the source (greedy only).
+    """
+
+    max_tokens: int = 0
+    max_length_ratio: float = 2.0
+    beam_size: int = 1
+    length_penalty: float = 0.0
+    include_attention: bool = False
+
+    def limit(self, source_tokens: int) -> int:
+        return self.max_tokens or int(self.max_length_ratio * source_tokens) + 10
+
+
+@dataclass(frozen=True)
+class CompleteParams:
+    """Decoding of one completion.
+
+    Attributes:
+        max_tokens: Most tokens of the streamed completion.
+        sampling: Greedy (the default) or sampling settings.
+        stop: The completion ends after a token that makes it end with one of these strings.
+        suggestions: How many alternative completions (by beam search) the final event lists.
+    """
+
+    max_tokens: int = 32
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: tuple[str, ...] = ()
+    suggestions: int = 0

@@ -1,0 +1,128 @@
+"""What a loaded model needs to serve streams: its slot pool, its scheduler, leases on slots.
+
+`Runtime.lease(n)` gives a stream its slots for as long as it lives and takes them back however
+the stream ends (finished, failed, cancelled, deadline). `pump` runs a stream's decoding as its
+own task feeding a small bounded queue, so the model steps of all streams are not paced by each
+client's network writes (they would scatter the streams over many batches) and a client that
+stops reading holds at most `depth` events before its stream pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from services.model import Arrays, LoadedModel
+from services.scheduler import BatchObserver, Scheduler
+from services.slots import SlotPool
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine batches.
+
+    Attributes:
+        max_batch_size: Most rows in one ONNX Runtime call (1: batching off).
+        state_slots: Slots in each model's pool (a stream holds one, a beam search one per beam).
+        prefill_chunk: Longest piece of a prompt read in one step, so prompts take turns.
+        concurrency: Batches of one model in flight at once.
+    """
+
+    max_batch_size: int = 256
+    state_slots: int = 1024
+    prefill_chunk: int = 32
+    concurrency: int = 2
+
+
+class Runtime:
+    """One model version's pool and scheduler."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        executor: Executor,
+        cfg: EngineConfig,
+        *,
+        observe: BatchObserver | None = None,
+        on_slots: Callable[[Runtime], None] | None = None,
+    ) -> None:
+        self.model = model
+        shapes = {spec.input: list(spec.shape) for spec in model.bundle.manifest.state}
+        self.pool = SlotPool(shapes, cfg.state_slots)
+        self.scheduler = Scheduler(
+            model,
+            self.pool,
+            executor,
+            max_batch_size=cfg.max_batch_size,
+            concurrency=cfg.concurrency,
+            observe=observe,
+        )
+        self.prefill_chunk = cfg.prefill_chunk
+        self.on_slots = on_slots
+        self.streams = 0  # streams holding slots
+
+    @contextlib.contextmanager
+    def lease(self, count: int = 1) -> Iterator[np.ndarray]:
+        """`count` zeroed slots for the duration of a stream."""
+        slots = self.pool.acquire(count)
+        self.streams += 1
+        self._changed()
+        try:
+            yield slots
+        finally:
+            self.streams -= 1
+            self.pool.release(slots)
+            self._changed()
+
+    async def step(self, role: str, slots: np.ndarray, inputs: Arrays) -> Arrays:
+        return await self.scheduler.step(role, slots, inputs)
+
+    async def prefill(self, role: str, slots: np.ndarray, ids: list[int]) -> list[np.ndarray]:
+        """Read `ids` into one slot in chunks; returns each chunk's logits `(T, ...)`."""
+        chunks = []
+        for start in range(0, len(ids), self.prefill_chunk):
+            piece = np.array([ids[start : start + self.prefill_chunk]], dtype=np.int64)
+            out = await self.step(role, slots, {"tokens": piece})
+            chunks.append(out["logits"][0])
+        return chunks
+
+    def _changed(self) -> None:
+        if self.on_slots is not None:
+            self.on_slots(self)
+
+
+class _End:
+    pass
+
+
+async def pump(events: AsyncIterator[T], *, depth: int = 16) -> AsyncIterator[T]:
+    """Iterate `events` in a task of its own, at most `depth` items ahead of the consumer."""
+    queue: asyncio.Queue[T | _End | BaseException] = asyncio.Queue(depth)
+
+    async def produce() -> None:
+        try:
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
+                async for event in events:
+                    await queue.put(event)
+            await queue.put(_End())
+        except Exception as error:
+            await queue.put(error)
+
+    task = asyncio.create_task(produce())
+    try:
+        while not isinstance(item := await queue.get(), _End):
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

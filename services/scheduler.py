@@ -1,0 +1,227 @@
+"""Continuous batching: every stream's next step of a model, gathered into one ONNX Runtime call.
+
+A stream asks for a step with `await scheduler.step(role, slots, inputs)`. The request waits in a
+FIFO queue; whenever a worker is free, the oldest request and every queued request that can share
+its call (same graph, same non-padded shape, up to `max_batch_size` rows) run as one batch:
+state is gathered from the slot pool, ONNX Runtime runs in the executor, state is scattered back
+and each stream gets its rows of the other outputs. Streams join and leave between batches.
+
+Requests only batch with requests of the same shape: decode steps (one token) with decode steps,
+prefill chunks of the same length with each other. The source axis of translation graphs is the
+exception: sources of different lengths are padded (with the mask saying so), because attention
+ignores padding exactly. Engines split long prompts into chunks, so a long prefill takes turns
+with everyone else's decode steps instead of stalling them.
+
+The next batch is formed one event-loop turn after a request arrives, so the streams woken by the
+previous batch have all queued their next step by then and ride together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.model import Arrays, LoadedModel
+from services.slots import SlotPool
+
+BatchObserver = Callable[[LoadedModel, str, int, float], None]  # model, role, rows, seconds
+
+
+@dataclass
+class _Request:
+    role: str
+    slots: np.ndarray  # (n,) pool rows this step reads and writes
+    inputs: Arrays  # the graph's non-state inputs, batch axis first
+    key: tuple[object, ...]  # requests with equal keys can share one call
+    source_len: int  # length of the padded source axis (0: none)
+    future: asyncio.Future[Arrays] = field(repr=False)
+
+    @property
+    def rows(self) -> int:
+        return len(self.slots)
+
+
+class Scheduler:
+    """Batches the steps of every stream of one model.
+
+    Args:
+        model: The model whose graphs run.
+        pool: Its state-slot pool.
+        executor: Where ONNX Runtime runs (it releases the GIL).
+        max_batch_size: Most rows in one call; 1 turns batching off.
+        concurrency: Most batches in flight at once (usually the executor's thread count).
+        observe: Called after every batch with its role, rows and duration.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        pool: SlotPool,
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        concurrency: int,
+        observe: BatchObserver | None = None,
+    ) -> None:
+        self.model = model
+        self.pool = pool
+        self.executor = executor
+        self.max_batch_size = max_batch_size
+        self.concurrency = concurrency
+        self.observe = observe
+        self._queue: deque[_Request] = deque()
+        self._in_flight = 0
+        self._kick_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._specs = {g.role: g for g in model.bundle.manifest.graphs}
+        self._state_out = {role: self._state_outputs(role) for role in self._specs}
+
+    @property
+    def waiting(self) -> int:
+        """Rows queued and not yet running."""
+        return sum(r.rows for r in self._queue if not r.future.done())
+
+    async def step(self, role: str, slots: np.ndarray, inputs: Arrays) -> Arrays:
+        """Run graph `role` for `slots`; the state of those slots advances in the pool.
+
+        Returns:
+            The graph's non-state outputs for these rows (batch axis first, source axis trimmed
+            to this request's source length).
+        """
+        spec = self._specs[role]
+        key: list[object] = [role]
+        source_len = 0
+        for tensor in spec.inputs:
+            if tensor.name not in inputs:
+                continue
+            dims = list(tensor.shape)
+            shape = inputs[tensor.name].shape
+            if "source" in dims:
+                source_len = shape[dims.index("source")]
+            key.append(tuple(n for d, n in zip(dims, shape, strict=True) if d not in _PADDED))
+        future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(role, slots, inputs, tuple(key), source_len, future))
+        self._schedule_kick()
+        return await future
+
+    def _schedule_kick(self) -> None:
+        if not self._kick_scheduled:
+            self._kick_scheduled = True
+            asyncio.get_running_loop().call_soon(self._kick)
+
+    def _kick(self) -> None:
+        self._kick_scheduled = False
+        while self._in_flight < self.concurrency:
+            batch = self._take()
+            if not batch:
+                return
+            self._in_flight += 1
+            task = asyncio.create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> list[_Request]:
+        """The oldest live request and the queued ones that can share its call, in FIFO order."""
+        while self._queue and self._queue[0].future.done():  # cancelled while waiting
+            self._queue.popleft()
+        if not self._queue:
+            return []
+        head = self._queue.popleft()
+        batch, rows, kept = [head], head.rows, deque[_Request]()
+        while self._queue:
+            request = self._queue.popleft()
+            if request.future.done():
+                continue
+            if request.key == head.key and rows + request.rows <= self.max_batch_size:
+                batch.append(request)
+                rows += request.rows
+            else:
+                kept.append(request)
+        self._queue = kept
+        return batch
+
+    async def _run(self, batch: list[_Request]) -> None:
+        slots = np.concatenate([r.slots for r in batch])
+        role = batch[0].role
+        self.pool.pin(slots)
+        try:
+            feeds = self._feeds(batch, slots)
+            started = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self.executor, self.model.run, role, feeds)
+            if self.observe is not None:
+                self.observe(self.model, role, len(slots), time.perf_counter() - started)
+            self.pool.write(slots, {s: outputs.pop(o) for o, s in self._state_out[role].items()})
+        except Exception as error:
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(error)
+            return
+        finally:
+            self.pool.unpin(slots)
+            self._in_flight -= 1
+            self._schedule_kick()
+        self._deliver(batch, outputs)
+
+    def _feeds(self, batch: list[_Request], slots: np.ndarray) -> Arrays:
+        """The batch's inputs: per-request inputs stacked (sources padded) plus gathered state."""
+        spec = self._specs[batch[0].role]
+        width = max(r.source_len for r in batch)
+        feeds: Arrays = {}
+        for tensor in spec.inputs:
+            if tensor.name in self.pool.arrays:
+                continue
+            parts = [r.inputs[tensor.name] for r in batch]
+            if "source" in tensor.shape:
+                axis = list(tensor.shape).index("source")
+                fill = self.model.pad_id if parts[0].dtype == np.int64 else 0
+                parts = [_pad(p, axis, width, fill) for p in parts]
+            feeds[tensor.name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        state_inputs = [t.name for t in spec.inputs if t.name in self.pool.arrays]
+        if state_inputs:
+            feeds.update(self.pool.read(slots))
+        return feeds
+
+    def _deliver(self, batch: list[_Request], outputs: Arrays) -> None:
+        spec = self._specs[batch[0].role]
+        source_axes = {
+            t.name: list(t.shape).index("source") for t in spec.outputs if "source" in t.shape
+        }
+        start = 0
+        for request in batch:
+            rows = slice(start, start + request.rows)
+            start += request.rows
+            if request.future.done():  # cancelled while running: its rows are dropped
+                continue
+            mine = {name: value[rows] for name, value in outputs.items()}
+            for name, axis in source_axes.items():
+                mine[name] = np.take(mine[name], np.arange(request.source_len), axis=axis)
+            request.future.set_result(mine)
+
+    def _state_outputs(self, role: str) -> dict[str, str]:
+        """Graph output name -> pool state name (`h_out` -> `h`; the encoder's `h_init` -> `h`)."""
+        outputs = {t.name for t in self._specs[role].outputs}
+        mapping = {}
+        for state in self.model.bundle.manifest.state:
+            for name in (state.output, f"{state.input}_init"):
+                if name in outputs:
+                    mapping[name] = state.input
+        return mapping
+
+
+_PADDED = ("batch", "source")
+
+
+def _pad(array: np.ndarray, axis: int, width: int, fill: float) -> np.ndarray:
+    missing = width - array.shape[axis]
+    if missing == 0:
+        return array
+    pad = [(0, 0)] * array.ndim
+    pad[axis] = (0, missing)
+    return np.pad(array, pad, constant_values=fill)
