@@ -31,11 +31,14 @@ def test_export_writes_a_verified_bundle(task: str, cell: str, tmp_path: Path) -
     assert bundle == tmp_path / task / "1"
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert [g["role"] for g in manifest["graphs"]] == GRAPHS[task]
-    assert set(manifest["sha256"]) == {f"{g}.onnx" for g in GRAPHS[task]} | {"tokenizer.json"}
+    graph_files = {f"{g}{suffix}" for g in GRAPHS[task] for suffix in (".onnx", ".opt.onnx")}
+    assert set(manifest["sha256"]) == graph_files | {"tokenizer.json"}
     for graph in manifest["graphs"]:
-        parity = graph["parity"]
-        assert parity["max_abs_diff"] <= parity["tolerance"] == 1e-4
-        assert len(parity["sequence_lengths"]) >= 2 and parity["batch_sizes"] == [1, 4]
+        assert graph["optimized_file"] == f"{graph['role']}.opt.onnx"
+        assert graph["optimization_level"] == "ORT_ENABLE_EXTENDED"
+        for parity in (graph["parity"], graph["optimized_parity"]):
+            assert parity["max_abs_diff"] <= parity["tolerance"] == 1e-4
+            assert len(parity["sequence_lengths"]) >= 2 and parity["batch_sizes"] == [1, 4]
     assert manifest["cell"] == cell
     assert manifest["state"] == [
         {"input": name, "output": f"{name}_out", "shape": ["2", "batch", "24"]}

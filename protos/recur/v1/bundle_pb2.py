@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/recur/v1/bundle.proto\x12\x08recur.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\t\"9\n\tStateSpec\x12\r\n\x05input\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\t\"f\n\x0cParityReport\x12\x14\n\x0cmax_abs_diff\x18\x01 \x01(\x01\x12\x11\n\ttolerance\x18\x02 \x01(\x01\x12\x18\n\x10sequence_lengths\x18\x03 \x03(\r\x12\x13\n\x0b\x62\x61tch_sizes\x18\x04 \x03(\r\"\xbd\x01\n\tGraphSpec\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x03(\x0b\x32\x14.recur.v1.TensorSpec\x12%\n\x07outputs\x18\x04 \x03(\x0b\x32\x14.recur.v1.TensorSpec\x12\x10\n\x08\x65xporter\x18\x05 \x01(\t\x12\r\n\x05opset\x18\x06 \x01(\r\x12&\n\x06parity\x18\x07 \x01(\x0b\x32\x16.recur.v1.ParityReport\"\x88\x01\n\nModelSizes\x12\x12\n\nvocab_size\x18\x01 \x01(\r\x12\x11\n\tembed_dim\x18\x02 \x01(\r\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12\x12\n\nnum_layers\x18\x04 \x01(\r\x12\x15\n\rbidirectional\x18\x05 \x01(\x08\x12\x13\n\x0bnum_classes\x18\x06 \x01(\r\"O\n\rSpecialTokens\x12\x0e\n\x06pad_id\x18\x01 \x01(\r\x12\x0e\n\x06\x62os_id\x18\x02 \x01(\r\x12\x0e\n\x06\x65os_id\x18\x03 \x01(\r\x12\x0e\n\x06unk_id\x18\x04 \x01(\r\"\x93\x02\n\x0fTrainingSummary\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\t\x12\x16\n\x0etrain_examples\x18\x02 \x01(\x04\x12\x16\n\x0evalid_examples\x18\x03 \x01(\x04\x12\x0e\n\x06\x65pochs\x18\x04 \x01(\r\x12\r\n\x05steps\x18\x05 \x01(\x04\x12\x0f\n\x07workers\x18\x06 \x01(\r\x12\x14\n\x0cwall_seconds\x18\x07 \x01(\x01\x12\x37\n\x07metrics\x18\x08 \x03(\x0b\x32&.recur.v1.TrainingSummary.MetricsEntry\x12\x13\n\x0b\x63onfig_json\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"B\n\x0e\x45xportVersions\x12\r\n\x05torch\x18\x01 \x01(\t\x12\x0c\n\x04onnx\x18\x02 \x01(\t\x12\x13\n\x0bonnxruntime\x18\x03 \x01(\t\"\x8c\x04\n\x0e\x42undleManifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x1c\n\x04task\x18\x04 \x01(\x0e\x32\x0e.recur.v1.Task\x12\x0c\n\x04\x63\x65ll\x18\x05 \x01(\t\x12#\n\x05sizes\x18\x06 \x01(\x0b\x32\x14.recur.v1.ModelSizes\x12#\n\x06graphs\x18\x07 \x03(\x0b\x32\x13.recur.v1.GraphSpec\x12\"\n\x05state\x18\x08 \x03(\x0b\x32\x13.recur.v1.StateSpec\x12/\n\x0especial_tokens\x18\t \x01(\x0b\x32\x17.recur.v1.SpecialTokens\x12\x16\n\x0etokenizer_file\x18\n \x01(\t\x12\x0e\n\x06labels\x18\x0b \x03(\t\x12+\n\x08training\x18\x0c \x01(\x0b\x32\x19.recur.v1.TrainingSummary\x12*\n\x08versions\x18\r \x01(\x0b\x32\x18.recur.v1.ExportVersions\x12\x34\n\x06sha256\x18\x0e \x03(\x0b\x32$.recur.v1.BundleManifest.Sha256Entry\x12\x12\n\ncreated_at\x18\x0f \x01(\t\x1a-\n\x0bSha256Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*]\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x14\n\x10TASK_TRANSLATION\x10\x01\x12\x12\n\x0eTASK_SENTIMENT\x10\x02\x12\x15\n\x11TASK_AUTOCOMPLETE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/recur/v1/bundle.proto\x12\x08recur.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\t\"9\n\tStateSpec\x12\r\n\x05input\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\t\"f\n\x0cParityReport\x12\x14\n\x0cmax_abs_diff\x18\x01 \x01(\x01\x12\x11\n\ttolerance\x18\x02 \x01(\x01\x12\x18\n\x10sequence_lengths\x18\x03 \x03(\r\x12\x13\n\x0b\x62\x61tch_sizes\x18\x04 \x03(\r\"\xbb\x02\n\tGraphSpec\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x03(\x0b\x32\x14.recur.v1.TensorSpec\x12%\n\x07outputs\x18\x04 \x03(\x0b\x32\x14.recur.v1.TensorSpec\x12\x10\n\x08\x65xporter\x18\x05 \x01(\t\x12\r\n\x05opset\x18\x06 \x01(\r\x12&\n\x06parity\x18\x07 \x01(\x0b\x32\x16.recur.v1.ParityReport\x12\x16\n\x0eoptimized_file\x18\x08 \x01(\t\x12\x1a\n\x12optimization_level\x18\t \x01(\t\x12\x30\n\x10optimized_parity\x18\n \x01(\x0b\x32\x16.recur.v1.ParityReport\x12\x16\n\x0equantized_file\x18\x0b \x01(\t\"\x86\x02\n\x12QuantizationReport\x12\x0e\n\x06scheme\x18\x01 \x01(\t\x12\x10\n\x08op_types\x18\x02 \x03(\t\x12\x12\n\nsize_ratio\x18\x03 \x01(\x01\x12\x11\n\tstep_role\x18\x04 \x01(\t\x12\x1a\n\x12step_latency_ratio\x18\x05 \x01(\x01\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\x18\n\x10higher_is_better\x18\x07 \x01(\x08\x12\x12\n\nfp32_value\x18\x08 \x01(\x01\x12\x12\n\nint8_value\x18\t \x01(\x01\x12\r\n\x05\x64\x65lta\x18\n \x01(\x01\x12\x18\n\x10max_quality_drop\x18\x0b \x01(\x01\x12\x10\n\x08\x65xamples\x18\x0c \x01(\x04\"\x88\x01\n\nModelSizes\x12\x12\n\nvocab_size\x18\x01 \x01(\r\x12\x11\n\tembed_dim\x18\x02 \x01(\r\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12\x12\n\nnum_layers\x18\x04 \x01(\r\x12\x15\n\rbidirectional\x18\x05 \x01(\x08\x12\x13\n\x0bnum_classes\x18\x06 \x01(\r\"O\n\rSpecialTokens\x12\x0e\n\x06pad_id\x18\x01 \x01(\r\x12\x0e\n\x06\x62os_id\x18\x02 \x01(\r\x12\x0e\n\x06\x65os_id\x18\x03 \x01(\r\x12\x0e\n\x06unk_id\x18\x04 \x01(\r\"\x93\x02\n\x0fTrainingSummary\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\t\x12\x16\n\x0etrain_examples\x18\x02 \x01(\x04\x12\x16\n\x0evalid_examples\x18\x03 \x01(\x04\x12\x0e\n\x06\x65pochs\x18\x04 \x01(\r\x12\r\n\x05steps\x18\x05 \x01(\x04\x12\x0f\n\x07workers\x18\x06 \x01(\r\x12\x14\n\x0cwall_seconds\x18\x07 \x01(\x01\x12\x37\n\x07metrics\x18\x08 \x03(\x0b\x32&.recur.v1.TrainingSummary.MetricsEntry\x12\x13\n\x0b\x63onfig_json\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"B\n\x0e\x45xportVersions\x12\r\n\x05torch\x18\x01 \x01(\t\x12\x0c\n\x04onnx\x18\x02 \x01(\t\x12\x13\n\x0bonnxruntime\x18\x03 \x01(\t\"\xc0\x04\n\x0e\x42undleManifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x1c\n\x04task\x18\x04 \x01(\x0e\x32\x0e.recur.v1.Task\x12\x0c\n\x04\x63\x65ll\x18\x05 \x01(\t\x12#\n\x05sizes\x18\x06 \x01(\x0b\x32\x14.recur.v1.ModelSizes\x12#\n\x06graphs\x18\x07 \x03(\x0b\x32\x13.recur.v1.GraphSpec\x12\"\n\x05state\x18\x08 \x03(\x0b\x32\x13.recur.v1.StateSpec\x12/\n\x0especial_tokens\x18\t \x01(\x0b\x32\x17.recur.v1.SpecialTokens\x12\x16\n\x0etokenizer_file\x18\n \x01(\t\x12\x0e\n\x06labels\x18\x0b \x03(\t\x12+\n\x08training\x18\x0c \x01(\x0b\x32\x19.recur.v1.TrainingSummary\x12*\n\x08versions\x18\r \x01(\x0b\x32\x18.recur.v1.ExportVersions\x12\x34\n\x06sha256\x18\x0e \x03(\x0b\x32$.recur.v1.BundleManifest.Sha256Entry\x12\x12\n\ncreated_at\x18\x0f \x01(\t\x12\x32\n\x0cquantization\x18\x10 \x01(\x0b\x32\x1c.recur.v1.QuantizationReport\x1a-\n\x0bSha256Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*]\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x14\n\x10TASK_TRANSLATION\x10\x01\x12\x12\n\x0eTASK_SENTIMENT\x10\x02\x12\x15\n\x11TASK_AUTOCOMPLETE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGSUMMARY_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_BUNDLEMANIFEST_SHA256ENTRY']._loaded_options = None
   _globals['_BUNDLEMANIFEST_SHA256ENTRY']._serialized_options = b'8\001'
-  _globals['_TASK']._serialized_start=1548
-  _globals['_TASK']._serialized_end=1641
+  _globals['_TASK']._serialized_start=1991
+  _globals['_TASK']._serialized_end=2084
   _globals['_TENSORSPEC']._serialized_start=42
   _globals['_TENSORSPEC']._serialized_end=98
   _globals['_STATESPEC']._serialized_start=100
@@ -44,19 +44,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARITYREPORT']._serialized_start=159
   _globals['_PARITYREPORT']._serialized_end=261
   _globals['_GRAPHSPEC']._serialized_start=264
-  _globals['_GRAPHSPEC']._serialized_end=453
-  _globals['_MODELSIZES']._serialized_start=456
-  _globals['_MODELSIZES']._serialized_end=592
-  _globals['_SPECIALTOKENS']._serialized_start=594
-  _globals['_SPECIALTOKENS']._serialized_end=673
-  _globals['_TRAININGSUMMARY']._serialized_start=676
-  _globals['_TRAININGSUMMARY']._serialized_end=951
-  _globals['_TRAININGSUMMARY_METRICSENTRY']._serialized_start=905
-  _globals['_TRAININGSUMMARY_METRICSENTRY']._serialized_end=951
-  _globals['_EXPORTVERSIONS']._serialized_start=953
-  _globals['_EXPORTVERSIONS']._serialized_end=1019
-  _globals['_BUNDLEMANIFEST']._serialized_start=1022
-  _globals['_BUNDLEMANIFEST']._serialized_end=1546
-  _globals['_BUNDLEMANIFEST_SHA256ENTRY']._serialized_start=1501
-  _globals['_BUNDLEMANIFEST_SHA256ENTRY']._serialized_end=1546
+  _globals['_GRAPHSPEC']._serialized_end=579
+  _globals['_QUANTIZATIONREPORT']._serialized_start=582
+  _globals['_QUANTIZATIONREPORT']._serialized_end=844
+  _globals['_MODELSIZES']._serialized_start=847
+  _globals['_MODELSIZES']._serialized_end=983
+  _globals['_SPECIALTOKENS']._serialized_start=985
+  _globals['_SPECIALTOKENS']._serialized_end=1064
+  _globals['_TRAININGSUMMARY']._serialized_start=1067
+  _globals['_TRAININGSUMMARY']._serialized_end=1342
+  _globals['_TRAININGSUMMARY_METRICSENTRY']._serialized_start=1296
+  _globals['_TRAININGSUMMARY_METRICSENTRY']._serialized_end=1342
+  _globals['_EXPORTVERSIONS']._serialized_start=1344
+  _globals['_EXPORTVERSIONS']._serialized_end=1410
+  _globals['_BUNDLEMANIFEST']._serialized_start=1413
+  _globals['_BUNDLEMANIFEST']._serialized_end=1989
+  _globals['_BUNDLEMANIFEST_SHA256ENTRY']._serialized_start=1944
+  _globals['_BUNDLEMANIFEST_SHA256ENTRY']._serialized_end=1989
 # @@protoc_insertion_point(module_scope)

@@ -167,6 +167,10 @@ class GraphSpec(_message.Message):
     EXPORTER_FIELD_NUMBER: _builtins.int
     OPSET_FIELD_NUMBER: _builtins.int
     PARITY_FIELD_NUMBER: _builtins.int
+    OPTIMIZED_FILE_FIELD_NUMBER: _builtins.int
+    OPTIMIZATION_LEVEL_FIELD_NUMBER: _builtins.int
+    OPTIMIZED_PARITY_FIELD_NUMBER: _builtins.int
+    QUANTIZED_FILE_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """Its role: "lm_step", "encoder", "decoder_step" or "classifier_step"."""
     file: _builtins.str
@@ -175,6 +179,17 @@ class GraphSpec(_message.Message):
     """The exporter that wrote it, e.g. "torchscript"."""
     opset: _builtins.int
     """The ONNX opset."""
+    optimized_file: _builtins.str
+    """An ONNX Runtime-optimized copy of `file` (same inputs and outputs), written offline at
+    `optimization_level`; it may hold com.microsoft contrib ops, so it runs on ONNX Runtime's CPU
+    execution provider only. Empty in bundles written before it existed.
+    """
+    optimization_level: _builtins.str
+    """The graph optimization level that wrote `optimized_file`, e.g. "ORT_ENABLE_EXTENDED"."""
+    quantized_file: _builtins.str
+    """An int8 dynamically quantized copy of `file`; empty unless exported with `--quantize int8`.
+    Its quality is gated on a validation metric (BundleManifest.quantization), not on parity.
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]:
         """Inputs in call order."""
@@ -187,6 +202,10 @@ class GraphSpec(_message.Message):
     def parity(self) -> Global___ParityReport:
         """The export-time parity check."""
 
+    @_builtins.property
+    def optimized_parity(self) -> Global___ParityReport:
+        """The parity check of `optimized_file` against PyTorch (same shapes and tolerance as `parity`)."""
+
     def __init__(
         self,
         *,
@@ -197,14 +216,90 @@ class GraphSpec(_message.Message):
         exporter: _builtins.str = ...,
         opset: _builtins.int = ...,
         parity: Global___ParityReport | None = ...,
+        optimized_file: _builtins.str = ...,
+        optimization_level: _builtins.str = ...,
+        optimized_parity: Global___ParityReport | None = ...,
+        quantized_file: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["parity", b"parity"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["optimized_parity", b"optimized_parity", "parity", b"parity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exporter", b"exporter", "file", b"file", "inputs", b"inputs", "opset", b"opset", "outputs", b"outputs", "parity", b"parity", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exporter", b"exporter", "file", b"file", "inputs", b"inputs", "opset", b"opset", "optimization_level", b"optimization_level", "optimized_file", b"optimized_file", "optimized_parity", b"optimized_parity", "outputs", b"outputs", "parity", b"parity", "quantized_file", b"quantized_file", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GraphSpec: _TypeAlias = GraphSpec  # noqa: Y015
+
+@_typing.final
+class QuantizationReport(_message.Message):
+    """The int8 quantization of a bundle's graphs and what it cost, measured at export."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEME_FIELD_NUMBER: _builtins.int
+    OP_TYPES_FIELD_NUMBER: _builtins.int
+    SIZE_RATIO_FIELD_NUMBER: _builtins.int
+    STEP_ROLE_FIELD_NUMBER: _builtins.int
+    STEP_LATENCY_RATIO_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    HIGHER_IS_BETTER_FIELD_NUMBER: _builtins.int
+    FP32_VALUE_FIELD_NUMBER: _builtins.int
+    INT8_VALUE_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    MAX_QUALITY_DROP_FIELD_NUMBER: _builtins.int
+    EXAMPLES_FIELD_NUMBER: _builtins.int
+    scheme: _builtins.str
+    """The scheme, e.g. "int8-dynamic" (ONNX Runtime quantize_dynamic: int8 weights, activations
+    quantized per call).
+    """
+    size_ratio: _builtins.float
+    """Bytes of the quantized graphs over bytes of the fp32 graphs (below 1: smaller)."""
+    step_role: _builtins.str
+    """The step graph whose latency was compared, e.g. "lm_step"."""
+    step_latency_ratio: _builtins.float
+    """Median batch-1 step latency of the quantized graph over the fp32 graph's (below 1: faster)."""
+    metric: _builtins.str
+    """The validation metric that gated the quantization, e.g. "accuracy", "bleu", "nats_per_token"."""
+    higher_is_better: _builtins.bool
+    """Whether a higher `metric` is better."""
+    fp32_value: _builtins.float
+    """`metric` through the fp32 graphs."""
+    int8_value: _builtins.float
+    """`metric` through the int8 graphs."""
+    delta: _builtins.float
+    """The quality drop: fp32 - int8 when higher is better, int8 - fp32 when lower is better
+    (negative: the int8 graphs did better).
+    """
+    max_quality_drop: _builtins.float
+    """The largest drop the export accepted (`--max-quality-drop`)."""
+    examples: _builtins.int
+    """Validation examples the metric was measured on."""
+    @_builtins.property
+    def op_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ONNX op types that were quantized where the graph has them, e.g. ["MatMul", "LSTM"]."""
+
+    def __init__(
+        self,
+        *,
+        scheme: _builtins.str = ...,
+        op_types: _abc.Iterable[_builtins.str] | None = ...,
+        size_ratio: _builtins.float = ...,
+        step_role: _builtins.str = ...,
+        step_latency_ratio: _builtins.float = ...,
+        metric: _builtins.str = ...,
+        higher_is_better: _builtins.bool = ...,
+        fp32_value: _builtins.float = ...,
+        int8_value: _builtins.float = ...,
+        delta: _builtins.float = ...,
+        max_quality_drop: _builtins.float = ...,
+        examples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "examples", b"examples", "fp32_value", b"fp32_value", "higher_is_better", b"higher_is_better", "int8_value", b"int8_value", "max_quality_drop", b"max_quality_drop", "metric", b"metric", "op_types", b"op_types", "scheme", b"scheme", "size_ratio", b"size_ratio", "step_latency_ratio", b"step_latency_ratio", "step_role", b"step_role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuantizationReport: _TypeAlias = QuantizationReport  # noqa: Y015
 
 @_typing.final
 class ModelSizes(_message.Message):
@@ -429,6 +524,7 @@ class BundleManifest(_message.Message):
     VERSIONS_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    QUANTIZATION_FIELD_NUMBER: _builtins.int
     format_version: _builtins.int
     """The bundle format; the service refuses versions it does not know."""
     name: _builtins.str
@@ -475,6 +571,10 @@ class BundleManifest(_message.Message):
     def sha256(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """sha256 (hex) of every other file in the bundle, keyed by file name."""
 
+    @_builtins.property
+    def quantization(self) -> Global___QuantizationReport:
+        """The int8 quantization of the graphs (set only when exported with `--quantize int8`)."""
+
     def __init__(
         self,
         *,
@@ -493,10 +593,11 @@ class BundleManifest(_message.Message):
         versions: Global___ExportVersions | None = ...,
         sha256: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _builtins.str = ...,
+        quantization: Global___QuantizationReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sizes", b"sizes", "special_tokens", b"special_tokens", "training", b"training", "versions", b"versions"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quantization", b"quantization", "sizes", b"sizes", "special_tokens", b"special_tokens", "training", b"training", "versions", b"versions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "created_at", b"created_at", "format_version", b"format_version", "graphs", b"graphs", "labels", b"labels", "name", b"name", "sha256", b"sha256", "sizes", b"sizes", "special_tokens", b"special_tokens", "state", b"state", "task", b"task", "tokenizer_file", b"tokenizer_file", "training", b"training", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "created_at", b"created_at", "format_version", b"format_version", "graphs", b"graphs", "labels", b"labels", "name", b"name", "quantization", b"quantization", "sha256", b"sha256", "sizes", b"sizes", "special_tokens", b"special_tokens", "state", b"state", "task", b"task", "tokenizer_file", b"tokenizer_file", "training", b"training", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
