@@ -81,7 +81,7 @@ def write_run_artifacts(checkpoint: dict[str, Any], run_dir: Path) -> None:
     from trainer import plots
 
     history, flows = checkpoint.get("history", []), checkpoint.get("gradient_flow", [])
-    record = {"history": history, "gradient_flow": flows}
+    record = {"history": history, "gradient_flow": flows, "data": checkpoint.get("data_report", [])}
     (run_dir / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
     title = f"{checkpoint['task']} ({checkpoint['model_config']['cell']})"
     if history:

@@ -45,6 +45,7 @@ class TrainConfig:
     workers: int = 2  # data-parallel Ray Train workers; 0 trains in-process without Ray
     use_gpu: bool = False
     max_train_examples: int = 0  # 0: all
+    max_valid_examples: int = 0  # 0: all
     out: str = "models"  # model repository the bundle is exported to
     name: str = ""  # model name; empty: the task name
     run_dir: str = "runs"  # Ray Train storage path (checkpoints, results)
@@ -89,6 +90,8 @@ class TrainConfig:
                 "--bptt applies to language models (--task autocomplete)",
             ),
             (self.diagnose_every >= 0, f"--diagnose-every must be >= 0: {self.diagnose_every}"),
+            (self.max_train_examples >= 0, "--max-train-examples must be >= 0"),
+            (self.max_valid_examples >= 0, "--max-valid-examples must be >= 0"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
             (self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}"),
         ]

@@ -70,6 +70,7 @@ def make_checkpoint(
         "tokenizer": data.tokenizer.to_str(),
         "labels": list(data.labels),
         "data": data.description,
+        "data_report": data.data_report,  # per file: usable lines, malformed lines by reason
         "train_examples": len(data.train),
         "valid_examples": len(data.valid),
         **extra,

@@ -99,3 +99,42 @@ def test_use_gpu_without_cuda_is_refused(capsys: pytest.CaptureFixture[str]) -> 
         main(["--task", "sentiment", "--workers", "0", "--use-gpu"])
     assert exit_info.value.code == 2
     assert "--use-gpu: no CUDA device is available" in capsys.readouterr().err
+
+
+def test_malformed_lines_are_skipped_and_summarized(tmp_path: Path) -> None:
+    """A file with bad lines trains; the skipped counts reach metrics.json and the manifest."""
+    import json
+
+    from trainer.cli import run
+
+    good = [f"{'great fine' if i % 2 else 'awful bad'} film {i}\t{i % 2}" for i in range(60)]
+    text = "sentence\tlabel\n" + "\n".join(good) + "\nno label here\n"
+    train = tmp_path / "train.tsv"
+    train.write_bytes(text.encode() + b"\xe9t\xe9\t1\n")  # the last line is Latin-1
+    cfg = TrainConfig(
+        task="sentiment", data="files", train=str(train), workers=0, epochs=1, embed_dim=8,
+        hidden_size=8, out=str(tmp_path / "m"), run_dir=str(tmp_path / "runs"), run_name="bad",
+        log_every=1000, diagnose_every=0,
+    )  # fmt: skip
+    bundle = run(cfg)
+    assert bundle is not None
+    report = json.loads((tmp_path / "runs" / "bad" / "metrics.json").read_text())["data"]
+    assert report == [{"path": str(train), "lines": 62, "usable": 60, "skipped": {
+        "wrong column count (expected 2)": 1, "undecodable bytes (not UTF-8)": 1}}]  # fmt: skip
+    data = json.loads((bundle / "manifest.json").read_text())["training"]["data"]
+    assert data == f"{train} (5% held out) [GLUE TSV; 2 malformed lines skipped]"
+
+
+def test_a_file_with_nothing_usable_fails_naming_it(tmp_path: Path) -> None:
+    train = tmp_path / "latin1.tsv"
+    train.write_bytes("tr\xe8s bien\t1\nna\xefve\t0\n".encode("latin-1"))
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", "--task", "sentiment", "--data", "files",
+         "--train", str(train), "--workers", "0", "--out", str(tmp_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (
+        f"recur-train: error: {train}: no usable lines: all 2 are malformed "
+        "(undecodable bytes (not UTF-8): 2)"
+    )

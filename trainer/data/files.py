@@ -1,74 +1,229 @@
-"""Your own data: read training files and detect their format by content.
+"""Your own data: files scanned once, kept as byte offsets, read line by line when used.
 
-| task         | accepted files                                                                  |
-|--------------|---------------------------------------------------------------------------------|
-| translation  | `a.en,a.de` (two files aligned by line) or one TSV of `source<TAB>target` lines |
-| sentiment    | GLUE TSV (`sentence<TAB>label` header), or `text<TAB>label` / `label<TAB>text`  |
-| autocomplete | text, one query per line, or `id<TAB>query` lines (the TREC / MS MARCO layout)  |
+| task         | accepted files (layout detected by content, see `trainer/data/formats.py`)       |
+|--------------|------------------------------------------------------------------------------------|
+| translation  | `a.en,a.de` (two files aligned by line) or one TSV of `source<TAB>target` lines  |
+| sentiment    | GLUE TSV (`sentence<TAB>label` header), or `text<TAB>label` / `label<TAB>text`   |
+| autocomplete | text lines (queries, PTB, Tiny Shakespeare), or `id<TAB>text` / `id:text` lines  |
 
-Files are read as UTF-8 with undecodable bytes replaced; CRLF line ends are accepted.
+A scan reads each file once, in binary, keeping only the byte offset of every usable line, so a
+file larger than memory works: the datasets below read (and the tasks tokenize) a line when it
+is asked for. Malformed lines (wrong column count, bad label, undecodable bytes, empty) are
+counted per reason and reported in the log and the run's summary; a file fails only when nothing
+usable is left in it, with a message naming it.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import zip_longest
+from typing import Any
+
+import numpy as np
+
+from trainer.data.formats import Format, detect
+from trainer.data.lines import DataError, LineReport, Malformed, decode, raw_lines, read_line
+
+__all__ = [
+    "DataError",
+    "EncodedDataset",
+    "LineDataset",
+    "Splits",
+    "load_splits",
+    "read_labelled",
+    "read_pairs",
+    "read_queries",
+    "scan",
+]
+
+HOLD_OUT = 0.05  # share of --train held out for validation when --valid is not given
 
 
-class DataError(ValueError):
-    """A data file that cannot be used, with a message naming the file and the problem."""
+class LineDataset(Sequence[Any]):
+    """Raw examples of a file (or of two aligned files), read on demand by byte offset.
+
+    Args:
+        paths: the file(s); one column of `offsets` each.
+        offsets: `(N, len(paths))` int64 byte offsets of the usable lines.
+        parse: turns the lines' texts (one per path) into a raw example.
+    """
+
+    def __init__(self, paths: tuple[str, ...], offsets: np.ndarray,
+                 parse: Callable[[tuple[str, ...]], Any]) -> None:  # fmt: skip
+        self.paths, self.offsets, self.parse = paths, offsets, parse
+        self._handles: list[Any] = []
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        row = self.offsets[index]  # raises IndexError past the end
+        handles = self._open()
+        return self.parse(tuple(read_line(h, int(o)) for h, o in zip(handles, row, strict=True)))
+
+    def __iter__(self) -> Iterator[Any]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def _open(self) -> list[Any]:
+        if self._pid != os.getpid():  # a forked process gets handles of its own
+            self._handles = [open(p, "rb") for p in self.paths]  # noqa: SIM115 (kept open)
+            self._pid = os.getpid()
+        return self._handles
+
+    def select(self, indices: np.ndarray) -> LineDataset:
+        """The examples at `indices`, in that order (a view: nothing is read)."""
+        return LineDataset(self.paths, self.offsets[indices], self.parse)
+
+    def head(self, n: int) -> LineDataset:
+        return self.select(np.arange(min(n, len(self))))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_handles": [], "_pid": -1}
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """Non-empty lines of `path`, stripped of line ends and surrounding whitespace."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: no such file")
-    text = p.read_text(encoding="utf-8", errors="replace")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+class EncodedDataset(Sequence[Any]):
+    """`encode(raw[i])` on demand: the tokenized view of a `LineDataset`."""
+
+    def __init__(self, raw: Sequence[Any], encode: Callable[[Any], Any]) -> None:
+        self.raw, self.encode = raw, encode
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self.encode(self.raw[i]) for i in range(*index.indices(len(self)))]
+        return self.encode(self.raw[index])
+
+    def __iter__(self) -> Iterator[Any]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def _scan_one(path: str, fmt: Format) -> tuple[LineDataset, LineReport]:
+    offsets, report = array("q"), LineReport(path)
+    for number, offset, raw in raw_lines(path):
+        if number == 1 and fmt.header:
+            continue
+        report.lines += 1
+        try:
+            fmt.parse(decode(raw))
+        except Malformed as e:
+            report.skip(number, str(e), raw)
+            continue
+        offsets.append(offset)
+        report.usable += 1
+    table = np.frombuffer(offsets, dtype=np.int64).reshape(-1, 1)
+    return LineDataset((path,), table, lambda texts: fmt.parse(texts[0])), report
+
+
+def _parse_aligned(texts: tuple[str, ...]) -> tuple[str, str]:
+    return texts[0].strip(), texts[1].strip()
+
+
+def _scan_aligned(source: str, target: str) -> tuple[LineDataset, LineReport]:
+    offsets, report = array("q"), LineReport(f"{source},{target}")
+    counts = [0, 0]
+    for a, b in zip_longest(raw_lines(source), raw_lines(target)):
+        counts = [counts[0] + (a is not None), counts[1] + (b is not None)]
+        if a is None or b is None:
+            continue
+        report.lines += 1
+        try:
+            decode(a[2])
+            decode(b[2])
+        except Malformed as e:
+            report.skip(a[0], str(e))
+            continue
+        offsets.extend((a[1], b[1]))
+        report.usable += 1
+    if counts[0] != counts[1]:
+        raise DataError(f"{source} has {counts[0]} lines but {target} has {counts[1]}")
+    table = np.frombuffer(offsets, dtype=np.int64).reshape(-1, 2)
+    return LineDataset((source, target), table, _parse_aligned), report
+
+
+def scan(kind: str, spec: str, *, num_classes: int = 2) -> tuple[LineDataset, LineReport, str]:
+    """Index the usable lines of `spec` for a task reading `kind`.
+
+    Returns:
+        The dataset of raw examples, the report of the scan, and the layout's name.
+
+    Raises:
+        DataError: a missing or UTF-16 file, misaligned files, or no usable line at all.
+    """
+    paths = [p for p in spec.split(",") if p]
+    if kind == "pairs" and len(paths) == 2:
+        dataset, report = _scan_aligned(paths[0], paths[1])
+        layout = "aligned files"
+    elif len(paths) == 1:
+        fmt = detect(kind, paths[0], num_classes=num_classes)
+        dataset, report = _scan_one(paths[0], fmt)
+        layout = fmt.name
+    else:
+        raise DataError(f"expected one file or two aligned files 'a.en,a.de', got {spec!r}")
+    report.check_usable()
+    return dataset, report, layout
+
+
+@dataclass
+class Splits:
+    """Training and validation examples read from files, and what their scans found."""
+
+    train: LineDataset
+    valid: LineDataset
+    description: str  # for the log and the manifest
+    reports: list[LineReport]
+
+
+def _hold_out(dataset: LineDataset, spec: str, seed: int) -> tuple[LineDataset, LineDataset]:
+    n = len(dataset)
+    n_valid = max(1, int(n * HOLD_OUT))
+    if n - n_valid < 1:
+        raise DataError(f"{spec}: {n} usable line(s), too few to hold out a validation split")
+    order = np.random.default_rng(seed).permutation(n)
+    return dataset.select(np.sort(order[n_valid:])), dataset.select(np.sort(order[:n_valid]))
+
+
+def load_splits(kind: str, train: str, valid: str = "", *, seed: int = 0, num_classes: int = 2,
+                log: Callable[[str], None] | None = print) -> Splits:  # fmt: skip
+    """Scan `train` (and `valid`, else hold out 5% of `train`) and log what each scan found."""
+    train_ds, train_report, layout = scan(kind, train, num_classes=num_classes)
+    reports = [train_report]
+    if valid:
+        valid_ds, valid_report, _ = scan(kind, valid, num_classes=num_classes)
+        reports.append(valid_report)
+        description = f"{train} | {valid}"
+    else:
+        train_ds, valid_ds = _hold_out(train_ds, train, seed)
+        description = f"{train} (5% held out)"
+    skipped = sum(r.num_skipped for r in reports)
+    description += f" [{layout}{f'; {skipped:,} malformed lines skipped' if skipped else ''}]"
+    if log is not None:
+        for report in reports:
+            log(f"data: {report.summary()}")
+            for line in report.shown:
+                log(f"data: skipped {line}")
+    return Splits(train_ds, valid_ds, description, reports)
 
 
 def read_pairs(spec: str) -> list[tuple[str, str]]:
-    """Translation pairs from `src,tgt` aligned files or one `source<TAB>target` TSV."""
-    paths = [p for p in spec.split(",") if p]
-    if len(paths) == 2:
-        src, tgt = read_lines(paths[0]), read_lines(paths[1])
-        if len(src) != len(tgt):
-            raise DataError(f"{paths[0]} has {len(src)} lines but {paths[1]} has {len(tgt)}")
-        return list(zip(src, tgt, strict=True))
-    if len(paths) != 1:
-        raise DataError(f"expected one TSV or two aligned files separated by a comma, got {spec!r}")
-    pairs = []
-    for n, line in enumerate(read_lines(paths[0]), 1):
-        cols = line.split("\t")
-        if len(cols) < 2:
-            raise DataError(f"{paths[0]}:{n}: expected source<TAB>target, got {line[:60]!r}")
-        pairs.append((cols[0].strip(), cols[1].strip()))
-    return pairs
+    """Every usable `(source, target)` pair of `spec` (`a.en,a.de` or a TSV), in memory."""
+    return list(scan("pairs", spec)[0])
 
 
-def read_labelled(path: str) -> list[tuple[str, int]]:
-    """(text, label) rows from a GLUE TSV or two-column TSV with an integer label column."""
-    lines = read_lines(path)
-    if lines and lines[0].lower().split("\t")[:2] == ["sentence", "label"]:
-        lines = lines[1:]
-    rows = []
-    for n, line in enumerate(lines, 1):
-        cols = [c.strip() for c in line.split("\t")]
-        if len(cols) != 2:
-            raise DataError(f"{path}:{n}: expected two tab-separated columns, got {len(cols)}")
-        text, label = (cols[0], cols[1]) if cols[1].isdigit() else (cols[1], cols[0])
-        if not label.isdigit():
-            raise DataError(f"{path}:{n}: no integer label column in {line[:60]!r}")
-        rows.append((text, int(label)))
-    return rows
+def read_labelled(path: str, *, num_classes: int = 2) -> list[tuple[str, int]]:
+    """Every usable `(text, label)` row of a labelled TSV, in memory."""
+    return list(scan("labelled", path, num_classes=num_classes)[0])
 
 
 def read_queries(path: str) -> list[str]:
-    """Query lines; `id<TAB>query` lines keep only the query."""
-    queries = []
-    for line in read_lines(path):
-        cols = line.split("\t")
-        query = cols[1] if len(cols) == 2 and cols[0].strip().isdigit() else line
-        if query.strip():
-            queries.append(query.strip())
-    return queries
+    """Every usable text line (ids dropped), in memory."""
+    return list(scan("text", path)[0])

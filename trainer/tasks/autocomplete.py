@@ -7,6 +7,7 @@ completion stops at `[EOS]`. Queries are short, so full BPTT over each one is ex
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -15,11 +16,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainer.config import TrainConfig
-from trainer.data import files
 from trainer.data.builtin import search_queries
 from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, char_tokenizer
 from trainer.models import LanguageModel, LanguageModelConfig
-from trainer.tasks.base import Batch, ModelDefaults, Task, TaskData, hold_out, pad, unwrap
+from trainer.tasks.base import Batch, ModelDefaults, Task, TaskData, pad, unwrap
 
 MAX_CHARS = 128
 
@@ -29,22 +29,17 @@ class AutocompleteTask(Task):
     defaults = ModelDefaults(embed_dim=32, hidden_size=192, epochs=2)
     monitor = "valid_bits_per_char"
     mode = "min"
+    data_kind = "text"
 
-    def load_raw(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:
-        if cfg.data == "builtin":
-            split = search_queries(seed=cfg.seed)
-            return split.train, split.valid, "builtin:autocomplete"
-        queries = files.read_queries(cfg.train)
-        if cfg.valid:
-            return queries, files.read_queries(cfg.valid), f"{cfg.train} | {cfg.valid}"
-        train, valid = hold_out(queries, seed=cfg.seed)
-        return train, valid, f"{cfg.train} (5% held out)"
+    def load_builtin(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:
+        split = search_queries(seed=cfg.seed)
+        return split.train, split.valid, "builtin:autocomplete"
 
-    def build_tokenizer(self, train: list[Any]) -> Tokenizer:
+    def build_tokenizer(self, train: Iterable[Any]) -> Tokenizer:
         return char_tokenizer(train)
 
-    def encode(self, raw: list[Any], tokenizer: Tokenizer) -> list[Any]:
-        return [[BOS_ID, *tokenizer.encode(q).ids[:MAX_CHARS], EOS_ID] for q in raw if q]
+    def encode_one(self, raw: Any, tokenizer: Tokenizer) -> Any:
+        return [BOS_ID, *tokenizer.encode(raw).ids[:MAX_CHARS], EOS_ID]
 
     def collate(self, examples: list[Any]) -> Batch:
         sequences = pad(examples, value=PAD_ID)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import random
+import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,21 +13,32 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from trainer.config import TrainConfig
-from trainer.data.tokenizer import PAD_ID
+from trainer.data import files
+from trainer.data.files import EncodedDataset, LineDataset
+from trainer.data.tokenizer import PAD_ID, UNK_ID
 
 Batch = dict[str, torch.Tensor]
 
 
 @dataclass
 class TaskData:
-    """A task's encoded examples and the tokenizer that encoded them."""
+    """A task's encoded examples and the tokenizer that encoded them.
+
+    From files, `train`/`valid` (and `train_raw`/`valid_raw`) are datasets that read and tokenize
+    a line when it is indexed; from a built-in corpus they are lists. `valid[i]` is always the
+    encoding of `valid_raw[i]`.
+    """
 
     tokenizer: Tokenizer
-    train: list[Any]
-    valid: list[Any]
+    train: Sequence[Any]
+    valid: Sequence[Any]
     description: str  # where the data came from, for the manifest
     labels: tuple[str, ...] = ()
-    valid_raw: list[Any] = field(default_factory=list)
+    valid_raw: Sequence[Any] = field(default_factory=list)
+    train_raw: Sequence[Any] = field(default_factory=list)
+    data_report: list[dict[str, Any]] = field(default_factory=list)  # per file: lines skipped
+    cfg: TrainConfig | None = None
+    cache: dict[str, Any] = field(default_factory=dict)  # what evaluation builds once
 
 
 @dataclass(frozen=True)
@@ -43,19 +55,22 @@ class Task(ABC):
     defaults: ModelDefaults
     monitor: str  # the validation metric that picks the best checkpoint and early-stops
     mode: str  # "max" or "min": which direction of `monitor` is better
+    data_kind: str  # what its files hold: "pairs", "labelled" or "text" (trainer.data.formats)
 
     @abstractmethod
-    def load_raw(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:
-        """Raw (train, valid, description) examples, from the built-in corpus or files."""
+    def load_builtin(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:
+        """Raw (train, valid, description) examples of the embedded corpus."""
 
     @abstractmethod
-    def build_tokenizer(self, train: list[Any]) -> Tokenizer: ...
+    def build_tokenizer(self, train: Iterable[Any]) -> Tokenizer:
+        """A tokenizer trained on the raw training examples (read once, as a stream)."""
 
     @abstractmethod
-    def encode(self, raw: list[Any], tokenizer: Tokenizer) -> list[Any]: ...
+    def encode_one(self, raw: Any, tokenizer: Tokenizer) -> Any:
+        """The model's input for one raw example (never empty: an empty text is `[UNK]`)."""
 
     @abstractmethod
-    def collate(self, examples: list[Any]) -> Batch: ...
+    def collate(self, examples: Sequence[Any]) -> Batch: ...
 
     @abstractmethod
     def build_model(self, cfg: TrainConfig, vocab_size: int) -> nn.Module: ...
@@ -71,40 +86,80 @@ class Task(ABC):
     def labels(self) -> tuple[str, ...]:
         return ()
 
+    def _log(self, line: str) -> None:
+        print(f"[{self.name}] {line}", flush=True)
+
+    def encode(self, raw: Iterable[Any], tokenizer: Tokenizer) -> list[Any]:
+        return [self.encode_one(example, tokenizer) for example in raw]
+
+    def read_files(
+        self, cfg: TrainConfig, log: Callable[[str], None] | None = None
+    ) -> files.Splits:
+        """Scan `--train` (and `--valid`) for this task's kind of data."""
+        return files.load_splits(self.data_kind, cfg.train, cfg.valid, seed=cfg.seed,
+                                 num_classes=max(len(self.labels()), 2), log=log)  # fmt: skip
+
+    def load_raw(self, cfg: TrainConfig) -> tuple[Sequence[Any], Sequence[Any], str]:
+        """Raw (train, valid, description) examples, from the built-in corpus or files."""
+        if cfg.data == "builtin":
+            return self.load_builtin(cfg)
+        splits = self.read_files(cfg)
+        return splits.train, splits.valid, splits.description
+
     def prepare(self, cfg: TrainConfig, tokenizer_json: str | None = None) -> TaskData:
-        """Load, tokenize and encode; reuse `tokenizer_json` so every worker encodes alike."""
-        train_raw, valid_raw, description = self.load_raw(cfg)
-        if cfg.max_train_examples:
-            train_raw = train_raw[: cfg.max_train_examples]
+        """Load, tokenize and encode; reuse `tokenizer_json` so every worker encodes alike.
+
+        Files are scanned, not loaded: the examples are read and encoded when indexed. The scan's
+        findings are logged only where the tokenizer is built (not again by every worker).
+        """
+        log = self._log if tokenizer_json is None else None
+        report: list[dict[str, Any]] = []
+        if cfg.data == "builtin":
+            train_raw, valid_raw, description = self.load_builtin(cfg)
+        else:
+            splits = self.read_files(cfg, log)
+            train_raw, valid_raw, description = splits.train, splits.valid, splits.description
+            report = [r.to_dict() for r in splits.reports]
+        train_raw = _head(train_raw, cfg.max_train_examples)
+        valid_raw = _head(valid_raw, cfg.max_valid_examples)
         if tokenizer_json is None:
             tokenizer = self.build_tokenizer(train_raw)
         else:
             tokenizer = Tokenizer.from_str(tokenizer_json)
+        encode = functools.partial(self.encode_one, tokenizer=tokenizer)
+        lazy = not isinstance(train_raw, list)
         return TaskData(
             tokenizer=tokenizer,
-            train=self.encode(train_raw, tokenizer),
-            valid=self.encode(valid_raw, tokenizer),
+            train=EncodedDataset(train_raw, encode) if lazy else self.encode(train_raw, tokenizer),
+            valid=EncodedDataset(valid_raw, encode) if lazy else self.encode(valid_raw, tokenizer),
             description=description,
             labels=self.labels(),
             valid_raw=valid_raw,
+            train_raw=train_raw,
+            data_report=report,
+            cfg=cfg,
         )
 
 
-def hold_out(items: list[Any], *, seed: int, fraction: float = 0.05) -> tuple[list[Any], list[Any]]:
-    """Split `items` into (train, valid) with a seeded shuffle; valid gets `fraction` of them."""
-    items = list(items)
-    random.Random(seed).shuffle(items)
-    n_valid = max(1, int(len(items) * fraction))
-    return items[n_valid:], items[:n_valid]
+def _head(examples: Sequence[Any], n: int) -> Sequence[Any]:
+    """The first `n` examples (all when `n` is 0), without reading a file."""
+    if not n:
+        return examples
+    return examples.head(n) if isinstance(examples, LineDataset) else examples[:n]
 
 
-def pad(sequences: list[list[int]], *, value: int = PAD_ID) -> torch.Tensor:
+def pad(sequences: Sequence[Sequence[int]], *, value: int = PAD_ID) -> torch.Tensor:
     """Right-pad integer sequences into a `(B, max_len)` int64 tensor."""
     width = max(len(s) for s in sequences)
     out = torch.full((len(sequences), width), value, dtype=torch.long)
     for i, s in enumerate(sequences):
         out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out
+
+
+def ids_or_unk(ids: list[int]) -> list[int]:
+    """`ids`, or `[UNK]` for a text the tokenizer turned into nothing (keeps indices aligned)."""
+    return ids or [UNK_ID]
 
 
 def unwrap(model: nn.Module) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -10,11 +11,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainer.config import TrainConfig
-from trainer.data import files
 from trainer.data.builtin import sentiment_reviews
 from trainer.data.tokenizer import word_tokenizer
 from trainer.models import Classifier, ClassifierConfig
-from trainer.tasks.base import Batch, ModelDefaults, Task, TaskData, hold_out, pad, unwrap
+from trainer.tasks.base import Batch, ModelDefaults, Task, TaskData, ids_or_unk, pad, unwrap
 
 MAX_TOKENS = 128
 
@@ -24,33 +24,21 @@ class SentimentTask(Task):
     defaults = ModelDefaults(embed_dim=64, hidden_size=128, epochs=2)
     monitor = "valid_accuracy"
     mode = "max"
+    data_kind = "labelled"
 
     def labels(self) -> tuple[str, ...]:
         return ("negative", "positive")
 
-    def load_raw(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:
-        if cfg.data == "builtin":
-            split = sentiment_reviews(seed=cfg.seed)
-            return split.train, split.valid, "builtin:sentiment"
-        rows = files.read_labelled(cfg.train)
-        for text, label in rows:
-            if label not in (0, 1):
-                raise files.DataError(f"{cfg.train}: labels must be 0 or 1, got {label} ({text!r})")
-        if cfg.valid:
-            return rows, files.read_labelled(cfg.valid), f"{cfg.train} | {cfg.valid}"
-        train, valid = hold_out(rows, seed=cfg.seed)
-        return train, valid, f"{cfg.train} (5% held out)"
+    def load_builtin(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:
+        split = sentiment_reviews(seed=cfg.seed)
+        return split.train, split.valid, "builtin:sentiment"
 
-    def build_tokenizer(self, train: list[Any]) -> Tokenizer:
+    def build_tokenizer(self, train: Iterable[Any]) -> Tokenizer:
         return word_tokenizer(text for text, _ in train)
 
-    def encode(self, raw: list[Any], tokenizer: Tokenizer) -> list[Any]:
-        encoded = []
-        for text, label in raw:
-            ids = tokenizer.encode(text).ids[:MAX_TOKENS]
-            if ids:
-                encoded.append((ids, label))
-        return encoded
+    def encode_one(self, raw: Any, tokenizer: Tokenizer) -> Any:
+        text, label = raw
+        return ids_or_unk(tokenizer.encode(text).ids[:MAX_TOKENS]), label
 
     def collate(self, examples: list[Any]) -> Batch:
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -10,12 +11,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainer.config import TrainConfig
-from trainer.data import files
 from trainer.data.builtin import translation_pairs
 from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, word_tokenizer
 from trainer.models import Seq2Seq, Seq2SeqConfig
 from trainer.models.seq2seq import greedy_decode
-from trainer.tasks.base import Batch, ModelDefaults, Task, TaskData, hold_out, pad, unwrap
+from trainer.tasks.base import Batch, ModelDefaults, Task, TaskData, ids_or_unk, pad, unwrap
 
 MAX_TOKENS = 100
 
@@ -25,28 +25,21 @@ class TranslationTask(Task):
     defaults = ModelDefaults(embed_dim=64, hidden_size=128, epochs=5)
     monitor = "valid_exact_match"
     mode = "max"
+    data_kind = "pairs"
 
-    def load_raw(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:
-        if cfg.data == "builtin":
-            split = translation_pairs(seed=cfg.seed)
-            return split.train, split.valid, "builtin:translation (english->french)"
-        pairs = files.read_pairs(cfg.train)
-        if cfg.valid:
-            return pairs, files.read_pairs(cfg.valid), f"{cfg.train} | {cfg.valid}"
-        train, valid = hold_out(pairs, seed=cfg.seed)
-        return train, valid, f"{cfg.train} (5% held out)"
+    def load_builtin(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:
+        split = translation_pairs(seed=cfg.seed)
+        return split.train, split.valid, "builtin:translation (english->french)"
 
-    def build_tokenizer(self, train: list[Any]) -> Tokenizer:
+    def build_tokenizer(self, train: Iterable[Any]) -> Tokenizer:
         return word_tokenizer(text for pair in train for text in pair)
 
-    def encode(self, raw: list[Any], tokenizer: Tokenizer) -> list[Any]:
-        encoded = []
-        for src, tgt in raw:
-            src_ids = tokenizer.encode(src).ids[:MAX_TOKENS]
-            tgt_ids = tokenizer.encode(tgt).ids[:MAX_TOKENS]
-            if src_ids and tgt_ids:
-                encoded.append((src_ids, tgt_ids))
-        return encoded
+    def encode_one(self, raw: Any, tokenizer: Tokenizer) -> Any:
+        src, tgt = raw
+        return (
+            ids_or_unk(tokenizer.encode(src).ids[:MAX_TOKENS]),
+            ids_or_unk(tokenizer.encode(tgt).ids[:MAX_TOKENS]),
+        )
 
     def collate(self, examples: list[Any]) -> Batch:
         return {
