@@ -1,0 +1,72 @@
+"""Top-k completions of a prefix by beam search through a bundle's `lm_step` graph, and MRR@k.
+
+A completion is the token ids that follow the prefix up to (not including) `[EOS]`; completions
+are ranked by their total log-probability (the probability of the whole query given the prefix),
+which is how a query autocompleter ranks its suggestions. The search keeps `k` open beams and
+stops once `k` finished completions all score above every open beam (log-probabilities only
+fall as a beam grows, so no open beam can overtake them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from trainer.ort_bundle import OrtBundle
+
+MAX_NEW_TOKENS = 64  # longer than any held-out query's second half in the built-in corpus
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    result: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return result
+
+
+def complete(
+    model: OrtBundle, prefix: list[int], *, k: int = 10, max_new: int = MAX_NEW_TOKENS
+) -> list[list[int]]:
+    """Up to `k` most likely completions of `prefix` (ids without `[BOS]`), best first."""
+    tokens = np.array([[BOS_ID, *prefix]], dtype=np.int64)  # (1, T)
+    out = model.run("lm_step", {"tokens": tokens, **model.zero_state(1)})
+    state = model.next_state(out)
+    logp = log_softmax(out["logits"][:, -1])  # (beams, V)
+    beams: list[list[int]] = [[]]
+    scores = np.zeros(1)  # (beams,)
+    finished: list[tuple[float, list[int]]] = []
+    for _ in range(max_new):
+        total = scores[:, None] + logp  # (beams, V)
+        finished += [(float(s), beam) for s, beam in zip(total[:, EOS_ID], beams, strict=True)]
+        finished = sorted(finished, key=lambda f: -f[0])[:k]
+        total[:, [EOS_ID, PAD_ID, BOS_ID]] = -np.inf  # special tokens never continue a beam
+        flat = np.argsort(-total, axis=None)[:k]
+        rows, cols = np.unravel_index(flat, total.shape)
+        if len(finished) == k and finished[-1][0] >= total[rows[0], cols[0]]:
+            break
+        beams = [[*beams[r], int(c)] for r, c in zip(rows, cols, strict=True)]
+        scores = total[rows, cols]
+        feeds = {name: s[:, rows] for name, s in state.items()}  # (L, beams, H)
+        out = model.run("lm_step", {"tokens": cols.astype(np.int64)[:, None], **feeds})
+        state = model.next_state(out)
+        logp = log_softmax(out["logits"][:, -1])
+    return [beam for _, beam in finished]
+
+
+def reciprocal_rank(model: OrtBundle, query: list[int], *, k: int = 10) -> float:
+    """1/rank of `query`'s own ending among the top-`k` completions of its first half (0 if absent).
+
+    The prefix is the first `max(1, len(query) // 2)` tokens of `query` (ids without `[BOS]` and
+    `[EOS]`); a one-token query asks for the empty completion (the model should stop there).
+    """
+    cut = max(1, len(query) // 2)
+    candidates = complete(model, query[:cut], k=k)
+    want = query[cut:]
+    return 1.0 / (candidates.index(want) + 1) if want in candidates else 0.0
+
+
+def mrr_at_k(model: OrtBundle, queries: list[list[int]], *, k: int = 10) -> float:
+    """Mean reciprocal rank at `k` over `queries` (ids without `[BOS]`/`[EOS]`)."""
+    if not queries:
+        return 0.0
+    return float(np.mean([reciprocal_rank(model, q, k=k) for q in queries]))

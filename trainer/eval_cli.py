@@ -1,0 +1,96 @@
+"""`recur-eval`: a bundle's task metrics as JSON, computed through ONNX Runtime on its graphs.
+
+    recur-eval --bundle models/sentiment/1 --data dev.tsv [--limit N] [--graphs int8]
+    recur-eval --bundle models/translation/2 --data builtin
+
+`--data builtin` is the task's embedded validation split (with the seed the bundle was trained
+with); a path is read like `recur-train --train` reads it (a comma joins two aligned translation
+files). Metrics are listed in `trainer/evaluate.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from trainer.ort_bundle import VARIANTS, BundleReadError, OrtBundle, VariantMissing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recur-eval", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--bundle", required=True, type=Path, help="a bundle version directory, models/<name>/<v>"
+    )
+    parser.add_argument(
+        "--data", required=True, help="'builtin' (the task's validation split) or a data file"
+    )
+    parser.add_argument("--limit", type=int, default=0, help="evaluate the first N examples only")
+    parser.add_argument(
+        "--graphs",
+        choices=VARIANTS,
+        default="fp32",
+        help="which copy of the graphs to run (default: fp32, the exported graphs)",
+    )
+    return parser
+
+
+def _seed(model: OrtBundle) -> int:
+    config_json = model.manifest.training.config_json
+    return int(json.loads(config_json).get("seed", 0)) if config_json else 0
+
+
+def _examples(parser: argparse.ArgumentParser, model: OrtBundle, data: str) -> list[Any]:
+    from trainer.data.files import DataError
+    from trainer.evaluate import load_examples
+
+    try:
+        examples = load_examples(model.task, data, seed=_seed(model))
+    except DataError as e:
+        parser.error(f"--data: {e}")
+    if model.task == "sentiment":
+        classes = len(model.manifest.labels)
+        bad = next((label for _, label in examples if not 0 <= label < classes), None)
+        if bad is not None:
+            parser.error(f"--data: label {bad} is not a class of this bundle (0..{classes - 1})")
+    if not examples:
+        parser.error(f"--data: {data} holds no {model.task} examples")
+    return examples
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.limit < 0:
+        parser.error(f"--limit must be >= 0, got {args.limit}")
+    if not args.bundle.is_dir():
+        parser.error(f"--bundle: no bundle at {args.bundle} (expected models/<name>/<version>)")
+    try:
+        model = OrtBundle.load(args.bundle, variant=args.graphs)
+    except VariantMissing as e:
+        parser.error(f"--graphs {args.graphs}: {e}")
+    except BundleReadError as e:
+        parser.error(f"--bundle: {e}")
+    examples = _examples(parser, model, args.data)
+    if args.limit:
+        examples = examples[: args.limit]
+    from trainer.evaluate import evaluate
+
+    result = {
+        "bundle": str(args.bundle),
+        "name": model.manifest.name,
+        "version": model.manifest.version,
+        "task": model.task,
+        "cell": model.manifest.cell,
+        "graphs": args.graphs,
+        "data": args.data,
+        "metrics": evaluate(model, examples),
+    }
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

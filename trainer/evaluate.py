@@ -1,0 +1,228 @@
+"""Task metrics of an exported bundle, computed through ONNX Runtime on the bundle's own graphs
+and tokenizer (not the PyTorch model), so they measure what the service serves.
+
+| task         | metrics                                                                   |
+|--------------|---------------------------------------------------------------------------|
+| sentiment    | `accuracy`, `macro_f1`, `loss` (of the label after the last token)        |
+| translation  | `bleu` (sacreBLEU, 13a), `exact_match`: greedy, encoder + decoder_step    |
+| autocomplete | `nats_per_token`, `perplexity`, `bits_per_char` (character-level), `mrr_at_10` |
+
+Every result also holds `examples`, the number of examples the metrics were computed on.
+
+BLEU compares the detokenized hypothesis with the reference in the tokenizer's normal form
+(normalized and split into words: lowercased for Recur's word tokenizers), because a word-level
+model cannot produce the case or spacing it never saw. Exact match compares token ids, as the
+trainer's `valid_exact_match` does. MRR@10 completes the first half of every held-out line
+(`trainer.completions`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import sacrebleu
+from tokenizers import Tokenizer
+
+from trainer.completions import log_softmax, mrr_at_k
+from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
+from trainer.ort_bundle import OrtBundle
+from trainer.tasks.autocomplete import MAX_CHARS
+from trainer.tasks.sentiment import MAX_TOKENS as SENTIMENT_MAX_TOKENS
+from trainer.tasks.translation import MAX_TOKENS as TRANSLATION_MAX_TOKENS
+
+BATCH_SIZE = 64
+# The metric that gates a quantization, and whether higher is better.
+HEADLINE = {
+    "sentiment": ("accuracy", True),
+    "translation": ("bleu", True),
+    "autocomplete": ("nats_per_token", False),
+}
+
+
+def evaluate(
+    model: OrtBundle, examples: list[Any], *, completions: bool = True
+) -> dict[str, float]:
+    """The task metrics of `model` on raw `examples` (as the task's readers return them).
+
+    Args:
+        model: the bundle's sessions.
+        examples: sentiment `(text, label)`, translation `(source, target)`, autocomplete `str`.
+        completions: autocomplete only: also compute MRR@10 (a beam search per example).
+    """
+    if model.task == "sentiment":
+        return sentiment_metrics(model, examples)
+    if model.task == "translation":
+        return translation_metrics(model, examples)
+    return autocomplete_metrics(model, examples, completions=completions)
+
+
+def _pad(rows: list[list[int]]) -> np.ndarray:
+    out = np.full((len(rows), max(len(r) for r in rows)), PAD_ID, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out  # (B, T)
+
+
+def _batches(items: list[Any]) -> list[list[Any]]:
+    return [items[i : i + BATCH_SIZE] for i in range(0, len(items), BATCH_SIZE)]
+
+
+def macro_f1(labels: list[int], predictions: list[int]) -> float:
+    """Unweighted mean of per-class F1 over the classes in `labels` or `predictions`."""
+    scores = []
+    for c in sorted(set(labels) | set(predictions)):
+        tp = sum(y == c and p == c for y, p in zip(labels, predictions, strict=True))
+        fp = sum(y != c and p == c for y, p in zip(labels, predictions, strict=True))
+        fn = sum(y == c and p != c for y, p in zip(labels, predictions, strict=True))
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def sentiment_metrics(model: OrtBundle, examples: list[tuple[str, int]]) -> dict[str, float]:
+    """Accuracy, macro F1 and cross-entropy of the label after each text's last token."""
+    encoded = [(model.tokenizer.encode(t).ids[:SENTIMENT_MAX_TOKENS], y) for t, y in examples]
+    encoded = [(ids, y) for ids, y in encoded if ids]
+    labels, predictions, nats = [], [], 0.0
+    for chunk in _batches(encoded):
+        tokens = _pad([ids for ids, _ in chunk])
+        out = model.run("classifier_step", {"tokens": tokens, **model.zero_state(len(chunk))})
+        last = np.array([len(ids) - 1 for ids, _ in chunk])
+        logp = log_softmax(out["logits"][np.arange(len(chunk)), last])  # (B, C)
+        gold = [y for _, y in chunk]
+        nats -= float(logp[np.arange(len(chunk)), gold].sum())
+        labels += gold
+        predictions += logp.argmax(1).tolist()
+    n = max(len(labels), 1)
+    return {
+        "accuracy": sum(y == p for y, p in zip(labels, predictions, strict=True)) / n,
+        "macro_f1": macro_f1(labels, predictions),
+        "loss": nats / n,
+        "examples": float(len(labels)),
+    }
+
+
+def greedy_translate(
+    model: OrtBundle, sources: list[list[int]], *, max_len: int
+) -> list[list[int]]:
+    """Greedy decoding of a batch of source ids; each output stops before its first `[EOS]`."""
+    src = _pad(sources)  # (B, S)
+    src_len = np.array([len(s) for s in sources], dtype=np.int64)
+    encoded = model.run("encoder", {"src": src, "src_len": src_len})
+    state = model.encoder_state(encoded)
+    fixed = {"memory": encoded["memory"], "src_mask": np.arange(src.shape[1]) < src_len[:, None]}
+    prev = np.full((len(sources), 1), BOS_ID, dtype=np.int64)
+    outputs: list[list[int]] = [[] for _ in sources]
+    done = np.zeros(len(sources), dtype=bool)
+    for _ in range(max_len):
+        out = model.run("decoder_step", {"prev": prev, **state, **fixed})
+        state = model.next_state(out)
+        prev = out["logits"].argmax(1).astype(np.int64)[:, None]  # (B, 1)
+        for i, token in enumerate(prev[:, 0].tolist()):
+            if not done[i] and token != EOS_ID:
+                outputs[i].append(token)
+        done |= prev[:, 0] == EOS_ID
+        if done.all():
+            break
+    return outputs
+
+
+def normal_form(tokenizer: Tokenizer, text: str) -> str:
+    """`text` as the tokenizer sees it: normalized, split into words, joined by spaces."""
+    backend: Any = tokenizer
+    if backend.normalizer is not None:
+        text = backend.normalizer.normalize_str(text)
+    if backend.pre_tokenizer is not None:
+        text = " ".join(word for word, _ in backend.pre_tokenizer.pre_tokenize_str(text))
+    return text
+
+
+def translation_metrics(model: OrtBundle, examples: list[tuple[str, str]]) -> dict[str, float]:
+    """sacreBLEU and exact match of greedy translations."""
+    encode = model.tokenizer.encode
+    rows = [
+        (encode(s).ids[:TRANSLATION_MAX_TOKENS], encode(t).ids[:TRANSLATION_MAX_TOKENS], t)
+        for s, t in examples
+    ]
+    rows = [r for r in rows if r[0] and r[1]]
+    hypotheses, references, exact = [], [], 0
+    for chunk in _batches(rows):
+        max_len = 2 * max(len(s) for s, _, _ in chunk) + 10  # as the trainer's validation
+        for ids, (_, tgt_ids, tgt) in zip(
+            greedy_translate(model, [s for s, _, _ in chunk], max_len=max_len), chunk, strict=True
+        ):
+            hypotheses.append(model.tokenizer.decode(ids))
+            references.append(normal_form(model.tokenizer, tgt))
+            exact += ids == tgt_ids
+    bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize="13a") if rows else None
+    return {
+        "bleu": bleu.score if bleu else 0.0,
+        "exact_match": exact / max(len(rows), 1),
+        "examples": float(len(rows)),
+    }
+
+
+def is_character_level(tokenizer: Tokenizer) -> bool:
+    """Whether every token but the special ones is a single character."""
+    vocab = set(tokenizer.get_vocab()) - set(SPECIAL_TOKENS)
+    return bool(vocab) and all(len(token) == 1 for token in vocab)
+
+
+def autocomplete_metrics(
+    model: OrtBundle, examples: list[str], *, completions: bool = True
+) -> dict[str, float]:
+    """Next-token cross-entropy of `[BOS] line [EOS]` sequences, and MRR@10 of completions."""
+    lines = [ids[:MAX_CHARS] for ids in (model.tokenizer.encode(q).ids for q in examples) if ids]
+    nats, count = 0.0, 0
+    for chunk in _batches(lines):
+        sequences = _pad([[BOS_ID, *ids, EOS_ID] for ids in chunk])  # (B, T + 1)
+        inputs, targets = sequences[:, :-1], sequences[:, 1:]
+        out = model.run("lm_step", {"tokens": inputs, **model.zero_state(len(chunk))})
+        logp = log_softmax(out["logits"])  # (B, T, V)
+        picked = np.take_along_axis(logp, targets[..., None], axis=2)[..., 0]  # (B, T)
+        mask = targets != PAD_ID
+        nats -= float(picked[mask].sum())
+        count += int(mask.sum())
+    per_token = nats / max(count, 1)
+    metrics = {
+        "nats_per_token": per_token,
+        "perplexity": math.exp(per_token),
+        "examples": float(len(lines)),
+    }
+    if is_character_level(model.tokenizer):
+        metrics["bits_per_char"] = per_token / math.log(2)
+    if completions:
+        metrics["mrr_at_10"] = mrr_at_k(model, lines, k=10)
+    return metrics
+
+
+def load_examples(task: str, data: str, *, seed: int = 0) -> list[Any]:
+    """Raw examples: the task's embedded validation split (`data="builtin"`) or a file's.
+
+    Raises:
+        trainer.data.files.DataError: a file that is missing or not in a format of the task.
+    """
+    from trainer.data import files
+    from trainer.data.builtin import BUILTIN
+
+    if data == "builtin":
+        return list(BUILTIN[task](seed=seed).valid)
+    if task == "translation":
+        return list(files.read_pairs(data))
+    if task == "sentiment":
+        return list(files.read_labelled(data))
+    return list(files.read_queries(data))
+
+
+def checkpoint_examples(checkpoint: dict[str, Any]) -> list[Any]:
+    """The validation split a checkpoint was trained with (built-in, `--valid`, or held out)."""
+    from dataclasses import fields
+
+    from trainer.config import TrainConfig
+    from trainer.tasks import get_task
+
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in checkpoint["config"].items() if k in known})
+    _, valid, _ = get_task(checkpoint["task"]).load_raw(cfg)
+    return list(valid)
