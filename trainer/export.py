@@ -7,7 +7,9 @@ well under a second per graph; the dynamo exporter took ~9 s per graph and annot
 axis of the output as static. The parity check below is what makes either choice safe.
 
 Every graph is also written as `<role>.opt.onnx`, ONNX Runtime's offline optimization of it
-(`trainer.optimize`), checked against PyTorch like the graph itself.
+(`trainer.optimize`), checked against PyTorch like the graph itself; `quantize="int8"` adds
+`<role>.int8.onnx`, accepted only when a validation metric drops by no more than asked
+(`trainer.quantize`).
 """
 
 from __future__ import annotations
@@ -200,21 +202,77 @@ def _config_json(config: dict[str, Any]) -> str:
     return json.dumps({**config, "python": platform.python_version()}, sort_keys=True)
 
 
+def quantize_or_refuse(
+    staging: Path,
+    manifest: bundle_pb2.BundleManifest,
+    graphs: list[GraphDef],
+    checkpoint: dict[str, Any],
+    *,
+    max_quality_drop: float,
+) -> None:
+    """Add int8 copies of the staged graphs and their report, or refuse the whole bundle.
+
+    Raises:
+        ExportError: the validation metric drops by more than `max_quality_drop`.
+    """
+    from trainer.data.files import DataError
+    from trainer.evaluate import checkpoint_examples
+    from trainer.quantize import quantize_staged
+
+    try:
+        examples = checkpoint_examples(checkpoint)
+    except (DataError, OSError) as e:
+        raise ExportError(f"int8 quantization needs the run's validation data: {e}") from None
+    report = quantize_staged(staging, manifest, graphs, examples, max_quality_drop=max_quality_drop)
+    if not report.delta <= max_quality_drop:  # NaN refuses too
+        better = "higher" if report.higher_is_better else "lower"
+        raise ExportError(
+            f"int8 quantization costs {report.delta:.4g} {report.metric} ({better} is better: "
+            f"fp32 {report.fp32_value:.4g}, int8 {report.int8_value:.4g} on "
+            f"{report.examples} validation examples), more than the tolerance "
+            f"--max-quality-drop {max_quality_drop:g}; no bundle written"
+        )
+    manifest.quantization.CopyFrom(report)
+
+
 def export_checkpoint(
-    checkpoint: dict[str, Any], *, out: Path, name: str, tolerance: float = TOLERANCE
+    checkpoint: dict[str, Any],
+    *,
+    out: Path,
+    name: str,
+    tolerance: float = TOLERANCE,
+    quantize: str = "",
+    max_quality_drop: float = 0.0,
 ) -> Path:
     """Export `checkpoint` to `out/name/<next version>/` and return that directory.
 
+    Args:
+        checkpoint: a checkpoint written by the trainer.
+        out: the model repository.
+        name: the model's name (its directory under `out`).
+        tolerance: the largest ONNX Runtime vs PyTorch difference accepted on any graph output.
+        quantize: "int8" to add int8 dynamically quantized copies of the graphs; "" for none.
+        max_quality_drop: with `quantize`, the largest accepted drop of the task's validation
+            metric (`trainer.evaluate.HEADLINE`) from the fp32 graphs to the int8 graphs.
+
     Raises:
-        ExportError: a graph's ONNX Runtime outputs differ from PyTorch beyond `tolerance`.
+        ExportError: a graph's ONNX Runtime outputs differ from PyTorch beyond `tolerance`, or
+            quantization costs more than `max_quality_drop`. Nothing is written then.
     """
+    if quantize not in ("", "int8"):
+        raise ValueError(f"quantize must be '' or 'int8', got {quantize!r}")
     model = rebuild_model(checkpoint)
     manifest = build_manifest(checkpoint, name)
     staging = bundle.staging_dir(out, name)
     try:
-        for graph in graphs_for(model):
+        graphs = graphs_for(model)
+        for graph in graphs:
             manifest.graphs.append(export_verified(graph, staging, tolerance=tolerance))
         (staging / "tokenizer.json").write_text(checkpoint["tokenizer"])
+        if quantize:
+            quantize_or_refuse(
+                staging, manifest, graphs, checkpoint, max_quality_drop=max_quality_drop
+            )
         if checkpoint.get("history"):
             from trainer import plots
 
