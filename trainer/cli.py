@@ -37,6 +37,10 @@ _HELP = {
     "name": "model name in the repository (default: the task)",
     "run_dir": "where runs keep checkpoints (Ray Train storage path)",
     "dry_run": "one batch of training and an export to a temporary directory",
+    "max_train_examples": "use only the first N training examples (0: all)",
+    "max_valid_examples": "use only the first N validation examples (0: all)",
+    "eval_completions": "autocomplete: validation queries completed for MRR@10 (0: off)",
+    "beam_size": "translation: also report BLEU of beam search with this width (0/1: greedy only)",
 }
 
 

@@ -40,6 +40,8 @@ class TrainConfig:
     clip_norm: float = 1.0  # 0: no clipping by norm
     clip_value: float = 0.0  # 0: no clipping by value
     weight_norm: bool = False  # weight normalization of input and recurrent weights
+    eval_completions: int = 200  # autocomplete: validation queries completed for MRR@10; 0: off
+    beam_size: int = 0  # translation: > 1 also reports BLEU of beam search of this width
     patience: int = 0  # early stopping: validations without improvement; 0: off
     seed: int = 0
     workers: int = 2  # data-parallel Ray Train workers; 0 trains in-process without Ray
@@ -92,6 +94,8 @@ class TrainConfig:
             (self.diagnose_every >= 0, f"--diagnose-every must be >= 0: {self.diagnose_every}"),
             (self.max_train_examples >= 0, "--max-train-examples must be >= 0"),
             (self.max_valid_examples >= 0, "--max-valid-examples must be >= 0"),
+            (self.eval_completions >= 0, "--eval-completions must be >= 0"),
+            (self.beam_size >= 0, f"--beam-size must be >= 0, got {self.beam_size}"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
             (self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}"),
         ]

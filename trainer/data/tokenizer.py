@@ -40,3 +40,9 @@ def char_tokenizer(texts: Iterable[str], *, min_frequency: int = 1) -> Tokenizer
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
     return _train(tokenizer, texts, min_frequency=min_frequency)
+
+
+def is_character_level(tokenizer: Tokenizer) -> bool:
+    """Whether every token but the special ones is a single character."""
+    vocab = set(tokenizer.get_vocab()) - set(SPECIAL_TOKENS)
+    return bool(vocab) and all(len(token) == 1 for token in vocab)

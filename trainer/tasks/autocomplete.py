@@ -6,7 +6,6 @@ completion stops at `[EOS]`. Queries are short, so full BPTT over each one is ex
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,13 +14,17 @@ from tokenizers import Tokenizer
 from torch import nn
 from torch.nn import functional as F
 
+from trainer import metrics
 from trainer.config import TrainConfig
 from trainer.data.builtin import search_queries
-from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, char_tokenizer
+from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, char_tokenizer, is_character_level
+from trainer.decoding import complete
 from trainer.models import LanguageModel, LanguageModelConfig
-from trainer.tasks.base import Batch, ModelDefaults, Task, TaskData, pad, unwrap
+from trainer.tasks.base import Batch, ModelDefaults, Task, TaskData, on_device, pad, unwrap
 
 MAX_CHARS = 128
+EVAL_BATCH = 256
+EVAL_COMPLETIONS = 200  # validation queries completed for MRR@10 (--eval-completions)
 
 
 class AutocompleteTask(Task):
@@ -66,19 +69,52 @@ class AutocompleteTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
+        """Loss per token, perplexity, bits per character, next-token accuracy; MRR@10 of the
+        model's completions and of the MostPopularCompletion baseline on the same prefixes."""
         total, count, correct = 0.0, 0, 0
-        for start in range(0, len(data.valid), 256):
-            batch = self.collate(data.valid[start : start + 256])
-            loss, n = self.loss(model, batch)
-            total += loss.item() * n
-            count += n
-            logits, _ = model(batch["inputs"], model.init_hidden(batch["inputs"].size(0)))
-            mask = batch["targets"] != PAD_ID
-            correct += int(((logits.argmax(2) == batch["targets"]) & mask).sum())
+        for start in range(0, len(data.valid), EVAL_BATCH):
+            batch = on_device(self.collate(data.valid[start : start + EVAL_BATCH]), model)
+            inputs, targets = batch["inputs"], batch["targets"]
+            logits, _ = model(inputs, model.init_hidden(inputs.size(0), inputs.device))
+            total += F.cross_entropy(
+                logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID, reduction="sum"
+            ).item()
+            mask = targets != PAD_ID
+            count += int(mask.sum())
+            correct += int(((logits.argmax(2) == targets) & mask).sum())
         nats = total / max(count, 1)
-        return {
+        result = {
             "valid_loss": nats,
-            "valid_perplexity": math.exp(nats),
-            "valid_bits_per_char": nats / math.log(2),
+            "valid_perplexity": metrics.perplexity(nats),
+            "valid_bits_per_char": metrics.bits(nats * count / self._characters(data, count)),
             "valid_next_char_accuracy": correct / max(count, 1),
+        }
+        limit = data.cfg.eval_completions if data.cfg is not None else EVAL_COMPLETIONS
+        if limit:
+            result |= self._completions(model, data, limit)
+        return result
+
+    def _characters(self, data: TaskData, targets: int) -> int:
+        """Characters the validation targets spell (`[EOS]` counts as one): `targets` for a
+        character-level tokenizer, else the length of every raw line plus one."""
+        if is_character_level(data.tokenizer):
+            return max(targets, 1)
+        if "valid_chars" not in data.cache:
+            data.cache["valid_chars"] = sum(len(q) + 1 for q in data.valid_raw)
+        return max(int(data.cache["valid_chars"]), 1)
+
+    def _completions(self, model: nn.Module, data: TaskData, limit: int) -> dict[str, float]:
+        """MRR@10 of the first `limit` validation queries, each completed from its first half."""
+        if "mpc" not in data.cache:  # one pass over the training queries, once per run
+            data.cache["mpc"] = metrics.MostPopularCompletion(ids[1:-1] for ids in data.train)
+        mpc: metrics.MostPopularCompletion = data.cache["mpc"]
+        ours, baseline = [], []
+        for ids in data.valid[:limit]:
+            prefix, target = metrics.split_query(tuple(ids[1:-1]))  # without [BOS] and [EOS]
+            completions = complete(model, prefix, k=10)
+            ours.append(([tuple(c) for c in completions], target))
+            baseline.append((mpc.complete(prefix, k=10), target))
+        return {
+            "valid_mrr_at_10": metrics.mean_reciprocal_rank(ours, k=10),
+            "valid_mpc_mrr_at_10": metrics.mean_reciprocal_rank(baseline, k=10),
         }

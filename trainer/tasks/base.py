@@ -162,6 +162,12 @@ def ids_or_unk(ids: list[int]) -> list[int]:
     return ids or [UNK_ID]
 
 
+def on_device(batch: Batch, model: nn.Module) -> Batch:
+    """`batch` on the device of `model`'s parameters (validation runs where training ran)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def unwrap(model: nn.Module) -> Any:
     """The module inside a DistributedDataParallel wrapper (or the model itself)."""
     return getattr(model, "module", model)

@@ -10,13 +10,24 @@ from tokenizers import Tokenizer
 from torch import nn
 from torch.nn import functional as F
 
+from trainer import metrics
 from trainer.config import TrainConfig
 from trainer.data.builtin import sentiment_reviews
 from trainer.data.tokenizer import word_tokenizer
 from trainer.models import Classifier, ClassifierConfig
-from trainer.tasks.base import Batch, ModelDefaults, Task, TaskData, ids_or_unk, pad, unwrap
+from trainer.tasks.base import (
+    Batch,
+    ModelDefaults,
+    Task,
+    TaskData,
+    ids_or_unk,
+    on_device,
+    pad,
+    unwrap,
+)
 
 MAX_TOKENS = 128
+EVAL_BATCH = 256
 
 
 class SentimentTask(Task):
@@ -73,8 +84,15 @@ class SentimentTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
-        batch = self.collate(data.valid)
-        logits = self._final_logits(model, batch)
-        loss = F.cross_entropy(logits, batch["labels"]).item()
-        accuracy = (logits.argmax(1) == batch["labels"]).float().mean().item()
-        return {"valid_loss": loss, "valid_accuracy": accuracy}
+        nats, labels, predictions = 0.0, [], []
+        for start in range(0, len(data.valid), EVAL_BATCH):
+            batch = on_device(self.collate(data.valid[start : start + EVAL_BATCH]), model)
+            logits = self._final_logits(model, batch)  # (B, C)
+            nats += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
+            labels += batch["labels"].tolist()
+            predictions += logits.argmax(1).tolist()
+        return {
+            "valid_loss": nats / max(len(labels), 1),
+            "valid_accuracy": metrics.accuracy(labels, predictions),
+            "valid_macro_f1": metrics.macro_f1(labels, predictions),
+        }

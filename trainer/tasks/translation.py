@@ -10,14 +10,26 @@ from tokenizers import Tokenizer
 from torch import nn
 from torch.nn import functional as F
 
+from trainer import metrics
 from trainer.config import TrainConfig
 from trainer.data.builtin import translation_pairs
 from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, word_tokenizer
+from trainer.decoding import beam_translate
 from trainer.models import Seq2Seq, Seq2SeqConfig
 from trainer.models.seq2seq import greedy_decode
-from trainer.tasks.base import Batch, ModelDefaults, Task, TaskData, ids_or_unk, pad, unwrap
+from trainer.tasks.base import (
+    Batch,
+    ModelDefaults,
+    Task,
+    TaskData,
+    ids_or_unk,
+    on_device,
+    pad,
+    unwrap,
+)
 
 MAX_TOKENS = 100
+EVAL_BATCH = 256
 
 
 class TranslationTask(Task):
@@ -69,20 +81,37 @@ class TranslationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
+        """Loss and perplexity (teacher forcing); exact match and BLEU of greedy translations;
+        with `--beam-size` > 1 also BLEU of beam translations."""
         total, count, exact = 0.0, 0, 0
-        for start in range(0, len(data.valid), 256):
-            chunk = data.valid[start : start + 256]
-            batch = self.collate(chunk)
+        hypotheses: list[str] = []
+        for start in range(0, len(data.valid), EVAL_BATCH):
+            chunk = data.valid[start : start + EVAL_BATCH]
+            batch = on_device(self.collate(chunk), model)
             loss, n = self.loss(model, batch)
             total += loss.item() * n
             count += n
-            hypotheses = greedy_decode(
-                unwrap(model),
-                batch["src"],
-                batch["src_len"],
-                bos_id=BOS_ID,
-                eos_id=EOS_ID,
+            outputs = greedy_decode(
+                unwrap(model), batch["src"], batch["src_len"], bos_id=BOS_ID, eos_id=EOS_ID,
                 max_len=2 * batch["src"].size(1) + 10,
-            )
-            exact += sum(h == tgt for h, (_, tgt) in zip(hypotheses, chunk, strict=True))
-        return {"valid_loss": total / max(count, 1), "valid_exact_match": exact / len(data.valid)}
+            )  # fmt: skip
+            exact += sum(h == tgt for h, (_, tgt) in zip(outputs, chunk, strict=True))
+            hypotheses += [data.tokenizer.decode(ids) for ids in outputs]
+        references = [metrics.normal_form(data.tokenizer, tgt) for _, tgt in data.valid_raw]
+        nats = total / max(count, 1)
+        result = {
+            "valid_loss": nats,
+            "valid_perplexity": metrics.perplexity(nats),
+            "valid_exact_match": exact / max(len(data.valid), 1),
+            "valid_bleu": metrics.bleu(hypotheses, references),
+        }
+        beam = data.cfg.beam_size if data.cfg is not None else 0
+        if beam > 1:
+            beamed = [
+                data.tokenizer.decode(beam_translate(
+                    unwrap(model), src, beam=beam, max_len=2 * len(src) + 10
+                ))
+                for src, _ in data.valid
+            ]  # fmt: skip
+            result["valid_bleu_beam"] = metrics.bleu(beamed, references)
+        return result
