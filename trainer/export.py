@@ -4,7 +4,8 @@ not reproduce to within the tolerance.
 Exporter choice: the TorchScript-based exporter (`dynamo=False`). On torch 2.13 it writes
 `nn.GRU` as one ONNX `GRU` op with `linear_before_reset=1`, keeps batch and time dynamic, and takes
 well under a second per graph; the dynamo exporter took ~9 s per graph and annotated the time
-axis of the output as static. The parity check below is what makes either choice safe.
+axis of the output as static. The parity check below is what makes either choice safe;
+`tests/trainer/test_exporter_choice.py` pins the reasons.
 
 Every graph is also written as `<role>.opt.onnx`, ONNX Runtime's offline optimization of it
 (`trainer.optimize`), checked against PyTorch like the graph itself; `quantize="int8"` adds
