@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from trainer.config import TASKS, TrainConfig, resolve
+from trainer.config import TASKS, TrainConfig, read_config_file, resolve
 from trainer.data.files import DataError
 from trainer.export import ExportError, export_checkpoint
 from trainer.loop import print_report
@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recur-train",
         description="Train a recurrent network for one task and export it as a model bundle.",
-        epilog="Every flag can also be set as RECUR_<FLAG> in the environment (flags win).",
+        epilog="Every flag can also be set in a --config file (TOML or YAML, keys as the flags "
+        "without dashes) or as RECUR_<FLAG> in the environment; flags win over the environment, "
+        "the environment over the file.",
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="a .toml or .yaml file of settings"
     )
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -149,9 +154,11 @@ def _cuda_available() -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    flags = vars(parser.parse_args(argv))
+    config_file = flags.pop("config")
     try:
-        cfg = resolve(vars(args))
+        file_values = read_config_file(config_file) if config_file else {}
+        cfg = resolve(flags, file_values=file_values)
     except ValueError as e:
         parser.error(str(e))
     in_process = cfg.workers == 0 or cfg.dry_run

@@ -1,16 +1,27 @@
 """The training configuration: one frozen dataclass, resolved once in `main`.
 
-Precedence: defaults < `RECUR_*` environment variables < command-line flags. The resolved
-configuration is logged at start and written into the run directory and the bundle manifest.
+Precedence: defaults < `--config` file (TOML or YAML) < `RECUR_*` environment variables <
+command-line flags. The resolved configuration is logged at start and written into the run
+directory and the bundle manifest.
+
+A config file is one flat table of the fields below (`batch_size` or `batch-size`):
+
+    task = "translation"        # run.toml
+    train = "data/train.en,data/train.de"
+    cell = "lstm"
+    lr = 1e-3
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 TASKS = ("translation", "sentiment", "autocomplete")
@@ -118,10 +129,72 @@ def _parse(field_type: Any, raw: str, name: str) -> Any:
         raise ValueError(f"{name}={raw!r} is not a valid {kind}") from None
 
 
-def resolve(overrides: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> TrainConfig:
-    """Defaults < `RECUR_<FIELD>` environment < `overrides` (the flags that were given)."""
+def _from_file(field_type: Any, value: Any, name: str) -> Any:
+    """`value` of a config file's key, checked against the field's type."""
+    kind = field_type if isinstance(field_type, str) else field_type.__name__
+    if isinstance(value, str) and kind in ("int", "float"):
+        return _parse(kind, value, name)  # YAML reads 3e-3 (no dot) as a string
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": numeric,
+        "str": isinstance(value, str),
+    }[kind]
+    if not ok:
+        raise ValueError(f"{name} must be a {kind}, got {value!r}")
+    return float(value) if kind == "float" else value
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a `.toml`, `.yaml` or `.yml` file, keyed by field name.
+
+    Raises:
+        ValueError: a missing or unparsable file, an unknown key (named, with the closest field),
+            or a value of the wrong type.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--config: no such file: {p}")
+    try:
+        if p.suffix.lower() == ".toml":
+            with p.open("rb") as f:
+                data: Any = tomllib.load(f)
+        elif p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        else:
+            raise ValueError(f"--config: {p}: expected a .toml, .yaml or .yml file")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"--config: {p}: not valid TOML: {e}") from None
+    except Exception as e:
+        if type(e).__module__.startswith("yaml"):
+            raise ValueError(f"--config: {p}: not valid YAML: {e}") from None
+        raise
+    if not isinstance(data, dict):
+        raise ValueError(f"--config: {p}: expected a table of settings, got {type(data).__name__}")
+    known = {f.name: f for f in fields(TrainConfig)}
+    values = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"--config: {p}: unknown key {key!r}{hint}")
+        values[name] = _from_file(known[name].type, value, f"--config: {p}: {key}")
+    return values
+
+
+def resolve(
+    overrides: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    file_values: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults < `file_values` (a config file's) < `RECUR_<FIELD>` environment < `overrides`
+    (the flags that were given)."""
     environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(file_values or {})
     for f in fields(TrainConfig):
         env_name = f"RECUR_{f.name.upper()}"
         if env_name in environ:
