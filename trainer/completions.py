@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from trainer.metrics import mean_reciprocal_rank, split_query
 from trainer.ort_bundle import OrtBundle
 
 MAX_NEW_TOKENS = 64  # longer than any held-out query's second half in the built-in corpus
@@ -53,20 +54,13 @@ def complete(
     return [beam for _, beam in finished]
 
 
-def reciprocal_rank(model: OrtBundle, query: list[int], *, k: int = 10) -> float:
-    """1/rank of `query`'s own ending among the top-`k` completions of its first half (0 if absent).
-
-    The prefix is the first `max(1, len(query) // 2)` tokens of `query` (ids without `[BOS]` and
-    `[EOS]`); a one-token query asks for the empty completion (the model should stop there).
-    """
-    cut = max(1, len(query) // 2)
-    candidates = complete(model, query[:cut], k=k)
-    want = query[cut:]
-    return 1.0 / (candidates.index(want) + 1) if want in candidates else 0.0
-
-
 def mrr_at_k(model: OrtBundle, queries: list[list[int]], *, k: int = 10) -> float:
-    """Mean reciprocal rank at `k` over `queries` (ids without `[BOS]`/`[EOS]`)."""
-    if not queries:
-        return 0.0
-    return float(np.mean([reciprocal_rank(model, q, k=k) for q in queries]))
+    """MRR@k over `queries` (ids without `[BOS]`/`[EOS]`): each query's own ending among the
+    top-`k` completions of its prefix (`metrics.split_query`: its first `max(1, len // 2)` tokens;
+    a one-token query asks for the empty completion)."""
+    ranked = []
+    for query in queries:
+        prefix, target = split_query(tuple(query))
+        candidates = [tuple(c) for c in complete(model, list(prefix), k=k)]
+        ranked.append((candidates, target))
+    return mean_reciprocal_rank(ranked, k=k)

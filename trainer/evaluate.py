@@ -9,24 +9,23 @@ and tokenizer (not the PyTorch model), so they measure what the service serves.
 
 Every result also holds `examples`, the number of examples the metrics were computed on.
 
-BLEU compares the detokenized hypothesis with the reference in the tokenizer's normal form
-(normalized and split into words: lowercased for Recur's word tokenizers), because a word-level
-model cannot produce the case or spacing it never saw. Exact match compares token ids, as the
-trainer's `valid_exact_match` does. MRR@10 completes the first half of every held-out line
-(`trainer.completions`).
+The metric definitions are `trainer/metrics.py`'s, shared with the trainer's validation. BLEU
+compares the detokenized hypothesis with the reference in the tokenizer's normal form (normalized
+and split into words: lowercased for Recur's word tokenizers), because a word-level model cannot
+produce the case or spacing it never saw. Exact match compares token ids, as the trainer's
+`valid_exact_match` does. MRR@10 completes the first half of every held-out line
+(`trainer.completions`, `metrics.split_query`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
-import sacrebleu
-from tokenizers import Tokenizer
 
+from trainer import metrics
 from trainer.completions import log_softmax, mrr_at_k
-from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
+from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, is_character_level
 from trainer.ort_bundle import OrtBundle
 from trainer.tasks.autocomplete import MAX_CHARS
 from trainer.tasks.sentiment import MAX_TOKENS as SENTIMENT_MAX_TOKENS
@@ -69,17 +68,6 @@ def _batches(items: list[Any]) -> list[list[Any]]:
     return [items[i : i + BATCH_SIZE] for i in range(0, len(items), BATCH_SIZE)]
 
 
-def macro_f1(labels: list[int], predictions: list[int]) -> float:
-    """Unweighted mean of per-class F1 over the classes in `labels` or `predictions`."""
-    scores = []
-    for c in sorted(set(labels) | set(predictions)):
-        tp = sum(y == c and p == c for y, p in zip(labels, predictions, strict=True))
-        fp = sum(y != c and p == c for y, p in zip(labels, predictions, strict=True))
-        fn = sum(y == c and p != c for y, p in zip(labels, predictions, strict=True))
-        scores.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores)) if scores else 0.0
-
-
 def sentiment_metrics(model: OrtBundle, examples: list[tuple[str, int]]) -> dict[str, float]:
     """Accuracy, macro F1 and cross-entropy of the label after each text's last token."""
     encoded = [(model.tokenizer.encode(t).ids[:SENTIMENT_MAX_TOKENS], y) for t, y in examples]
@@ -94,11 +82,10 @@ def sentiment_metrics(model: OrtBundle, examples: list[tuple[str, int]]) -> dict
         nats -= float(logp[np.arange(len(chunk)), gold].sum())
         labels += gold
         predictions += logp.argmax(1).tolist()
-    n = max(len(labels), 1)
     return {
-        "accuracy": sum(y == p for y, p in zip(labels, predictions, strict=True)) / n,
-        "macro_f1": macro_f1(labels, predictions),
-        "loss": nats / n,
+        "accuracy": metrics.accuracy(labels, predictions),
+        "macro_f1": metrics.macro_f1(labels, predictions),
+        "loss": nats / max(len(labels), 1),
         "examples": float(len(labels)),
     }
 
@@ -128,16 +115,6 @@ def greedy_translate(
     return outputs
 
 
-def normal_form(tokenizer: Tokenizer, text: str) -> str:
-    """`text` as the tokenizer sees it: normalized, split into words, joined by spaces."""
-    backend: Any = tokenizer
-    if backend.normalizer is not None:
-        text = backend.normalizer.normalize_str(text)
-    if backend.pre_tokenizer is not None:
-        text = " ".join(word for word, _ in backend.pre_tokenizer.pre_tokenize_str(text))
-    return text
-
-
 def translation_metrics(model: OrtBundle, examples: list[tuple[str, str]]) -> dict[str, float]:
     """sacreBLEU and exact match of greedy translations."""
     encode = model.tokenizer.encode
@@ -153,20 +130,13 @@ def translation_metrics(model: OrtBundle, examples: list[tuple[str, str]]) -> di
             greedy_translate(model, [s for s, _, _ in chunk], max_len=max_len), chunk, strict=True
         ):
             hypotheses.append(model.tokenizer.decode(ids))
-            references.append(normal_form(model.tokenizer, tgt))
+            references.append(metrics.normal_form(model.tokenizer, tgt))
             exact += ids == tgt_ids
-    bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize="13a") if rows else None
     return {
-        "bleu": bleu.score if bleu else 0.0,
+        "bleu": metrics.bleu(hypotheses, references),
         "exact_match": exact / max(len(rows), 1),
         "examples": float(len(rows)),
     }
-
-
-def is_character_level(tokenizer: Tokenizer) -> bool:
-    """Whether every token but the special ones is a single character."""
-    vocab = set(tokenizer.get_vocab()) - set(SPECIAL_TOKENS)
-    return bool(vocab) and all(len(token) == 1 for token in vocab)
 
 
 def autocomplete_metrics(
@@ -185,20 +155,21 @@ def autocomplete_metrics(
         nats -= float(picked[mask].sum())
         count += int(mask.sum())
     per_token = nats / max(count, 1)
-    metrics = {
+    result = {
         "nats_per_token": per_token,
-        "perplexity": math.exp(per_token),
+        "perplexity": metrics.perplexity(per_token),
         "examples": float(len(lines)),
     }
     if is_character_level(model.tokenizer):
-        metrics["bits_per_char"] = per_token / math.log(2)
+        result["bits_per_char"] = metrics.bits(per_token)
     if completions:
-        metrics["mrr_at_10"] = mrr_at_k(model, lines, k=10)
-    return metrics
+        result["mrr_at_10"] = mrr_at_k(model, lines, k=10)
+    return result
 
 
-def load_examples(task: str, data: str, *, seed: int = 0) -> list[Any]:
-    """Raw examples: the task's embedded validation split (`data="builtin"`) or a file's.
+def load_examples(task: str, data: str, *, seed: int = 0, num_classes: int = 2) -> list[Any]:
+    """Raw examples: the task's embedded validation split (`data="builtin"`) or a file's
+    (sentiment rows whose label is not below `num_classes` are dropped by the reader).
 
     Raises:
         trainer.data.files.DataError: a file that is missing or not in a format of the task.
@@ -211,7 +182,7 @@ def load_examples(task: str, data: str, *, seed: int = 0) -> list[Any]:
     if task == "translation":
         return list(files.read_pairs(data))
     if task == "sentiment":
-        return list(files.read_labelled(data))
+        return list(files.read_labelled(data, num_classes=num_classes))
     return list(files.read_queries(data))
 
 

@@ -12,7 +12,7 @@ import torch
 from tests.conftest import untrained_checkpoint
 from trainer.completions import complete
 from trainer.config import TrainConfig
-from trainer.evaluate import evaluate, is_character_level, macro_f1, normal_form
+from trainer.evaluate import evaluate
 from trainer.export import export_checkpoint, rebuild_model
 from trainer.loop import make_checkpoint
 from trainer.ort_bundle import OrtBundle
@@ -104,22 +104,3 @@ def test_beam_search_returns_distinct_completions_best_first(tmp_path: Path) -> 
     completions = complete(model, prefix, k=5, max_new=6)
     assert 1 <= len(completions) <= 5
     assert len({tuple(c) for c in completions}) == len(completions)
-
-
-@pytest.mark.parametrize(
-    ("labels", "predictions", "expected", "reason"),
-    [
-        ([0, 1, 0, 1], [0, 1, 0, 1], 1.0, "perfect"),
-        ([0, 0, 0, 1], [0, 0, 0, 0], (6 / 7 + 0) / 2, "a never-predicted class scores 0"),
-        ([1, 1], [1, 1], 1.0, "classes absent from both are not averaged"),
-    ],
-)
-def test_macro_f1(labels: list[int], predictions: list[int], expected: float, reason: str) -> None:
-    assert macro_f1(labels, predictions) == pytest.approx(expected), reason
-
-
-def test_tokenizer_helpers() -> None:
-    word = get_task("sentiment").build_tokenizer([("Great movie, really!", 1)])
-    char = get_task("autocomplete").build_tokenizer(["weather"])
-    assert normal_form(word, "Great movie, really!") == "great movie , really !"
-    assert is_character_level(char) and not is_character_level(word)
