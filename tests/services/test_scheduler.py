@@ -32,7 +32,7 @@ def make_engine(registry: ModelRegistry, max_batch_size: int) -> tuple[Engine, l
     engine = Engine(
         registry,
         EngineConfig(max_batch_size=max_batch_size, state_slots=64, prefill_chunk=4),
-        observe=lambda model, role, n, seconds: rows.append(n),
+        observe=lambda scheduler, role, n, seconds: rows.append(n),
     )
     return engine, rows
 
