@@ -66,6 +66,7 @@ class Server:
     process: subprocess.Popen[str]
     target: str
     metrics_url: str
+    health_target: str | None = None  # the plaintext health-only port, with --health-port
 
 
 def start_server(models: Path, *extra: str) -> Server:
@@ -82,7 +83,8 @@ def start_server(models: Path, *extra: str) -> Server:
         match = re.search(r"listening on ([\d.]+:\d+), metrics ([^\s,]+)", line)
         found = found or match
         if found and line.startswith("recur-serve: ready"):
-            return Server(process, found.group(1), found.group(2))
+            probes = re.search(r"health ([\d.]+:\d+)", found.string)
+            return Server(process, found.group(1), found.group(2), probes and probes.group(1))
     raise AssertionError("recur-serve exited before it was ready:\n" + "".join(seen))
 
 
