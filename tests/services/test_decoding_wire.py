@@ -153,3 +153,41 @@ def test_an_idle_session_expires(server: Server) -> None:
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "session idle for more than 1 s" in details
     assert 0.5 < waited < 5
+
+
+def _gauges(url: str, name: str) -> list[float]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
+
+
+def test_expired_and_cancelled_streams_free_their_slots(server: Server) -> None:
+    async def go() -> list[grpc.StatusCode]:
+        codes = []
+        async with aio.insecure_channel(server.target) as channel:
+            stub = pb_grpc.AutocompleteServiceStub(channel)
+            for timeout in (0.002, 0.01, 0.05):
+                request = pb.CompleteRequest(text="weather in", max_tokens=500, temperature=1.0)
+                try:
+                    await _events(stub.Complete(request, timeout=timeout))
+                    codes.append(grpc.StatusCode.OK)
+                except aio.AioRpcError as error:
+                    codes.append(error.code())
+            call = stub.Complete(pb.CompleteRequest(text="weather in", max_tokens=500))
+            await call.read()
+            call.cancel()
+        return codes
+
+    codes = asyncio.run(go())
+    assert grpc.StatusCode.DEADLINE_EXCEEDED in codes
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        used = _gauges(server.metrics_url, "recur_state_slots_used_ratio{")
+        active = _gauges(server.metrics_url, "recur_streams_active{")
+        if used and not any(used) and not any(active):
+            break
+        time.sleep(0.05)
+    assert used and not any(used), "every slot is back in its pool"
+    assert not any(active)
