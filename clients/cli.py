@@ -108,12 +108,32 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     translate = add("translate", parents=[common, max_tokens], help="translate a sentence")
     translate.add_argument("text")
     translate.add_argument("--attention", action="store_true", help="show what each token attended")
+    translate.add_argument(
+        "--beam-size", type=_count, default=0, metavar="K", help="beam search with K hypotheses"
+    )
+    translate.add_argument(
+        "--length-penalty", type=float, default=0.0, metavar="A", help="beam length penalty alpha"
+    )
     translate.set_defaults(run=_translate)
     sentiment = add("sentiment", parents=[common], help="running sentiment of a text")
     sentiment.add_argument("text")
     sentiment.set_defaults(run=_sentiment)
     complete = add("complete", parents=[common, max_tokens], help="complete a prefix")
     complete.add_argument("text")
+    complete.add_argument(
+        "--temperature", type=float, default=0.0, metavar="T", help="sample (0: greedy)"
+    )
+    complete.add_argument(
+        "--top-k", type=_count, default=0, metavar="K", help="sample among K best"
+    )
+    complete.add_argument("--top-p", type=float, default=0.0, metavar="P", help="nucleus sampling")
+    complete.add_argument("--seed", type=_count, default=None, help="reproducible sampling")
+    complete.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT", help="end at this text (repeatable)"
+    )
+    complete.add_argument(
+        "--suggestions", type=_count, default=0, metavar="N", help="N alternatives by beam search"
+    )
     complete.set_defaults(run=_complete)
     session = add(
         "session",
@@ -147,7 +167,12 @@ async def _print_all_json(events: AsyncIterator[Message]) -> None:
 
 async def _translate(client: RecurClient, args: argparse.Namespace) -> int:
     events = client.translate(
-        args.text, model=args.model, max_tokens=args.max_tokens, include_attention=args.attention
+        args.text,
+        model=args.model,
+        max_tokens=args.max_tokens,
+        include_attention=args.attention,
+        beam_size=args.beam_size,
+        length_penalty=args.length_penalty,
     )
     await (_print_all_json(events) if args.json else render.translation(events, style=_style()))
     return 0
@@ -160,7 +185,17 @@ async def _sentiment(client: RecurClient, args: argparse.Namespace) -> int:
 
 
 async def _complete(client: RecurClient, args: argparse.Namespace) -> int:
-    events = client.complete(args.text, model=args.model, max_tokens=args.max_tokens)
+    events = client.complete(
+        args.text,
+        model=args.model,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop,
+        num_suggestions=args.suggestions,
+    )
     if args.json:
         await _print_all_json(events)
     else:

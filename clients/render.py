@@ -125,6 +125,9 @@ async def completion(
             _emit(event.token.text)
         elif event.HasField("final"):
             _emit("\n" + style.dim(summary(event.final.summary)) + "\n")
+            for rank, suggestion in enumerate(event.final.suggestions, 1):
+                line = f"  {rank}. {style.dim(prefix)}{suggestion.text}"
+                _emit(line + style.dim(f"  (log p {suggestion.logprob:.2f})") + "\n")
 
 
 def session_answer(revision: int, text: str, final: inference_pb2.CompleteFinal) -> str:

@@ -28,7 +28,7 @@ the answers of a session depend on everything sent on it.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeAlias
@@ -64,10 +64,12 @@ class Session:
         *,
         model: str,
         max_tokens: int,
+        num_suggestions: int = 0,
     ) -> None:
         self._call = call
         self._model = model
         self._max_tokens = max_tokens
+        self._num_suggestions = num_suggestions
 
     async def send_text(self, text: str) -> None:
         """Sends the full text typed so far; the server diffs it against the previous revision."""
@@ -97,6 +99,7 @@ class Session:
         # The server reads `model` from the first message only; sending it on every one is harmless.
         request.model = self._model
         request.max_tokens = self._max_tokens
+        request.num_suggestions = self._num_suggestions
         with recur_errors():
             await self._call.write(request)
 
@@ -186,21 +189,36 @@ class RecurClient:
             self._channel = None
 
     def translate(
-        self, text: str, *, model: str = "", max_tokens: int = 0, include_attention: bool = False
+        self,
+        text: str,
+        *,
+        model: str = "",
+        max_tokens: int = 0,
+        include_attention: bool = False,
+        beam_size: int = 0,
+        length_penalty: float = 0.0,
     ) -> AsyncIterator[TranslateEvent]:
         """Translates `text`, yielding each target token as it is decoded, then the final event.
 
         Args:
             text: The source sentence.
-            model: The model name; empty selects the server's default translation model.
+            model: The model name (`name@version` pins a version); empty selects the default.
             max_tokens: The most target tokens; 0 selects the server default.
             include_attention: Ask for each token's attention over the source tokens.
+            beam_size: Beam search with this many hypotheses (0 or 1: greedy, streamed as decoded;
+                more: the best hypothesis, streamed once the search ends).
+            length_penalty: GNMT length normalization alpha for beam search.
 
         Raises:
             RecurError: The call failed (unknown model, bad input, unreachable server, deadline).
         """
         request = inference_pb2.TranslateRequest(
-            text=text, model=model, max_tokens=max_tokens, include_attention=include_attention
+            text=text,
+            model=model,
+            max_tokens=max_tokens,
+            include_attention=include_attention,
+            beam_size=beam_size,
+            length_penalty=length_penalty,
         )
         stub = inference_pb2_grpc.TranslationServiceStub(self._open_channel())
         return self._stream(stub.Translate, request)
@@ -216,18 +234,56 @@ class RecurClient:
         return self._stream(stub.Analyze, request)
 
     def complete(
-        self, text: str, *, model: str = "", max_tokens: int = 0
+        self,
+        text: str,
+        *,
+        model: str = "",
+        max_tokens: int = 0,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        num_suggestions: int = 0,
     ) -> AsyncIterator[CompleteEvent]:
         """Completes the prefix `text`, yielding each completion token, then the final event.
+
+        Args:
+            text: The prefix.
+            model: The model name (`name@version` pins a version); empty selects the default.
+            max_tokens: The most tokens; 0 selects the server default.
+            temperature: 0 decodes greedily; above 0 samples (with `top_k`, `top_p`, `seed`).
+            top_k: Sample among the k most probable tokens (0: all).
+            top_p: Nucleus sampling threshold (0: off).
+            seed: Makes sampling reproducible.
+            stop: End the completion once it ends with one of these strings.
+            num_suggestions: Alternative completions by beam search in the final event.
 
         Raises:
             RecurError: The call failed.
         """
-        request = inference_pb2.CompleteRequest(text=text, model=model, max_tokens=max_tokens)
+        request = inference_pb2.CompleteRequest(
+            text=text,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=list(stop),
+            num_suggestions=num_suggestions,
+        )
         stub = inference_pb2_grpc.AutocompleteServiceStub(self._open_channel())
         return self._stream(stub.Complete, request)
 
-    def session(self, *, model: str = "", max_tokens: int = 0, open_ended: bool = False) -> Session:
+    def session(
+        self,
+        *,
+        model: str = "",
+        max_tokens: int = 0,
+        open_ended: bool = False,
+        num_suggestions: int = 0,
+    ) -> Session:
         """Opens an autocomplete session; see `Session`.
 
         Its deadline is the client's `timeout`, unless `open_ended` keeps it open until it is
@@ -236,7 +292,7 @@ class RecurClient:
         stub = inference_pb2_grpc.AutocompleteServiceStub(self._open_channel())
         timeout = None if open_ended else self.timeout
         call = stub.Session(timeout=timeout, metadata=self._metadata)
-        return Session(call, model=model, max_tokens=max_tokens)
+        return Session(call, model=model, max_tokens=max_tokens, num_suggestions=num_suggestions)
 
     async def list_models(self) -> inference_pb2.ListModelsResponse:
         """Returns the models the server has loaded.

@@ -147,30 +147,22 @@ class RecurClientSync:
             self._loop.stop()
             self._loop = None
 
-    def translate(
-        self, text: str, *, model: str = "", max_tokens: int = 0, include_attention: bool = False
-    ) -> Iterator[TranslateEvent]:
-        """Translates `text`; see `RecurClient.translate`."""
-        events = self._client.translate(
-            text, model=model, max_tokens=max_tokens, include_attention=include_attention
-        )
-        return self._open_loop().iterate(events)
+    def translate(self, text: str, **options: Any) -> Iterator[TranslateEvent]:
+        """Translates `text`; the options are `RecurClient.translate`'s."""
+        return self._open_loop().iterate(self._client.translate(text, **options))
 
     def sentiment(self, text: str, *, model: str = "") -> Iterator[SentimentEvent]:
         """Classifies `text`; see `RecurClient.sentiment`."""
         return self._open_loop().iterate(self._client.sentiment(text, model=model))
 
-    def complete(
-        self, text: str, *, model: str = "", max_tokens: int = 0
-    ) -> Iterator[CompleteEvent]:
-        """Completes the prefix `text`; see `RecurClient.complete`."""
-        events = self._client.complete(text, model=model, max_tokens=max_tokens)
-        return self._open_loop().iterate(events)
+    def complete(self, text: str, **options: Any) -> Iterator[CompleteEvent]:
+        """Completes the prefix `text`; the options are `RecurClient.complete`'s."""
+        return self._open_loop().iterate(self._client.complete(text, **options))
 
-    def session(self, *, model: str = "", max_tokens: int = 0) -> SessionSync:
-        """Opens an autocomplete session; see `RecurClient.session`."""
+    def session(self, **options: Any) -> SessionSync:
+        """Opens an autocomplete session; the options are `RecurClient.session`'s."""
         loop = self._open_loop()
-        return SessionSync(loop.run(self._session(model, max_tokens)), loop)
+        return SessionSync(loop.run(self._session(**options)), loop)
 
     def list_models(self) -> inference_pb2.ListModelsResponse:
         """Returns the models the server has loaded; see `RecurClient.list_models`."""
@@ -180,9 +172,9 @@ class RecurClientSync:
         """Returns the health of `service` ("" = the server); see `RecurClient.health`."""
         return self._open_loop().run(self._client.health(service))
 
-    async def _session(self, model: str, max_tokens: int) -> Session:
+    async def _session(self, **options: Any) -> Session:
         # The call object binds to the running loop, so the session starts on the client's loop.
-        return self._client.session(model=model, max_tokens=max_tokens)
+        return self._client.session(**options)
 
     def _open_loop(self) -> _Loop:
         if self._loop is None:

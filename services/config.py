@@ -25,6 +25,20 @@ class ServeConfig:
     ort_threads: int = 1  # ONNX Runtime intra-op threads per session
     executor_workers: int = 2  # threads running ONNX Runtime calls off the event loop
     grace_seconds: float = 10.0  # drain time for in-flight streams on SIGTERM
+    max_batch_size: int = 256  # rows per batched ONNX Runtime call; 1 turns batching off
+    state_slots: int = 1024  # recurrent-state slots per model (a stream holds one, a beam more)
+    prefill_chunk: int = 32  # longest piece of a prompt read in one step
+    max_beam_size: int = 8  # largest accepted beam_size / num_suggestions
+    session_ttl_seconds: float = 300.0  # an autocomplete session idle this long is closed
+    reload_seconds: float = 5.0  # how often the repository is scanned for new versions; 0: never
+    tls_cert_file: str = ""  # PEM certificate chain; with tls_key_file turns TLS on
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""  # PEM CA bundle; set, clients must present a certificate (mTLS)
+    auth_token_file: str = ""  # file holding the bearer token (or env RECUR_AUTH_TOKEN)
+    health_port: int = -1  # plaintext port serving only grpc.health.v1 (probes); -1: off
+    max_message_bytes: int = 1 << 20  # largest request or response message
+    keepalive_seconds: float = 30.0  # server pings an idle connection this often
+    keepalive_timeout_seconds: float = 10.0  # and closes it when the ping is not answered
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -36,6 +50,19 @@ _HELP = {
     "metrics_port": "Prometheus metrics port (0: any free port, -1: off)",
     "grace_seconds": "seconds in-flight streams get to finish on SIGTERM",
     "max_streams": "streams in flight; beyond them RESOURCE_EXHAUSTED at once",
+    "max_batch_size": "rows per batched ONNX Runtime call (1: batching off)",
+    "state_slots": "recurrent-state slots per model",
+    "prefill_chunk": "longest piece of a prompt read in one model step",
+    "session_ttl_seconds": "close autocomplete sessions idle this long",
+    "reload_seconds": "scan the repository for new model versions this often (0: never)",
+    "tls_cert_file": "PEM certificate chain of the server (TLS on with --tls-key-file)",
+    "tls_key_file": "PEM private key of --tls-cert-file",
+    "tls_client_ca_file": "require client certificates signed by this CA (mutual TLS)",
+    "auth_token_file": "require `authorization: Bearer <token>` with the token in this file "
+    "(or in RECUR_AUTH_TOKEN); health stays open",
+    "health_port": "plaintext port serving only grpc.health.v1, for probes when TLS is on "
+    "(-1: off)",
+    "max_message_bytes": "largest request or response message",
 }
 
 
@@ -75,8 +102,24 @@ def resolve(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
         "max_streams",
         "ort_threads",
         "executor_workers",
+        "max_batch_size",
+        "state_slots",
+        "prefill_chunk",
+        "max_beam_size",
+        "max_message_bytes",
     )
-    for name in ("port", *positive):
-        if getattr(cfg, name) < (0 if name == "port" else 1):
+    above_zero = ("session_ttl_seconds", "keepalive_seconds", "keepalive_timeout_seconds")
+    for name in ("port", "reload_seconds", "grace_seconds", *positive, *above_zero):
+        value = getattr(cfg, name)
+        low_ok = value > 0 if name in above_zero else value >= (1 if name in positive else 0)
+        if not (low_ok and value < float("inf")):
             parser.error(f"--{name.replace('_', '-')} is out of range: {getattr(cfg, name)}")
+    if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
+        parser.error("--tls-cert-file and --tls-key-file come together: give both or neither")
+    if cfg.tls_client_ca_file and not cfg.tls_cert_file:
+        parser.error("--tls-client-ca-file needs --tls-cert-file and --tls-key-file (TLS)")
+    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_token_file"):
+        path = getattr(cfg, name)
+        if path and not os.path.isfile(path):
+            parser.error(f"--{name.replace('_', '-')} {path!r} is not a readable file")
     return cfg

@@ -17,6 +17,7 @@ import grpc
 from grpc import aio
 
 from services.admission import Admission
+from services.auth import BearerToken
 from services.errors import (
     Expired,
     InvalidArgument,
@@ -74,9 +75,16 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
 class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
     """Maps ServiceErrors to status codes and counts every Recur call by its final code."""
 
-    def __init__(self, metrics: ServerMetrics, admission: Admission) -> None:
+    def __init__(
+        self, metrics: ServerMetrics, admission: Admission, auth: BearerToken | None = None
+    ) -> None:
         self.metrics = metrics
         self.admission = admission
+        self.auth = auth
+
+    def _authenticate(self, context: Context) -> None:
+        if self.auth is not None:
+            self.auth.check(dict(context.invocation_metadata() or ()))
 
     async def intercept_service(
         self,
@@ -129,6 +137,7 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
             info = _start_call(rpc, context)
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
+                self._authenticate(context)
                 with self.admission.admit():
                     async for response in behavior(request, context):
                         yield response
@@ -151,6 +160,7 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
             info = _start_call(rpc, context)
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
+                self._authenticate(context)
                 return await behavior(request, context)
             except Exception as error:
                 code = status_for(error)[0]

@@ -9,12 +9,18 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.events import Event, Finished, RunningLabel, TokenEvent
 
+if TYPE_CHECKING:  # the engine's modules import numpy and ONNX Runtime; metrics need neither
+    from services.runtime import Runtime
+    from services.scheduler import Scheduler
+
 LATENCY_BUCKETS = (*(5e-5 * 2**i for i in range(18)), 15.0, 30.0, 60.0)  # 50 µs … 60 s
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 MODEL_LABELS = ("model", "version", "task")
 
 
@@ -72,12 +78,43 @@ class ServerMetrics:
         self.active = Gauge(
             "recur_streams_active", "Streams in progress.", MODEL_LABELS, registry=registry
         )
+        self.waiting = Gauge(
+            "recur_streams_waiting", "Rows of model steps queued for the next batch.",
+            MODEL_LABELS, registry=registry,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "recur_batch_size", "Rows (stream steps) per ONNX Runtime call.",
+            (*MODEL_LABELS, "graph"), buckets=BATCH_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.step_duration = Histogram(
+            "recur_step_duration_seconds", "Duration of one batched ONNX Runtime call.",
+            (*MODEL_LABELS, "graph"), buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.slots_used = Gauge(
+            "recur_state_slots_used_ratio", "Share of the model's state slots held by streams.",
+            MODEL_LABELS, registry=registry,
+        )  # fmt: skip
         self.model_info = Gauge(
             "recur_model_info",
             "Loaded models (value 1).",
             (*MODEL_LABELS, "cell"),
             registry=registry,
         )
+
+    def observe_batch(self, scheduler: Scheduler, graph: str, rows: int, seconds: float) -> None:
+        """The scheduler's report after every batched call."""
+        model = scheduler.model
+        labels = (model.name, str(model.version), model.task)
+        self.batch_size.labels(*labels, graph).observe(rows)
+        self.step_duration.labels(*labels, graph).observe(seconds)
+        self.waiting.labels(*labels).set(scheduler.waiting)
+
+    def observe_slots(self, runtime: Runtime) -> None:
+        """A stream took or gave back slots: the pool's fill and the queue length."""
+        model = runtime.model
+        labels = (model.name, str(model.version), model.task)
+        self.slots_used.labels(*labels).set(runtime.pool.used / runtime.pool.capacity)
+        self.waiting.labels(*labels).set(runtime.scheduler.waiting)
 
     async def observe(self, events: AsyncIterator[Event], info: CallInfo) -> AsyncIterator[Event]:
         """Pass `events` through, timing the first and every following streamed event."""

@@ -30,7 +30,7 @@ import numpy as np
 from services.model import Arrays, LoadedModel
 from services.slots import SlotPool
 
-BatchObserver = Callable[[LoadedModel, str, int, float], None]  # model, role, rows, seconds
+BatchObserver = Callable[["Scheduler", str, int, float], None]  # scheduler, role, rows, seconds
 
 
 @dataclass
@@ -156,7 +156,7 @@ class Scheduler:
             loop = asyncio.get_running_loop()
             outputs = await loop.run_in_executor(self.executor, self.model.run, role, feeds)
             if self.observe is not None:
-                self.observe(self.model, role, len(slots), time.perf_counter() - started)
+                self.observe(self, role, len(slots), time.perf_counter() - started)
             self.pool.write(slots, {s: outputs.pop(o) for o, s in self._state_out[role].items()})
         except Exception as error:
             for request in batch:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -26,11 +27,14 @@ from protos.recur.v1 import inference_pb2 as pb
 from protos.recur.v1 import inference_pb2_grpc as pb_grpc
 from services import validation
 from services.admission import Admission
+from services.auth import BearerToken
 from services.config import ServeConfig, resolve
 from services.engine import Engine
 from services.interceptors import ErrorsAndMetricsInterceptor
 from services.metrics import ServerMetrics
-from services.model import ModelRegistry
+from services.model import LoadedModel, ModelRegistry
+from services.reload import Reloader
+from services.runtime import EngineConfig
 from services.servicers import Servicers
 
 log = logging.getLogger("recur.serve")
@@ -49,20 +53,76 @@ class Running:
     health: HealthServicer
     engine: Engine
     port: int
+    probes: aio.Server | None = None  # the plaintext health-only server, when there is one
+    health_port: int | None = None
+
+
+def _options(cfg: ServeConfig) -> list[tuple[str, int]]:
+    return [
+        # gRPC shares ports by default (SO_REUSEPORT); a second server must fail, not split traffic.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.keepalive_time_ms", int(cfg.keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_seconds * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Clients may ping every 10 s without being told off (GOAWAY "too_many_pings").
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def _credentials(cfg: ServeConfig) -> grpc.ServerCredentials | None:
+    if not cfg.tls_cert_file:
+        return None
+    client_ca = Path(cfg.tls_client_ca_file).read_bytes() if cfg.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(Path(cfg.tls_key_file).read_bytes(), Path(cfg.tls_cert_file).read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def _bind(
+    server: aio.Server, flag: str, address: str, credentials: grpc.ServerCredentials | None
+) -> int:
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError as e:  # grpc reports a failed bind this way
+        raise OSError(f"{flag}: cannot listen on {address} ({e})") from None
 
 
 async def build_server(
     cfg: ServeConfig, registry: ModelRegistry, metrics: ServerMetrics
 ) -> Running:
-    """Create, bind and start the gRPC server; health says SERVING for every loaded task."""
-    engine = Engine(registry, workers=cfg.executor_workers)
-    server = aio.server(
-        interceptors=[ErrorsAndMetricsInterceptor(metrics, Admission(cfg.max_streams))],
-        # gRPC shares ports by default (SO_REUSEPORT); a second server must fail, not split traffic.
-        options=[("grpc.so_reuseport", 0)],
+    """Create, bind and start the gRPC server; every service is NOT_SERVING until `ready`."""
+    engine_cfg = EngineConfig(
+        max_batch_size=cfg.max_batch_size,
+        state_slots=cfg.state_slots,
+        prefill_chunk=cfg.prefill_chunk,
+        concurrency=cfg.executor_workers,
     )
-    limits = validation.Limits(cfg.max_input_chars, cfg.max_tokens_limit)
-    servicers = Servicers(engine, metrics, limits, default_max_tokens=cfg.default_max_tokens)
+    engine = Engine(
+        registry,
+        engine_cfg,
+        workers=cfg.executor_workers,
+        observe=metrics.observe_batch,
+        on_slots=metrics.observe_slots,
+    )
+    engine.ready = False
+    auth = BearerToken.configured(cfg.auth_token_file)
+    interceptor = ErrorsAndMetricsInterceptor(metrics, Admission(cfg.max_streams), auth)
+    server = aio.server(interceptors=[interceptor], options=_options(cfg))
+    limits = validation.Limits(cfg.max_input_chars, cfg.max_tokens_limit, cfg.max_beam_size)
+    servicers = Servicers(
+        engine,
+        metrics,
+        limits,
+        default_max_tokens=cfg.default_max_tokens,
+        session_ttl=cfg.session_ttl_seconds,
+    )
     pb_grpc.add_TranslationServiceServicer_to_server(servicers, server)
     pb_grpc.add_SentimentServiceServicer_to_server(servicers, server)
     pb_grpc.add_AutocompleteServiceServicer_to_server(servicers, server)
@@ -73,39 +133,53 @@ async def build_server(
     reflection.enable_server_reflection(
         [*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], server
     )
-    try:
-        port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
-    except RuntimeError as e:  # grpc reports a failed bind this way
-        raise OSError(f"--port: cannot listen on {cfg.host}:{cfg.port} ({e})") from None
+    port = _bind(server, "--port", f"{cfg.host}:{cfg.port}", _credentials(cfg))
+    probes, health_port = None, None
+    if cfg.health_port >= 0:
+        probes = aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health, probes)
+        health_port = _bind(probes, "--health-port", f"{cfg.host}:{cfg.health_port}", None)
+        await probes.start()
     await server.start()
+    for name in ("", "recur.v1.ModelService", *SERVICES.values()):
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    return Running(server, health, engine, port, probes, health_port)
+
+
+async def ready(running: Running, metrics: ServerMetrics) -> None:
+    """Models are loaded and warm: open the engine and say SERVING for every task served."""
+    running.engine.ready = True
+    await update_health(running)
+    for model in running.engine.registry.models.values():
+        model_changed(metrics, model, loaded=True)
+
+
+async def update_health(running: Running) -> None:
     serving = health_pb2.HealthCheckResponse.SERVING
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-    tasks = {m.task for m in registry.models.values()}
-    await health.set("", serving)
-    await health.set("recur.v1.ModelService", serving)
+    tasks = {m.task for m in running.engine.registry.models.values()}
+    await running.health.set("", serving)
+    await running.health.set("recur.v1.ModelService", serving)
     for task, service in SERVICES.items():
-        await health.set(service, serving if task in tasks else not_serving)
-    for model in registry.models.values():
-        metrics.model_info.labels(
-            model.name, str(model.version), model.task, model.bundle.manifest.cell
-        ).set(1)
-    return Running(server=server, health=health, engine=engine, port=port)
+        await running.health.set(service, serving if task in tasks else not_serving)
+
+
+def model_changed(metrics: ServerMetrics, model: LoadedModel, *, loaded: bool) -> None:
+    labels = (model.name, str(model.version), model.task, model.bundle.manifest.cell)
+    metrics.model_info.labels(*labels).set(1 if loaded else 0)
 
 
 async def drain(running: Running, grace: float) -> None:
     """Stop accepting calls and give streams in flight `grace` seconds to finish."""
     await running.health.enter_graceful_shutdown()
     await running.server.stop(grace)
+    if running.probes is not None:
+        await running.probes.stop(0)
     running.engine.close()
 
 
 async def serve(cfg: ServeConfig) -> None:
-    """Load the repository, serve until SIGTERM/SIGINT, then drain."""
-    registry = ModelRegistry.load(Path(cfg.models), threads=cfg.ort_threads)
-    if not registry.models:
-        log.warning(
-            "no valid model bundles under %s; serving health and ListModels only", cfg.models
-        )
+    """Bind, load and warm the repository, serve until SIGTERM/SIGINT, then drain."""
     metrics = ServerMetrics(CollectorRegistry())
     metrics_port = None
     if cfg.metrics_port >= 0:
@@ -113,19 +187,51 @@ async def serve(cfg: ServeConfig) -> None:
             cfg.metrics_port, addr=cfg.metrics_host, registry=metrics.registry
         )
         metrics_port = httpd.server_port
-    running = await build_server(cfg, registry, metrics)
-    for model in sorted(registry.models.values(), key=lambda m: (m.task, m.name)):
-        print(f"recur-serve: {model.task:<12} {model.name} v{model.version} ({model.bundle.path})")
+    running = await build_server(cfg, ModelRegistry(), metrics)
     metrics_url = f"http://{cfg.metrics_host}:{metrics_port}/metrics" if metrics_port else "off"
-    print(f"recur-serve: listening on {cfg.host}:{running.port}, metrics {metrics_url}", flush=True)
+    probes = f", health {cfg.host}:{running.health_port}" if running.health_port else ""
+    print(
+        f"recur-serve: listening on {cfg.host}:{running.port}, metrics {metrics_url}{probes}",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloader = Reloader(
+        running.engine,
+        Path(cfg.models),
+        threads=cfg.ort_threads,
+        on_change=lambda model, loaded: model_changed(metrics, model, loaded=loaded),
+    )
+    await reloader.scan()
+    if not running.engine.registry.models:
+        log.warning(
+            "no valid model bundles under %s yet; serving health and ListModels", cfg.models
+        )
+    await ready(running, metrics)
+    for model in sorted(running.engine.registry.models.values(), key=lambda m: (m.task, m.name)):
+        print(f"recur-serve: {model.task:<12} {model.name} v{model.version} ({model.bundle.path})")
+    print("recur-serve: ready", flush=True)
+    watcher = None
+    if cfg.reload_seconds > 0:
+        watcher = asyncio.create_task(_watch(reloader, running, cfg.reload_seconds))
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     print(f"recur-serve: draining (grace {cfg.grace_seconds:g} s)", flush=True)
     await drain(running, cfg.grace_seconds)
     print("recur-serve: stopped", flush=True)
+
+
+async def _watch(reloader: Reloader, running: Running, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await reloader.scan()
+            await update_health(running)
+        except Exception:  # a scan must never take the server down
+            log.exception("model repository scan failed")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -150,6 +150,10 @@ async def _session(
                 clock.start()
                 await typed.advance_to(text)
                 typed.moved = True
+
+                def stale(seen: int = revision) -> bool:
+                    return received > seen
+
                 async for event in engine.generate(
                     runtime,
                     slots,
@@ -157,7 +161,7 @@ async def _session(
                     prefix=list(typed.ids),
                     params=params,
                     clock=clock,
-                    is_stale=lambda seen=revision: received > seen,
+                    is_stale=stale,
                 ):
                     yield revision, event
     finally:

@@ -66,23 +66,26 @@ class Server:
     process: subprocess.Popen[str]
     target: str
     metrics_url: str
+    health_target: str | None = None  # the plaintext health-only port, with --health-port
 
 
 def start_server(models: Path, *extra: str) -> Server:
-    """Start `recur-serve` on free ports and wait for its listening line."""
+    """Start `recur-serve` on free ports and wait until it has loaded and warmed its models."""
     process = subprocess.Popen(
         [sys.executable, "-m", "services.server", "--models", str(models), "--host", "127.0.0.1",
          "--port", "0", "--metrics-host", "127.0.0.1", "--metrics-port", "0", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
     )  # fmt: skip
     assert process.stdout is not None
-    seen = []
+    seen, found = [], None
     for line in process.stdout:
         seen.append(line)
-        match = re.search(r"listening on ([\d.]+:\d+), metrics (\S+)", line)
-        if match:
-            return Server(process, match.group(1), match.group(2))
-    raise AssertionError("recur-serve exited before listening:\n" + "".join(seen))
+        match = re.search(r"listening on ([\d.]+:\d+), metrics ([^\s,]+)", line)
+        found = found or match
+        if found and line.startswith("recur-serve: ready"):
+            probes = re.search(r"health ([\d.]+:\d+)", found.string)
+            return Server(process, found.group(1), found.group(2), probes and probes.group(1))
+    raise AssertionError("recur-serve exited before it was ready:\n" + "".join(seen))
 
 
 def stop_server(server: Server) -> str:

@@ -81,13 +81,17 @@ def pip_installs(dockerfile: Path) -> list[list[str]]:
     return found
 
 
-def read_until(process: subprocess.Popen[str], pattern: str, timeout: float) -> re.Match[str]:
-    """The first stdout line matching `pattern`, waiting at most `timeout` seconds."""
+def read_until(
+    process: subprocess.Popen[str], pattern: str, timeout: float, *, then: str = "$^"
+) -> re.Match[str]:
+    """The first stdout line matching `pattern`, then (if given) a line matching `then`,
+    each waited for at most `timeout` seconds."""
     lines: queue.Queue[str | None] = queue.Queue()
     assert process.stdout is not None
     stdout = process.stdout
     threading.Thread(target=lambda: [*map(lines.put, stdout), lines.put(None)], daemon=True).start()
     seen: list[str] = []
+    found = None
     while True:
         try:
             line = lines.get(timeout=timeout)
@@ -96,8 +100,12 @@ def read_until(process: subprocess.Popen[str], pattern: str, timeout: float) -> 
         if line is None:
             break
         seen.append(line)
-        if match := re.search(pattern, line):
-            return match
+        if found is None and (match := re.search(pattern, line)):
+            found = match
+            if then == "$^":
+                return found
+        elif found is not None and re.search(then, line):
+            return found
     raise AssertionError(f"no line matching {pattern!r} in {timeout} s:\n" + "".join(seen))
 
 
@@ -135,7 +143,8 @@ def test_serve_image_install_serves_without_torch_or_ray(tiny_models: Path, tmp_
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        target = read_until(server, r"listening on ([\d.]+:\d+)", timeout=60).group(1)
+        listening = r"listening on ([\d.]+:\d+)"
+        target = read_until(server, listening, timeout=60, then="recur-serve: ready").group(1)
         final = asyncio.run(last_event(target, "the acting was good"))
         assert final.final.label in ("positive", "negative")
     finally:

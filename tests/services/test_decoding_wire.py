@@ -1,0 +1,193 @@
+"""Decoding modes over a real channel: beam search, seeded sampling, stop strings, suggestions,
+parameter validation, deadlines and session expiry on a real `recur-serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc import aio
+
+from protos.recur.v1 import inference_pb2 as pb
+from protos.recur.v1 import inference_pb2_grpc as pb_grpc
+from services.engine import Engine
+from services.model import ModelRegistry
+from services.requests import TranslateParams
+from tests.conftest import Server, start_server, stop_server
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models: Path) -> Iterator[Server]:
+    running = start_server(tiny_models, "--session-ttl-seconds", "1")
+    yield running
+    stop_server(running)
+
+
+async def _events(call: Any) -> list[Any]:
+    return [event async for event in call]
+
+
+def complete(target: str, **fields: Any) -> list[pb.CompleteResponse]:
+    async def go() -> list[pb.CompleteResponse]:
+        async with aio.insecure_channel(target) as channel:
+            stub = pb_grpc.AutocompleteServiceStub(channel)
+            return await _events(stub.Complete(pb.CompleteRequest(**fields), timeout=30))
+
+    return asyncio.run(go())
+
+
+def test_beam_translation_over_the_wire_equals_the_engines(
+    server: Server, tiny_models: Path
+) -> None:
+    text = "the small dog sees a red car"
+
+    async def over_the_wire() -> list[pb.TranslateResponse]:
+        async with aio.insecure_channel(server.target) as channel:
+            stub = pb_grpc.TranslationServiceStub(channel)
+            request = pb.TranslateRequest(text=text, beam_size=4, length_penalty=0.6)
+            return await _events(stub.Translate(request, timeout=30))
+
+    async def in_process() -> list[Any]:
+        engine = Engine(ModelRegistry.load(tiny_models))
+        model = engine.registry.resolve("", "translation")
+        params = TranslateParams(beam_size=4, length_penalty=0.6)
+        return [e async for e in engine.translate(model, text, params, arrived=0.0)]
+
+    wire, local = asyncio.run(over_the_wire()), asyncio.run(in_process())
+    assert [e.token.id for e in wire[:-1]] == [e.id for e in local[:-1]]
+    assert wire[-1].final.text == local[-1].text
+    assert wire[-1].final.summary.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+
+
+def test_seeded_sampling_is_reproducible(server: Server) -> None:
+    def sample(seed: int) -> str:
+        events = complete(server.target, text="w", temperature=1.5, seed=seed, max_tokens=12)
+        return events[-1].final.completion
+
+    runs = {seed: sample(seed) for seed in range(6)}
+    assert sample(3) == runs[3]
+    assert len(set(runs.values())) > 1, "different seeds draw different completions"
+
+
+def test_stop_string_ends_the_completion(server: Server) -> None:
+    free = complete(server.target, text="weather in", max_tokens=20)[-1].final.completion
+    stop = free[2:4]  # two characters the greedy completion is known to produce
+    events = complete(server.target, text="weather in", max_tokens=20, stop=[stop])
+    final = events[-1].final
+    assert final.completion == free[: free.index(stop) + len(stop)]
+    assert final.summary.finish_reason == pb.FINISH_REASON_STOP
+
+
+def test_suggestions_are_ranked_by_probability(server: Server) -> None:
+    events = complete(server.target, text="weather", max_tokens=8, num_suggestions=3)
+    suggestions = events[-1].final.suggestions
+    assert len(suggestions) == 3
+    assert len({s.text for s in suggestions}) == 3
+    assert [s.logprob for s in suggestions] == sorted(
+        (s.logprob for s in suggestions), reverse=True
+    )
+    assert all(s.logprob < 0 for s in suggestions)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "reason"),
+    [
+        ({"temperature": math.nan}, "temperature", "NaN"),
+        ({"temperature": -1.0}, "temperature", "negative"),
+        ({"temperature": math.inf}, "temperature", "infinite"),
+        ({"top_p": 1.5}, "top_p", "above 1"),
+        ({"num_suggestions": 99}, "num_suggestions", "over the beam limit"),
+        ({"stop": [""]}, "stop", "empty stop string"),
+        ({"stop": ["x"] * 9}, "stop", "too many stop strings"),
+        ({"model": "autocomplete@7"}, "", "unknown version"),
+    ],
+)
+def test_bad_decoding_parameters_name_the_field(
+    server: Server, fields: dict[str, Any], field: str, reason: str
+) -> None:
+    with pytest.raises(aio.AioRpcError) as info:
+        complete(server.target, text="how", **fields)
+    expected = grpc.StatusCode.NOT_FOUND if not field else grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.code() == expected, reason
+    assert (info.value.details() or "").startswith(field or "model 'autocomplete' has no"), reason
+
+
+def test_beam_size_over_the_limit_is_invalid(server: Server) -> None:
+    async def go() -> None:
+        async with aio.insecure_channel(server.target) as channel:
+            stub = pb_grpc.TranslationServiceStub(channel)
+            await _events(stub.Translate(pb.TranslateRequest(text="a dog", beam_size=9)))
+
+    with pytest.raises(aio.AioRpcError) as info:
+        asyncio.run(go())
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (info.value.details() or "").startswith("beam_size must be in [0, 8]")
+
+
+def test_pinned_version_and_mean_inter_token_latency(server: Server) -> None:
+    final = complete(server.target, text="how", model="autocomplete@1", max_tokens=6)[-1].final
+    assert final.summary.version == 1
+    tokens = final.summary.output_tokens
+    assert (final.summary.timings.mean_inter_token_seconds > 0) == (tokens > 1)
+
+
+def test_an_idle_session_expires(server: Server) -> None:
+    async def go() -> tuple[str, grpc.StatusCode, float]:
+        async with aio.insecure_channel(server.target) as channel:
+            session = pb_grpc.AutocompleteServiceStub(channel).Session()
+            await session.write(pb.SessionRequest(text="weather", max_tokens=3))
+            while (await session.read()).WhichOneof("event") != "final":
+                pass
+            started = time.perf_counter()
+            with pytest.raises(aio.AioRpcError) as info:
+                await session.read()
+            return info.value.details() or "", info.value.code(), time.perf_counter() - started
+
+    details, code, waited = asyncio.run(go())
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "session idle for more than 1 s" in details
+    assert 0.5 < waited < 5
+
+
+def _gauges(url: str, name: str) -> list[float]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
+
+
+def test_expired_and_cancelled_streams_free_their_slots(server: Server) -> None:
+    async def go() -> list[grpc.StatusCode]:
+        codes = []
+        async with aio.insecure_channel(server.target) as channel:
+            stub = pb_grpc.AutocompleteServiceStub(channel)
+            for timeout in (0.002, 0.01, 0.05):
+                request = pb.CompleteRequest(text="weather in", max_tokens=500, temperature=1.0)
+                try:
+                    await _events(stub.Complete(request, timeout=timeout))
+                    codes.append(grpc.StatusCode.OK)
+                except aio.AioRpcError as error:
+                    codes.append(error.code())
+            call = stub.Complete(pb.CompleteRequest(text="weather in", max_tokens=500))
+            await call.read()
+            call.cancel()
+        return codes
+
+    codes = asyncio.run(go())
+    assert grpc.StatusCode.DEADLINE_EXCEEDED in codes
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        used = _gauges(server.metrics_url, "recur_state_slots_used_ratio{")
+        active = _gauges(server.metrics_url, "recur_streams_active{")
+        if used and not any(used) and not any(active):
+            break
+        time.sleep(0.05)
+    assert used and not any(used), "every slot is back in its pool"
+    assert not any(active)

@@ -1,0 +1,170 @@
+"""Continuous batching: what runs together, in what order, and that batching changes no result."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.decoding import SamplingParams
+from services.engine import Engine
+from services.events import Finished, RunningLabel, TokenEvent
+from services.model import Arrays, ModelRegistry
+from services.requests import CompleteParams, TranslateParams
+from services.runtime import EngineConfig
+
+PREFIXES = ["h", "how to", "weather in new", "best pizza near me open", "c", "flights to"]
+SOURCES = ["a dog", "the small dog sees a red car", "her white cow sends a pilot", "a cat runs"]
+REVIEWS = ["not good", "a truly wonderful film , i loved it", "bad", "dull but well acted"]
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_models: Path) -> ModelRegistry:
+    return ModelRegistry.load(tiny_models)
+
+
+def make_engine(registry: ModelRegistry, max_batch_size: int) -> tuple[Engine, list[int]]:
+    """An engine whose batch sizes are recorded."""
+    rows: list[int] = []
+    engine = Engine(
+        registry,
+        EngineConfig(max_batch_size=max_batch_size, state_slots=64, prefill_chunk=4),
+        observe=lambda scheduler, role, n, seconds: rows.append(n),
+    )
+    return engine, rows
+
+
+async def everything(engine: Engine) -> list[list[Any]]:
+    """Every kind of stream at once, as concurrent clients would send them."""
+    lm = engine.registry.resolve("", "autocomplete")
+    mt = engine.registry.resolve("", "translation")
+    clf = engine.registry.resolve("", "sentiment")
+    streams = [
+        *(engine.complete(lm, p, CompleteParams(max_tokens=4 + i), arrived=0.0)
+          for i, p in enumerate(PREFIXES)),
+        engine.complete(lm, "how", CompleteParams(max_tokens=5, suggestions=3), arrived=0.0),
+        engine.complete(lm, "how", CompleteParams(max_tokens=8, sampling=SamplingParams(
+            temperature=0.8, top_k=5, seed=42)), arrived=0.0),
+        *(engine.translate(mt, s, TranslateParams(max_tokens=12), arrived=0.0) for s in SOURCES),
+        engine.translate(mt, SOURCES[1], TranslateParams(beam_size=3), arrived=0.0),
+        *(engine.analyze(clf, r, arrived=0.0) for r in REVIEWS),
+    ]  # fmt: skip
+
+    async def collect(stream: Any) -> list[Any]:
+        return [event async for event in stream]
+
+    return await asyncio.gather(*(collect(s) for s in streams))
+
+
+def signature(events: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for e in events:
+        if isinstance(e, TokenEvent):
+            out.append(e.id)
+        elif isinstance(e, RunningLabel):
+            out.append(tuple(round(p, 5) for p in e.probabilities))
+        elif isinstance(e, Finished):
+            out.append((e.reason, e.text, [(s.text, round(s.logprob, 4)) for s in e.suggestions]))
+    return out
+
+
+def test_batched_results_equal_unbatched_token_for_token(registry: ModelRegistry) -> None:
+    batched, batched_rows = make_engine(registry, max_batch_size=64)
+    alone, alone_rows = make_engine(registry, max_batch_size=1)
+    together = asyncio.run(everything(batched))
+    one_by_one = asyncio.run(everything(alone))
+    assert [signature(s) for s in together] == [signature(s) for s in one_by_one]
+    assert max(batched_rows) > 4, "concurrent streams shared calls"
+    assert len(batched_rows) < len(alone_rows) / 2
+    assert max(alone_rows) == 3, "with batching off a call holds one stream (its beams)"
+    for engine in (batched, alone):
+        assert all(rt.pool.used == 0 and rt.streams == 0 for rt in engine._runtimes.values())
+
+
+async def recorded_batches(
+    engine: Engine, requests: list[tuple[str, int]]
+) -> tuple[list[tuple[int, ...]], list[str]]:
+    """Queue steps (label, tokens per row) in one event-loop turn; the calls and finish order."""
+    model = engine.registry.resolve("", "autocomplete")
+    runtime = engine.runtime(model)
+    calls: list[tuple[int, ...]] = []
+    run = model.run
+
+    def spy(role: str, feeds: Arrays) -> Arrays:
+        calls.append(feeds["tokens"].shape)
+        return run(role, feeds)
+
+    model.run = spy  # type: ignore[method-assign]
+    finished: list[str] = []
+
+    async def one(label: str, length: int) -> None:
+        with runtime.lease() as slots:
+            await runtime.step("lm_step", slots, {"tokens": np.full((1, length), 5)})
+        finished.append(label)
+
+    try:
+        await asyncio.gather(*(one(label, length) for label, length in requests))
+    finally:
+        del model.run
+    return calls, finished
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "expected_calls", "expected_order", "reason"),
+    [
+        (8, [(3, 1), (1, 4)], ["a", "c", "d", "b"], "decode steps share a call; the chunk waits"),
+        (
+            2,
+            [(2, 1), (1, 4), (1, 1)],
+            ["a", "c", "b", "d"],
+            "full batch: the older chunk goes next",
+        ),
+        (1, [(1, 1), (1, 4), (1, 1), (1, 1)], ["a", "b", "c", "d"], "batching off: plain FIFO"),
+    ],
+)
+def test_batch_composition_is_fifo_by_shape(
+    registry: ModelRegistry,
+    max_batch: int,
+    expected_calls: list[tuple[int, int]],
+    expected_order: list[str],
+    reason: str,
+) -> None:
+    engine = Engine(registry, EngineConfig(max_batch_size=max_batch, concurrency=1))
+    requests = [("a", 1), ("b", 4), ("c", 1), ("d", 1)]
+    calls, finished = asyncio.run(recorded_batches(engine, requests))
+    assert calls == expected_calls, reason
+    assert finished == expected_order, reason
+
+
+def test_cancelled_streams_give_their_slots_back(registry: ModelRegistry) -> None:
+    engine, _ = make_engine(registry, max_batch_size=64)
+    lm = engine.registry.resolve("", "autocomplete")
+
+    async def scenario() -> int:
+        async def read(stream: Any) -> None:
+            async for _ in stream:
+                pass
+
+        tasks = [
+            asyncio.create_task(read(engine.complete(lm, p, CompleteParams(max_tokens=200),
+                                                     arrived=0.0)))
+            for p in PREFIXES * 4
+        ]  # fmt: skip
+        for _ in range(20):  # until the streams hold their slots
+            await asyncio.sleep(0.001)
+        in_use = engine.runtime(lm).pool.used
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0.05)  # let a batch that was running land
+        return in_use
+
+    in_use = asyncio.run(scenario())
+    runtime = engine.runtime(lm)
+    assert in_use > len(PREFIXES), "the streams were live when cancelled"
+    assert runtime.pool.used == 0
+    assert runtime.streams == 0
+    assert runtime.scheduler.waiting == 0
