@@ -87,8 +87,9 @@ def verify(path: Path) -> Bundle:
         if actual != expected:
             raise BundleError(f"{path / name}: sha256 {actual[:12]}… does not match the manifest")
     for graph in manifest.graphs:
-        if graph.file not in listed:  # also keeps names like "../x" out: only listed files load
-            raise BundleError(f"{path}: graph {graph.role!r} file {graph.file!r} is not listed")
+        for name in (graph.file, graph.optimized_file, graph.quantized_file):
+            if name and name not in listed:  # keeps names like "../x" out: only listed files load
+                raise BundleError(f"{path}: graph {graph.role!r} file {name!r} is not listed")
     task = TASK_NAMES[manifest.task]
     roles = {g.role for g in manifest.graphs}
     if roles != GRAPHS[task] or manifest.tokenizer_file not in listed:

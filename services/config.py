@@ -23,6 +23,7 @@ class ServeConfig:
     max_streams: int = 256  # streams in flight; beyond, RESOURCE_EXHAUSTED at once
     default_max_tokens: int = 32  # autocomplete default when max_tokens is 0
     ort_threads: int = 1  # ONNX Runtime intra-op threads per session
+    graphs: str = "optimized"  # which copy of each graph: optimized (default), fp32 or int8
     executor_workers: int = 2  # threads running ONNX Runtime calls off the event loop
     grace_seconds: float = 10.0  # drain time for in-flight streams on SIGTERM
     max_batch_size: int = 256  # rows per batched ONNX Runtime call; 1 turns batching off
@@ -50,6 +51,8 @@ _HELP = {
     "metrics_port": "Prometheus metrics port (0: any free port, -1: off)",
     "grace_seconds": "seconds in-flight streams get to finish on SIGTERM",
     "max_streams": "streams in flight; beyond them RESOURCE_EXHAUSTED at once",
+    "graphs": "which copy of each graph to serve: optimized (the bundle's ORT-optimized copy), "
+    "fp32 (as exported) or int8 (the quantized copy, when the bundle has one)",
     "max_batch_size": "rows per batched ONNX Runtime call (1: batching off)",
     "state_slots": "recurrent-state slots per model",
     "prefill_chunk": "longest piece of a prompt read in one model step",
@@ -114,6 +117,8 @@ def resolve(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
         low_ok = value > 0 if name in above_zero else value >= (1 if name in positive else 0)
         if not (low_ok and value < float("inf")):
             parser.error(f"--{name.replace('_', '-')} is out of range: {getattr(cfg, name)}")
+    if cfg.graphs not in ("optimized", "fp32", "int8"):
+        parser.error(f"--graphs must be optimized, fp32 or int8, got {cfg.graphs!r}")
     if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
         parser.error("--tls-cert-file and --tls-key-file come together: give both or neither")
     if cfg.tls_client_ca_file and not cfg.tls_cert_file:

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from protos.recur.v1 import bundle_pb2
 from services.bundle import Bundle, discover, verify
 from services.errors import BundleError, ModelNotFound
 
@@ -17,10 +18,20 @@ log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
 
 
+def graph_file(graph: bundle_pb2.GraphSpec, choice: str) -> str:
+    """The file of `graph` to serve: the ORT-optimized copy by default, the int8 copy when asked
+    for and present, else the exported graph (older bundles have no copies)."""
+    if choice == "int8" and graph.quantized_file:
+        return graph.quantized_file
+    if choice in ("optimized", "int8") and graph.optimized_file:
+        return graph.optimized_file
+    return graph.file
+
+
 class LoadedModel:
     """One model version: a session per graph, the tokenizer and the state layout."""
 
-    def __init__(self, bundle: Bundle, *, threads: int = 1) -> None:
+    def __init__(self, bundle: Bundle, *, threads: int = 1, graphs: str = "optimized") -> None:
         self.bundle = bundle
         manifest = bundle.manifest
         self.name = manifest.name
@@ -33,11 +44,12 @@ class LoadedModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        self.files = {graph.role: graph_file(graph, graphs) for graph in manifest.graphs}
         self.sessions = {
-            graph.role: ort.InferenceSession(
-                str(bundle.path / graph.file), options, providers=["CPUExecutionProvider"]
+            role: ort.InferenceSession(
+                str(bundle.path / file), options, providers=["CPUExecutionProvider"]
             )
-            for graph in manifest.graphs
+            for role, file in self.files.items()
         }
         self.outputs = {g.role: [t.name for t in g.outputs] for g in manifest.graphs}
         self.tokenizer = Tokenizer.from_file(str(bundle.path / manifest.tokenizer_file))
@@ -72,12 +84,12 @@ class ModelRegistry:
     models: dict[tuple[str, int], LoadedModel] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, root: Path, *, threads: int = 1) -> ModelRegistry:
+    def load(cls, root: Path, *, threads: int = 1, graphs: str = "optimized") -> ModelRegistry:
         """Load every bundle under `root`; one that fails verification is logged and skipped."""
         registry = cls()
         for path in discover(root):
             try:
-                model = LoadedModel(verify(path), threads=threads)
+                model = LoadedModel(verify(path), threads=threads, graphs=graphs)
             except BundleError as e:
                 log.error("refusing bundle: %s", e)
                 continue

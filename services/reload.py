@@ -39,9 +39,9 @@ def warm_up(model: LoadedModel) -> None:
             model.run(role, {"tokens": tokens, **state})
 
 
-def load(path: Path, threads: int) -> LoadedModel:
+def load(path: Path, threads: int, graphs: str) -> LoadedModel:
     """Verify, load and warm one bundle (blocking)."""
-    model = LoadedModel(verify(path), threads=threads)
+    model = LoadedModel(verify(path), threads=threads, graphs=graphs)
     warm_up(model)
     return model
 
@@ -55,11 +55,13 @@ class Reloader:
         root: Path,
         *,
         threads: int,
+        graphs: str = "optimized",
         on_change: Callable[[LoadedModel, bool], None] = lambda model, loaded: None,
     ) -> None:
         self.engine = engine
         self.root = root
         self.threads = threads
+        self.graphs = graphs
         self.on_change = on_change
         self._refused: dict[Path, float] = {}  # path -> mtime when it was refused
 
@@ -80,7 +82,7 @@ class Reloader:
             if path in loaded_paths or self._refused.get(path) == _mtime(path):
                 continue
             try:
-                model = await loop.run_in_executor(None, load, path, self.threads)
+                model = await loop.run_in_executor(None, load, path, self.threads, self.graphs)
             except BundleError as e:
                 self._refused[path] = _mtime(path)
                 log.error("refusing bundle: %s", e)
@@ -89,7 +91,9 @@ class Reloader:
             registry.models[(model.name, model.version)] = model
             self.on_change(model, True)
             added.append(model)
-            log.info("loaded %s v%d (%s) from %s", model.name, model.version, model.task, path)
+            files = ", ".join(sorted(model.files.values()))
+            log.info("loaded %s v%d (%s) from %s: %s", model.name, model.version, model.task,
+                     path, files)  # fmt: skip
         return added
 
 

@@ -202,6 +202,7 @@ async def serve(cfg: ServeConfig) -> None:
         running.engine,
         Path(cfg.models),
         threads=cfg.ort_threads,
+        graphs=cfg.graphs,
         on_change=lambda model, loaded: model_changed(metrics, model, loaded=loaded),
     )
     await reloader.scan()

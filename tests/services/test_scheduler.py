@@ -168,3 +168,15 @@ def test_cancelled_streams_give_their_slots_back(registry: ModelRegistry) -> Non
     assert runtime.pool.used == 0
     assert runtime.streams == 0
     assert runtime.scheduler.waiting == 0
+
+
+def test_optimized_graphs_serve_the_same_tokens(tiny_models: Path) -> None:
+    results, files = {}, {}
+    for choice in ("fp32", "optimized", "int8"):
+        engine = Engine(ModelRegistry.load(tiny_models, graphs=choice))
+        results[choice] = [signature(s) for s in asyncio.run(everything(engine))]
+        files[choice] = sorted(f for m in engine.registry.models.values() for f in m.files.values())
+    assert all(f.endswith(".opt.onnx") for f in files["optimized"])
+    assert files["int8"] == files["optimized"], "no int8 copy in these bundles: the optimized one"
+    assert not any(f.endswith(".opt.onnx") for f in files["fp32"])
+    assert results["optimized"] == results["fp32"]
