@@ -1,4 +1,5 @@
-"""Periodic progress lines with rate and ETA (one line every N steps, safe in Ray's log stream)."""
+"""Periodic progress lines with rate and ETA: every N steps, and at least every `interval`
+seconds however slow the steps are (one line at a time, safe in Ray's log stream)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ def _clock(seconds: float) -> str:
 class Progress:
     """Counts optimizer steps and targets; prints `every` steps and at the end of each epoch."""
 
-    def __init__(self, *, total_steps: int, every: int, prefix: str = "", enabled: bool = True):
+    def __init__(
+        self,
+        *,
+        total_steps: int,
+        every: int,
+        prefix: str = "",
+        enabled: bool = True,
+        interval: float = 10.0,
+    ):
         self.total_steps = max(total_steps, 1)
         self.every = max(every, 1)
         self.prefix = prefix
@@ -23,13 +32,15 @@ class Progress:
         self.loss_sum = 0.0
         self.loss_count = 0
         self.start = time.perf_counter()
+        self.interval = interval
+        self.last_emit = self.start
 
     def step(self, loss: float, targets: int) -> None:
         self.steps += 1
         self.targets += targets
         self.loss_sum += loss
         self.loss_count += 1
-        if self.steps % self.every == 0:
+        if self.steps % self.every == 0 or time.perf_counter() - self.last_emit >= self.interval:
             self.emit()
 
     def mean_loss(self) -> float:
@@ -41,7 +52,8 @@ class Progress:
     def emit(self, extra: str = "") -> None:
         if not self.enabled:
             return
-        elapsed = time.perf_counter() - self.start
+        self.last_emit = time.perf_counter()
+        elapsed = self.last_emit - self.start
         rate = self.steps / max(elapsed, 1e-9)
         eta = (self.total_steps - self.steps) / max(rate, 1e-9)
         loss = f"loss {self.loss_sum / self.loss_count:.4f} " if self.loss_count else ""
