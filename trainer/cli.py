@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from trainer.config import TASKS, TrainConfig, read_config_file, resolve
 from trainer.data.files import DataError
 from trainer.export import ExportError, export_checkpoint
 from trainer.loop import print_report
+from trainer.resume import atomic_save
 
 _HELP = {
     "task": f"what to train: {', '.join(TASKS)}",
@@ -37,6 +37,8 @@ _HELP = {
     "name": "model name in the repository (default: the task)",
     "run_dir": "where runs keep checkpoints (Ray Train storage path)",
     "dry_run": "one batch of training and an export to a temporary directory",
+    "checkpoint_every_steps": "also checkpoint every N optimizer steps (0: once per epoch)",
+    "keep_checkpoints": "Ray Train: checkpoints to keep, best and latest first (0: all)",
     "max_train_examples": "use only the first N training examples (0: all)",
     "max_valid_examples": "use only the first N validation examples (0: all)",
     "eval_completions": "autocomplete: validation queries completed for MRR@10 (0: off)",
@@ -68,20 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def save_each_epoch(path: Path, metrics: dict[str, float], checkpoint: Any) -> None:
-    """The in-process `report`: print, and keep the latest checkpoint for a resume.
+    """The in-process `report`: print, and keep the latest checkpoint for a resume (at every
+    epoch and every `--checkpoint-every-steps` steps), and the best validation's as `best.pt`.
 
-    Written to a temporary file, flushed to disk, then renamed, so a crash mid-write leaves the
-    previous checkpoint intact.
+    Each file is written to a temporary file, fsynced, then renamed, so a crash mid-write leaves
+    the previous checkpoint intact.
     """
-    import torch
-
     print_report(metrics, checkpoint)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    atomic_save(checkpoint, path)
+    if checkpoint.get("improved"):
+        atomic_save(checkpoint, path.with_name("best.pt"))
 
 
 def write_run_artifacts(checkpoint: dict[str, Any], run_dir: Path) -> None:
@@ -118,15 +116,16 @@ def run(cfg: TrainConfig) -> Path | None:
     run_dir = Path(cfg.run_dir) / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+    (run_dir / "tokenizer.json").write_text(data.tokenizer.to_str())
     if cfg.workers == 0 or cfg.dry_run:
         device = torch.device("cuda" if cfg.use_gpu else "cpu")
-        last = run_dir / "last.pt"
+        last, best = run_dir / "last.pt", run_dir / "best.pt"
         resume = torch.load(last, weights_only=False)["resume"] if last.is_file() else None
         report = partial(save_each_epoch, last)
-        result = train_loop(task, data, cfg, device=device, report=report, resume=resume)
+        train_loop(task, data, cfg, device=device, report=report, resume=resume)
         latest = torch.load(last, weights_only=False)
-        # A relaunch of a finished run trains no further epoch: export what it left.
-        checkpoint = result.checkpoint or latest
+        # best.pt spans every launch of the run (a relaunch of a finished one trains nothing).
+        checkpoint = torch.load(best, weights_only=False) if best.is_file() else latest
     else:
         from trainer.ray_job import train_with_ray
 

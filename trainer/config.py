@@ -63,6 +63,8 @@ class TrainConfig:
     name: str = ""  # model name; empty: the task name
     run_dir: str = "runs"  # Ray Train storage path (checkpoints, results)
     run_name: str = ""  # empty: "<name>-<timestamp>"; an existing run of that name resumes
+    checkpoint_every_steps: int = 0  # also checkpoint every N optimizer steps; 0: per epoch only
+    keep_checkpoints: int = 0  # Ray Train: checkpoints kept (best and latest first); 0: all
     max_failures: int = 1  # Ray Train: restarts of a failed worker group from its checkpoint
     log_every: int = 50  # progress line every N optimizer steps
     diagnose_every: int = 100  # gradient-flow diagnostics every N optimizer steps; 0: off
@@ -107,6 +109,8 @@ class TrainConfig:
             (self.max_valid_examples >= 0, "--max-valid-examples must be >= 0"),
             (self.eval_completions >= 0, "--eval-completions must be >= 0"),
             (self.beam_size >= 0, f"--beam-size must be >= 0, got {self.beam_size}"),
+            (self.checkpoint_every_steps >= 0, "--checkpoint-every-steps must be >= 0"),
+            (self.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
             (self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}"),
         ]

@@ -26,7 +26,62 @@ def _top(total: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch
     return scores, flat // total.size(1), flat % total.size(1)
 
 
+def _prefix_states(
+    model: nn.Module, prefixes: Sequence[Sequence[int]], device: torch.device
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """The state after `[BOS] + prefix` of every prefix `(L, Q, H)...`, and the next-token
+    log-probabilities `(Q, V)` (one forward per prefix: their lengths differ)."""
+    states, logps = [], []
+    for prefix in prefixes:
+        tokens = torch.tensor([[BOS_ID, *prefix]], device=device)  # (1, T)
+        logits, state = model(tokens, model.init_hidden(1, device))
+        states.append(state)
+        logps.append(F.log_softmax(logits[:, -1], dim=-1))  # (1, V)
+    stacked = tuple(torch.cat([s[i] for s in states], dim=1) for i in range(len(states[0])))
+    return stacked, torch.cat(logps)
+
+
 @torch.no_grad()
+def complete_batch(
+    model: nn.Module, prefixes: Sequence[Sequence[int]], *, k: int = 10,
+    max_new: int = MAX_NEW_TOKENS,
+) -> list[list[list[int]]]:  # fmt: skip
+    """`complete` for many prefixes at once: every query's beams advance in one batched step.
+
+    A query whose search has stopped is still carried along (its rows are computed and
+    ignored), so each query's result is exactly what `complete` alone would return.
+    """
+    device = next(model.parameters()).device
+    state, logp = _prefix_states(model, prefixes, device)
+    q_count, width = len(prefixes), 1  # beams per query: 1 until the first expansion
+    beams: list[list[list[int]]] = [[[]] for _ in prefixes]
+    scores = torch.zeros(q_count, 1, device=device)  # (Q, width)
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in prefixes]
+    active = [True] * q_count
+    for _ in range(max_new):
+        total = scores[:, :, None] + logp.view(q_count, width, -1)  # (Q, width, V)
+        ends = total[:, :, EOS_ID].tolist()
+        for q in (q for q in range(q_count) if active[q]):
+            done = finished[q] + list(zip(ends[q], beams[q], strict=True))
+            finished[q] = sorted(done, key=lambda f: -f[0])[:k]
+        total[:, :, _NEVER_CONTINUE] = float("-inf")
+        scores, flat = total.flatten(1).topk(min(k, total[0].numel()), dim=1)  # (Q, k)
+        rows, cols = flat // total.size(2), flat % total.size(2)
+        for q in range(q_count):
+            if len(finished[q]) == k and finished[q][-1][0] >= float(scores[q, 0]):
+                active[q] = False
+        if not any(active):
+            break
+        beams = [[[*beams[q][r], c] for r, c in zip(rows[q].tolist(), cols[q].tolist(),
+                                                    strict=True)]
+                 for q in range(q_count)]  # fmt: skip
+        index = (torch.arange(q_count, device=device)[:, None] * width + rows).flatten()
+        state = tuple(s[:, index] for s in state)  # (L, Q * k, H)
+        logits, state = model(cols.flatten()[:, None], state)
+        logp, width = F.log_softmax(logits[:, -1], dim=-1), scores.size(1)
+    return [[beam for _, beam in done] for done in finished]
+
+
 def complete(
     model: nn.Module, prefix: Sequence[int], *, k: int = 10, max_new: int = MAX_NEW_TOKENS
 ) -> list[list[int]]:
@@ -36,26 +91,7 @@ def complete(
     log-probability. The search stops once `k` finished completions all score at least as high
     as the best open beam (log-probabilities only fall as a beam grows).
     """
-    device = next(model.parameters()).device
-    tokens = torch.tensor([[BOS_ID, *prefix]], device=device)  # (1, T)
-    logits, state = model(tokens, model.init_hidden(1, device))
-    logp = F.log_softmax(logits[:, -1], dim=-1)  # (beams, V)
-    beams: list[list[int]] = [[]]
-    scores = torch.zeros(1, device=device)  # (beams,)
-    finished: list[tuple[float, list[int]]] = []
-    for _ in range(max_new):
-        total = scores[:, None] + logp  # (beams, V)
-        finished += list(zip(total[:, EOS_ID].tolist(), beams, strict=True))
-        finished = sorted(finished, key=lambda f: -f[0])[:k]
-        total[:, _NEVER_CONTINUE] = float("-inf")
-        scores, rows, cols = _top(total, k)
-        if len(finished) == k and finished[-1][0] >= float(scores[0]):
-            break
-        beams = [[*beams[r], c] for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
-        state = tuple(s[:, rows] for s in state)  # (L, beams, H)
-        logits, state = model(cols[:, None], state)
-        logp = F.log_softmax(logits[:, -1], dim=-1)
-    return [beam for _, beam in finished]
+    return complete_batch(model, [prefix], k=k, max_new=max_new)[0]
 
 
 @torch.no_grad()

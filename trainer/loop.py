@@ -4,10 +4,13 @@ data → model → optimizer → epochs (batches → loss → backward → clip 
 Language models can instead read the text as one stream with truncated BPTT (`--bptt`, see
 `trainer/tbptt.py`): the "batches" are then chunks of this rank's token rows.
 
-`wrap_model` (DDP), `wrap_loader` (a DistributedSampler) and `report` (metrics + checkpoint) are
-identity / print functions when the loop runs in-process (tests, `--workers 0`, `--dry-run`), and
-Ray Train's when it runs under `TorchTrainer`. Every rank runs the same number of optimizer steps
-(the distributed sampler pads the shards to equal length) and calls `report` once per epoch.
+`wrap_model` (DDP), `wrap_loader` (moves batches to the device) and `report` (metrics +
+checkpoint) are identity / print functions when the loop runs in-process (tests, `--workers 0`,
+`--dry-run`), and Ray Train's when it runs under `TorchTrainer`. Every rank reads its own shard
+(`EpochSampler`, padded to equal length), runs the same number of optimizer steps, and calls
+`report` at the same points: after every epoch, and every `--checkpoint-every-steps` steps
+inside one. Rank 0's checkpoint carries what a resume needs (`trainer/resume.py`), so a run
+continues from any checkpoint, mid-epoch included, exactly as if it had not stopped.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,17 +26,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from trainer.batches import epoch_losses, training_batches
 from trainer.config import TrainConfig
 from trainer.diagnostics import gradient_flow, probe_examples
 from trainer.models.recurrent import RecurrentStack, apply_weight_norm, remove_weight_norm
 from trainer.optim import EarlyStopping, Schedule, build_optimizer, clip_gradients
 from trainer.progress import Progress
+from trainer.resume import check_world_size, gather, rank_state, restore_rank_state
 from trainer.tasks import Task, TaskData
 from trainer.tasks.base import Batch, unwrap
-from trainer.tbptt import TruncatedBPTT, chunks, num_chunks, rank_rows
+from trainer.tbptt import TruncatedBPTT
 
 # report(metrics, checkpoint): the checkpoint is None on ranks other than 0.
 Report = Callable[[dict[str, float], dict[str, Any] | None], None]
+PROBE_POOL = 4096  # validation examples searched for the gradient-flow probe batch
 
 
 @dataclass
@@ -48,6 +54,10 @@ def identity(x: Any) -> Any:
 
 
 def print_report(metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
+    if "batch" in metrics:  # a checkpoint inside an epoch: no validation yet
+        print(f"checkpoint: epoch {metrics['epoch']:.0f} batch {metrics['batch']:.0f} "
+              f"(step {metrics['steps']:.0f})", flush=True)  # fmt: skip
+        return
     shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
     print(f"epoch done: {shown}", flush=True)
 
@@ -88,51 +98,6 @@ def build_model(task: Task, data: TaskData, cfg: TrainConfig, device: torch.devi
     return model.to(device)
 
 
-def _epoch_losses(
-    task: Task,
-    model: nn.Module,
-    batches: Any,
-    *,
-    tbptt: TruncatedBPTT | None,
-    bptt: int,
-    steps: int,
-    device: torch.device,
-) -> Iterator[tuple[torch.Tensor, int]]:
-    """(loss, targets) of each training step of one epoch: per batch, or per TBPTT chunk."""
-    if tbptt is not None:
-        tbptt.reset()  # the state is zero at the start of every epoch
-        for step, (inputs, targets) in enumerate(chunks(batches, bptt)):
-            if step == steps:
-                return
-            yield tbptt.loss(model, unwrap(model), inputs.to(device), targets.to(device))
-        return
-    for step, batch in enumerate(batches):
-        if step == steps:
-            return
-        yield task.loss(model, {k: v.to(device) for k, v in batch.items()})
-
-
-def _training_batches(
-    task: Task, data: TaskData, cfg: TrainConfig, wrap_loader: Callable[..., Any], *,
-    rank: int, world_size: int,
-) -> tuple[Any, int]:  # fmt: skip
-    """The epoch's batches (a loader, or this rank's token rows for TBPTT) and their count."""
-    if cfg.bptt:
-        stream = [token for example in data.train for token in example]
-        rows = rank_rows(stream, batch_size=cfg.batch_size, rank=rank, world_size=world_size)
-        return rows, num_chunks(rows, cfg.bptt)
-    loader = wrap_loader(
-        DataLoader(
-            data.train,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            collate_fn=task.collate,
-            generator=torch.Generator().manual_seed(cfg.seed),
-        )
-    )
-    return loader, len(loader)
-
-
 @dataclass
 class _Step:
     """The parts one optimizer step needs."""
@@ -167,6 +132,131 @@ class _Step:
         return grad_norm
 
 
+class _Run:
+    """One training run's parts, built once; `train_loop` drives it epoch by epoch."""
+
+    def __init__(self, task: Task, data: TaskData, cfg: TrainConfig, model: nn.Module, *,
+                 wrap_loader: Callable[..., Any], rank: int, world_size: int,
+                 device: torch.device) -> None:  # fmt: skip
+        self.task, self.data, self.cfg, self.model = task, data, cfg, model
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.batches, self.sampler, steps = training_batches(
+            task, data, cfg, wrap_loader, rank=rank, world_size=world_size
+        )
+        self.tbptt = TruncatedBPTT() if cfg.bptt else None
+        self.epochs = 1 if cfg.dry_run else cfg.epochs or task.defaults.epochs
+        self.steps_per_epoch = 1 if cfg.dry_run else steps
+        total = self.epochs * self.steps_per_epoch
+        self.optimizer = build_optimizer(model.parameters(), cfg)
+        self.schedule = Schedule(self.optimizer, cfg, total_steps=total, mode=task.mode)
+        self.stopping = EarlyStopping(cfg.patience, task.mode)
+        self.progress = Progress(total_steps=total, every=cfg.log_every,
+                                 prefix=f"[{task.name}] ", enabled=rank == 0)  # fmt: skip
+        probe = task.collate(probe_examples(data.valid[:PROBE_POOL], cfg.batch_size))
+        self.step = _Step(task, model, self.optimizer, self.schedule, self.progress, cfg, rank,
+                          {k: v.to(device) for k, v in probe.items()}, flows=[])  # fmt: skip
+        self.history: list[dict[str, float]] = []
+        self.grad_norms: list[float] = []  # of the epoch in progress
+        self.started = time.perf_counter()
+
+    def restore(self, resume: dict[str, Any]) -> tuple[int, int]:
+        """Continue from a checkpoint's `resume` entry; returns (epoch, batch) to start at."""
+        self.optimizer.load_state_dict(resume["optimizer"])
+        self.schedule.load_state_dict(resume["schedule"])
+        self.stopping.best, self.stopping.bad_epochs = resume["stopping"]
+        self.progress.steps, self.history = resume["steps"], list(resume["history"])
+        self.step.flows = list(resume["flows"])
+        epoch, batch = resume["epoch"] + 1, resume.get("batch", 0)
+        if batch:
+            self.progress.loss_sum, self.progress.loss_count = resume["epoch_loss"]
+            self.grad_norms = list(resume["grad_norms"])
+        ranks = resume.get("ranks", [])
+        if len(ranks) == self.world_size:
+            carried = restore_rank_state(ranks[self.rank], self.device)
+            if self.tbptt is not None and batch:
+                self.tbptt.state = carried
+        if self.rank == 0:
+            where = f"epoch {epoch}, batch {batch}" if batch else f"epoch {epoch}"
+            print(f"[{self.task.name}] resuming at {where} (step {self.progress.steps})")
+        return epoch, batch
+
+    def train_epoch(self, epoch: int, start: int, report: Report) -> None:
+        """Optimizer steps `start …` of `epoch`, reporting a checkpoint every N steps."""
+        if self.sampler is not None:
+            self.sampler.set_position(epoch, start * self.cfg.batch_size)
+        if start == 0:
+            self.grad_norms = []
+            if self.tbptt is not None:
+                self.tbptt.reset()  # the state is zero at the start of every epoch
+        self.model.train()
+        losses = epoch_losses(
+            self.task, self.model, self.batches, tbptt=self.tbptt, bptt=self.cfg.bptt,
+            start=start, steps=self.steps_per_epoch, device=self.device,
+        )  # fmt: skip
+        every = self.cfg.checkpoint_every_steps
+        for batch, (loss, targets) in enumerate(losses, start + 1):
+            self.grad_norms.append(self.step.run(loss, targets))
+            if every and self.progress.steps % every == 0 and batch < self.steps_per_epoch:
+                metrics = self._step_metrics(epoch, batch)
+                report(metrics, self.checkpoint(metrics, epoch=epoch - 1, batch=batch))
+
+    def _step_metrics(self, epoch: int, batch: int) -> dict[str, float]:
+        """What a checkpoint inside an epoch reports (no validation has run)."""
+        progress = self.progress
+        return {
+            "epoch": float(epoch),
+            "batch": float(batch),
+            "steps": float(progress.steps),
+            "lr": self.schedule.lr,
+            "train_loss": progress.loss_sum / max(progress.loss_count, 1),
+        }
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        self.model.eval()
+        norms = self.grad_norms
+        metrics = self.task.evaluate(unwrap(self.model), self.data) | {
+            "epoch": float(epoch),
+            "train_loss": self.progress.mean_loss(),
+            "steps": float(self.progress.steps),
+            "lr": self.schedule.lr,
+            "grad_norm_mean": sum(norms) / max(len(norms), 1),
+            "grad_norm_max": max(norms, default=0.0),
+        }
+        self.progress.emit(" | " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        self.schedule.epoch_end(metrics[self.task.monitor])
+        self.history.append(metrics)
+        return metrics
+
+    def checkpoint(self, metrics: dict[str, float], *, epoch: int, batch: int,
+                   improved: bool = False) -> dict[str, Any] | None:  # fmt: skip
+        """Rank 0's checkpoint after `epoch` epochs and `batch` steps of the next (every rank
+        must call this: it gathers each rank's generators and carried state)."""
+        carried = self.tbptt.state if self.tbptt is not None else None
+        ranks = gather(rank_state(carried), self.world_size)
+        if self.rank != 0:
+            return None
+        inner = unwrap(self.model)
+        resume = {
+            "model_state": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "stopping": (self.stopping.best, self.stopping.bad_epochs),
+            "epoch": epoch,
+            "batch": batch,
+            "steps": self.progress.steps,
+            "history": list(self.history),
+            "flows": list(self.step.flows),
+            "epoch_loss": (self.progress.loss_sum, self.progress.loss_count),
+            "grad_norms": list(self.grad_norms),
+            "ranks": ranks,
+        }
+        extra = {"metrics": metrics, "steps": self.progress.steps, "epochs": epoch,
+                 "history": list(self.history), "gradient_flow": list(self.step.flows),
+                 "wall_seconds": time.perf_counter() - self.started, "improved": improved,
+                 "resume": resume}  # fmt: skip
+        return make_checkpoint(self.task, self.data, self.cfg, inner, extra)
+
+
 def train_loop(
     task: Task,
     data: TaskData,
@@ -182,86 +272,33 @@ def train_loop(
 ) -> LoopResult:
     """Train `task` on `data`; return the model and the checkpoint of its best validation.
 
-    `resume` (a checkpoint's "resume" entry) continues a run at the epoch after the one it saved,
-    with the model, optimizer, schedule, early-stopping and step counters as they were; the data
-    order of every later epoch is the one an uninterrupted run would have seen.
+    `resume` (a checkpoint's "resume" entry) continues a run where that checkpoint was taken, at
+    an epoch boundary or inside an epoch, with the model, optimizer, schedule, early stopping,
+    counters, data position and random state as they were: what follows is what an
+    uninterrupted run would have done.
     """
     device = device or torch.device("cpu")
     inner = build_model(task, data, cfg, device)
     if resume is not None:
+        check_world_size(resume, world_size)
         inner.load_state_dict(resume["model_state"])
-    model = wrap_model(inner)
-    batches, steps_per_epoch = _training_batches(
-        task, data, cfg, wrap_loader, rank=rank, world_size=world_size
-    )
-    tbptt = TruncatedBPTT() if cfg.bptt else None
-    epochs = 1 if cfg.dry_run else cfg.epochs or task.defaults.epochs
-    steps_per_epoch = 1 if cfg.dry_run else steps_per_epoch
-    optimizer = build_optimizer(model.parameters(), cfg)
-    schedule = Schedule(optimizer, cfg, total_steps=epochs * steps_per_epoch, mode=task.mode)
-    stopping = EarlyStopping(cfg.patience, task.mode)
-    progress = Progress(total_steps=epochs * steps_per_epoch, every=cfg.log_every,
-                        prefix=f"[{task.name}] ", enabled=rank == 0)  # fmt: skip
-    probe = task.collate(probe_examples(data.valid, cfg.batch_size))
-    step = _Step(task, model, optimizer, schedule, progress, cfg, rank,
-                 {k: v.to(device) for k, v in probe.items()}, flows=[])  # fmt: skip
-    start, history, first_epoch = time.perf_counter(), [], 1
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        schedule.load_state_dict(resume["schedule"])
-        stopping.best, stopping.bad_epochs = resume["stopping"]
-        progress.steps, history, step.flows = resume["steps"], resume["history"], resume["flows"]
-        first_epoch = resume["epoch"] + 1
-        if rank == 0:
-            print(f"[{task.name}] resuming at epoch {first_epoch} (step {progress.steps})")
-    metrics: dict[str, float] = history[-1] if history else {}
+    run = _Run(task, data, cfg, wrap_model(inner), wrap_loader=wrap_loader, rank=rank,
+               world_size=world_size, device=device)  # fmt: skip
+    first_epoch, start = run.restore(resume) if resume is not None else (1, 0)
+    metrics: dict[str, float] = run.history[-1] if run.history else {}
     best: dict[str, Any] | None = None
     last: dict[str, Any] | None = None
-    for epoch in range(first_epoch, epochs + 1):
-        sampler = getattr(batches, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)  # a new shuffle per epoch, the same on every rank
-        elif (generator := getattr(batches, "generator", None)) is not None:
-            generator.manual_seed(cfg.seed + epoch)  # in-process: each epoch's order is fixed
-        model.train()
-        losses = _epoch_losses(
-            task, model, batches, tbptt=tbptt, bptt=cfg.bptt, steps=steps_per_epoch, device=device
-        )
-        grad_norms = [step.run(loss, targets) for loss, targets in losses]
-        model.eval()
-        metrics = task.evaluate(unwrap(model), data) | {
-            "epoch": float(epoch),
-            "train_loss": progress.mean_loss(),
-            "steps": float(progress.steps),
-            "lr": schedule.lr,
-            "grad_norm_mean": sum(grad_norms) / max(len(grad_norms), 1),
-            "grad_norm_max": max(grad_norms, default=0.0),
-        }
-        progress.emit(" | " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        schedule.epoch_end(metrics[task.monitor])
-        history.append(metrics)
-        extra = {"metrics": metrics, "steps": progress.steps, "epochs": epoch,
-                 "history": list(history), "gradient_flow": list(step.flows),
-                 "wall_seconds": time.perf_counter() - start}  # fmt: skip
-        improved = stopping.improved(metrics[task.monitor])
-        checkpoint = None
-        if rank == 0:
-            extra["resume"] = {
-                "model_state": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "stopping": (stopping.best, stopping.bad_epochs),
-                "epoch": epoch,
-                "steps": progress.steps,
-                "history": list(history),
-                "flows": list(step.flows),
-            }
-            checkpoint = last = make_checkpoint(task, data, cfg, unwrap(model), extra)
+    for epoch in range(first_epoch, run.epochs + 1):
+        run.train_epoch(epoch, start if epoch == first_epoch else 0, report)
+        metrics = run.validate(epoch)
+        improved = run.stopping.improved(metrics[task.monitor])
+        checkpoint = run.checkpoint(metrics, epoch=epoch, batch=0, improved=improved)
+        last = checkpoint or last
         if improved:
             best = checkpoint
         report(metrics, checkpoint)
-        if stopping.should_stop:  # every rank sees the same metrics, so all stop together
+        if run.stopping.should_stop:  # every rank sees the same metrics, so all stop together
             if rank == 0:
                 print(f"[{task.name}] early stop: {task.monitor} stalled {cfg.patience} epochs")
             break
-    return LoopResult(model=unwrap(model).eval(), metrics=metrics, checkpoint=best or last)
+    return LoopResult(model=unwrap(run.model).eval(), metrics=metrics, checkpoint=best or last)

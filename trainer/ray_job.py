@@ -2,16 +2,24 @@
 
 `TorchTrainer` starts `workers` processes, each running the plain training loop with Ray's
 wrappers injected: `prepare_model` (DistributedDataParallel over gloo on CPU, NCCL on GPU) and
-`prepare_data_loader` (a DistributedSampler, so each rank trains on its own shard with the same
-number of steps). Rank 0 writes the checkpoint of every epoch; every rank reports once per epoch.
-Each checkpoint carries what a resumed run needs (model, optimizer, schedule, counters), so a
-relaunch with the same `--run-name` continues at the next epoch.
+`prepare_data_loader` (which keeps the loop's own distributed `EpochSampler`, so each rank trains
+on its own shard with the same number of steps, and moves batches to the device). Rank 0 writes
+the checkpoint of every epoch and of every `--checkpoint-every-steps` steps; every rank reports
+at the same points. Each checkpoint carries what a resumed run needs (model, optimizer,
+schedule, counters, data position, per-rank random state), so a relaunch with the same
+`--run-name`, or a restart after a worker failure, continues where the latest one was taken.
+
+Ray keeps `--keep-checkpoints` of them ranked by `checkpoint_score`: the monitored validation
+metric (negated where lower is better) for an epoch's checkpoint, -inf for one inside an epoch,
+which has not been validated. The latest is always kept, so the best and the latest survive.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +27,35 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from trainer.config import TrainConfig
 from trainer.loop import train_loop
+from trainer.resume import atomic_save
 from trainer.tasks import get_task
 
 CHECKPOINT_FILE = "checkpoint.pt"
+SCORE = "checkpoint_score"  # higher is better; what Ray ranks checkpoints by
 
 
-def _report(metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
+def checkpoint_score(metrics: dict[str, float], *, monitor: str, mode: str) -> float:
+    """The monitored metric, negated when lower is better; -inf before any validation."""
+    if monitor not in metrics:
+        return -math.inf
+    return metrics[monitor] if mode == "max" else -metrics[monitor]
+
+
+def _report(
+    metrics: dict[str, float], checkpoint: dict[str, Any] | None, *, monitor: str, mode: str
+) -> None:
+    """Every rank reports the same metrics; only rank 0 has a checkpoint to attach."""
+    metrics = {**metrics, SCORE: checkpoint_score(metrics, monitor=monitor, mode=mode)}
     if checkpoint is None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(checkpoint, Path(tmp) / CHECKPOINT_FILE)
+        atomic_save(checkpoint, Path(tmp) / CHECKPOINT_FILE)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
@@ -55,7 +76,7 @@ def _train_worker(config: dict[str, Any]) -> None:
         cfg,
         wrap_model=ray.train.torch.prepare_model,
         wrap_loader=ray.train.torch.prepare_data_loader,
-        report=_report,
+        report=partial(_report, monitor=task.monitor, mode=task.mode),
         rank=ray.train.get_context().get_world_rank(),
         world_size=ray.train.get_context().get_world_size(),
         device=ray.train.torch.get_device(),
@@ -101,11 +122,15 @@ def train_with_ray(
             storage_path=str(Path(cfg.run_dir).resolve()),
             name=run_name,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints or None,
+                checkpoint_score_attribute=SCORE,
+                checkpoint_score_order="max",
+            ),
         ),
     )
     result = trainer.fit()
-    task = get_task(cfg.task)
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {run_name!r} finished without a checkpoint")
-    best = result.get_best_checkpoint(metric=task.monitor, mode=task.mode) or result.checkpoint
+    best = result.get_best_checkpoint(metric=SCORE, mode="max") or result.checkpoint
     return _load(best), _load(result.checkpoint)

@@ -18,7 +18,7 @@ from their beginning) and is never reset inside an epoch, not even at `[EOS]`: t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -28,7 +28,9 @@ from trainer.data.tokenizer import PAD_ID
 from trainer.models.recurrent import State, detach_hidden
 
 
-def rank_rows(stream: list[int], *, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
+def rank_rows(
+    stream: Sequence[int] | torch.Tensor, *, batch_size: int, rank: int, world_size: int
+) -> torch.Tensor:
     """This rank's `(batch_size, L)` rows of the token stream."""
     rows = batch_size * world_size
     length = len(stream) // rows
@@ -37,7 +39,7 @@ def rank_rows(stream: list[int], *, batch_size: int, rank: int, world_size: int)
             f"the training stream has {len(stream)} tokens, too few for {rows} rows "
             f"(--batch-size {batch_size} x {world_size} workers)"
         )
-    data = torch.tensor(stream[: rows * length], dtype=torch.long).view(rows, length)
+    data = torch.as_tensor(stream[: rows * length], dtype=torch.long).view(rows, length)
     return data[rank * batch_size : (rank + 1) * batch_size]
 
 

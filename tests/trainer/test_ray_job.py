@@ -19,7 +19,7 @@ def test_two_ray_workers_train_and_export(tmp_path: Path) -> None:
     cfg = TrainConfig(
         task="sentiment", workers=2, epochs=2, batch_size=32, max_train_examples=2000,
         out=str(tmp_path / "models"), run_dir=str(tmp_path / "runs"), run_name="ray-test",
-        log_every=1000,
+        log_every=1000, checkpoint_every_steps=10, keep_checkpoints=2,
     )  # fmt: skip
     bundle = run(cfg)
     assert bundle == tmp_path / "models" / "sentiment" / "1"
@@ -29,7 +29,9 @@ def test_two_ray_workers_train_and_export(tmp_path: Path) -> None:
     assert int(training["steps"]) == 2 * math.ceil(math.ceil(2000 / 2) / 32)
     assert training["metrics"]["valid_accuracy"] > 0.8
     run_dir = tmp_path / "runs" / "ray-test"
-    assert len(list(run_dir.glob("checkpoint_2*"))) == 2  # checkpoint_<timestamp>, one per epoch
+    # 32 steps an epoch: step checkpoints at 10, 20, 30 | 40, 50, 60 and one per epoch; of the
+    # eight, Ray keeps two: the step ones (not validated) rank last, so the two epochs' remain.
+    assert kept_positions(run_dir) == [(1, 0), (2, 0)]
 
     # Relaunching with the same run name resumes after epoch 2 instead of starting over.
     resumed = run(dataclasses.replace(cfg, epochs=3))
@@ -37,4 +39,15 @@ def test_two_ray_workers_train_and_export(tmp_path: Path) -> None:
     history = json.loads((run_dir / "metrics.json").read_text())["history"]
     assert [m["epoch"] for m in history] == [1.0, 2.0, 3.0]
     assert history[-1]["steps"] == 3 * math.ceil(math.ceil(2000 / 2) / 32)
-    assert len(list(run_dir.glob("checkpoint_2*"))) == 3
+    assert len(kept_positions(run_dir)) == 2 and (3, 0) in kept_positions(run_dir)
+
+
+def kept_positions(run_dir: Path) -> list[tuple[int, int]]:
+    """(epoch, batch) of every checkpoint Ray kept (checkpoint_<timestamp> directories)."""
+    import torch
+
+    positions = []
+    for directory in sorted(run_dir.glob("checkpoint_2*")):
+        resume = torch.load(directory / "checkpoint.pt", weights_only=False)["resume"]
+        positions.append((resume["epoch"], resume["batch"]))
+    return sorted(positions)
