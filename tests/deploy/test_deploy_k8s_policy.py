@@ -61,9 +61,12 @@ def test_each_task_deployment_probes_its_own_health_service(
         pod = deployments[f"recur-serve-{task}"]["spec"]["template"]["spec"]
         (c,) = pod["containers"]
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        assert ports == {"grpc": 50051, "metrics": 9464}
+        secure = overlay == "overlays/prod"  # components/secure: TLS, auth, plaintext probes
+        health = {"health": 8081} if secure else {}
+        assert ports == {"grpc": 50051, "metrics": 9464, **health}
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe]["grpc"] == {"port": 50051, "service": service}, (task, probe)
+            port = 8081 if secure else 50051
+            assert c[probe]["grpc"] == {"port": port, "service": service}, (task, probe)
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
         models = next(m for m in c["volumeMounts"] if m["name"] == "models")
@@ -71,7 +74,21 @@ def test_each_task_deployment_probes_its_own_health_service(
         claim = next(v for v in pod["volumes"] if v["name"] == "models")["persistentVolumeClaim"]
         assert claim["claimName"] == "recur-models"
         secrets = [v["secret"] for v in pod["volumes"] if "secret" in v]
-        assert secrets and all(s["optional"] is True for s in secrets)
+        assert secrets and all(s["optional"] is not secure for s in secrets)
+
+
+def test_the_secure_component_points_recur_serve_at_its_secrets(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    settings = by_kind(rendered["overlays/prod"], "ConfigMap")["recur-serve-config"]["data"]
+    assert settings["RECUR_TLS_CERT_FILE"] == "/etc/recur/tls/tls.crt"
+    assert settings["RECUR_TLS_KEY_FILE"] == "/etc/recur/tls/tls.key"
+    assert settings["RECUR_AUTH_TOKEN_FILE"] == "/etc/recur/auth/token"
+    assert settings["RECUR_HEALTH_PORT"] == "8081"
+    for deployment in by_kind(rendered["overlays/prod"], "Deployment").values():
+        (c,) = deployment["spec"]["template"]["spec"]["containers"]
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert (mounts["tls"], mounts["auth"]) == ("/etc/recur/tls", "/etc/recur/auth")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
