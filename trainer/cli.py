@@ -28,6 +28,8 @@ _HELP = {
     "train": "training data; translation also takes two aligned files 'a.en,a.de'",
     "valid": "validation data (default: hold out 5%% of --train)",
     "cell": "recurrent cell",
+    "tokenizer": "char, word or bpe, trained on the training split (default: the task's)",
+    "vocab_size": "vocabulary size (0: 8000 for bpe, 30000 for char and word)",
     "embed_dim": "embedding width (0: task default)",
     "hidden_size": "recurrent width (0: task default)",
     "epochs": "passes over the training data (0: task default)",

@@ -26,6 +26,7 @@ from typing import Any
 
 TASKS = ("translation", "sentiment", "autocomplete")
 CELLS = ("gru", "lstm", "elman", "elman_relu", "jordan")  # trainer.models.recurrent.CELLS
+TOKENIZERS = ("char", "word", "bpe")  # trainer.data.tokenizer.TOKENIZERS
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class TrainConfig:
     train: str = ""  # training file(s); translation accepts "a.en,a.de"
     valid: str = ""  # validation file(s); empty holds out 5% of --train
     cell: str = "gru"
+    tokenizer: str = ""  # char, word or bpe; empty: the task's (char for autocomplete, else word)
+    vocab_size: int = 0  # 0: 8000 for bpe, 30000 for char and word
     embed_dim: int = 0  # 0: the task's default
     hidden_size: int = 0  # 0: the task's default
     num_layers: int = 1
@@ -112,6 +115,11 @@ class TrainConfig:
             (self.checkpoint_every_steps >= 0, "--checkpoint-every-steps must be >= 0"),
             (self.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
+            (
+                self.tokenizer in ("", *TOKENIZERS),
+                f"--tokenizer must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}",
+            ),
+            (self.vocab_size >= 0, f"--vocab-size must be >= 0, got {self.vocab_size}"),
             (self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}"),
         ]
         for ok, message in checks:

@@ -70,14 +70,17 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
 
 
 def normal_form(tokenizer: Any, text: str) -> str:
-    """`text` as a tokenizer sees it: normalized, split into words, joined by spaces.
+    """A BLEU reference as the model could write it: `text` normalized by the tokenizer (a model
+    that lowercases cannot produce case it never saw), and, for a tokenizer without a decoder
+    (word-level: its output is tokens joined by spaces), split into its words the same way.
 
-    BLEU references go through it, because a word-level model that lowercases cannot produce the
-    case or spacing it never saw (the same rule as `trainer/evaluate.py`).
+    A tokenizer with a decoder (char, BPE) turns ids back into text, spaces included, so its
+    reference is only normalized: splitting it with BPE's Metaspace pre-tokenizer would leave
+    `▁` marks in the reference. (`trainer/evaluate.py` splits every reference.)
     """
     if tokenizer.normalizer is not None:
         text = tokenizer.normalizer.normalize_str(text)
-    if tokenizer.pre_tokenizer is not None:
+    if tokenizer.decoder is None and tokenizer.pre_tokenizer is not None:
         text = " ".join(word for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(text))
     return text
 

@@ -6,7 +6,7 @@ completion stops at `[EOS]`. Queries are short, so full BPTT over each one is ex
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from trainer import metrics
 from trainer.config import TrainConfig
 from trainer.data.builtin import search_queries
-from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, char_tokenizer, is_character_level
+from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, is_character_level
 from trainer.decoding import complete_batch
 from trainer.models import LanguageModel, LanguageModelConfig
 from trainer.tasks.base import Batch, ModelDefaults, Task, TaskData, on_device, pad, unwrap
@@ -33,14 +33,15 @@ class AutocompleteTask(Task):
     defaults = ModelDefaults(embed_dim=32, hidden_size=192, epochs=2)
     monitor = "valid_bits_per_char"
     mode = "min"
+    default_tokenizer = "char"
     data_kind = "text"
 
     def load_builtin(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:
         split = search_queries(seed=cfg.seed)
         return split.train, split.valid, "builtin:autocomplete"
 
-    def build_tokenizer(self, train: Iterable[Any]) -> Tokenizer:
-        return char_tokenizer(train)
+    def texts(self, train: Iterable[Any]) -> Iterator[str]:
+        return iter(train)
 
     def encode_one(self, raw: Any, tokenizer: Tokenizer) -> Any:
         return [BOS_ID, *tokenizer.encode(raw).ids[:MAX_CHARS], EOS_ID]

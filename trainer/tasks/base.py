@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,7 @@ from torch import nn
 from trainer.config import TrainConfig
 from trainer.data import files
 from trainer.data.files import EncodedDataset, LineDataset
-from trainer.data.tokenizer import PAD_ID, UNK_ID
+from trainer.data.tokenizer import PAD_ID, UNK_ID, build_tokenizer
 
 Batch = dict[str, torch.Tensor]
 
@@ -61,9 +61,17 @@ class Task(ABC):
     def load_builtin(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:
         """Raw (train, valid, description) examples of the embedded corpus."""
 
+    default_tokenizer: str  # "char" or "word": what `--tokenizer` means when it is not given
+
     @abstractmethod
-    def build_tokenizer(self, train: Iterable[Any]) -> Tokenizer:
+    def texts(self, train: Iterable[Any]) -> Iterator[str]:
+        """The texts of raw examples that a tokenizer learns from."""
+
+    def build_tokenizer(self, train: Iterable[Any], cfg: TrainConfig | None = None) -> Tokenizer:
         """A tokenizer trained on the raw training examples (read once, as a stream)."""
+        kind = (cfg.tokenizer if cfg is not None else "") or self.default_tokenizer
+        vocab_size = cfg.vocab_size if cfg is not None else 0
+        return build_tokenizer(kind, self.texts(train), vocab_size=vocab_size)
 
     @abstractmethod
     def encode_one(self, raw: Any, tokenizer: Tokenizer) -> Any:
@@ -123,7 +131,7 @@ class Task(ABC):
         train_raw = _head(train_raw, cfg.max_train_examples)
         valid_raw = _head(valid_raw, cfg.max_valid_examples)
         if tokenizer_json is None:
-            tokenizer = self.build_tokenizer(train_raw)
+            tokenizer = self.build_tokenizer(train_raw, cfg)
         else:
             tokenizer = Tokenizer.from_str(tokenizer_json)
         encode = functools.partial(self.encode_one, tokenizer=tokenizer)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -13,7 +13,6 @@ from torch.nn import functional as F
 from trainer import metrics
 from trainer.config import TrainConfig
 from trainer.data.builtin import sentiment_reviews
-from trainer.data.tokenizer import word_tokenizer
 from trainer.models import Classifier, ClassifierConfig
 from trainer.tasks.base import (
     Batch,
@@ -35,6 +34,7 @@ class SentimentTask(Task):
     defaults = ModelDefaults(embed_dim=64, hidden_size=128, epochs=2)
     monitor = "valid_accuracy"
     mode = "max"
+    default_tokenizer = "word"
     data_kind = "labelled"
 
     def labels(self) -> tuple[str, ...]:
@@ -44,8 +44,8 @@ class SentimentTask(Task):
         split = sentiment_reviews(seed=cfg.seed)
         return split.train, split.valid, "builtin:sentiment"
 
-    def build_tokenizer(self, train: Iterable[Any]) -> Tokenizer:
-        return word_tokenizer(text for text, _ in train)
+    def texts(self, train: Iterable[Any]) -> Iterator[str]:
+        return (text for text, _ in train)
 
     def encode_one(self, raw: Any, tokenizer: Tokenizer) -> Any:
         text, label = raw

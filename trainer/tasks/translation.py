@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from trainer import metrics
 from trainer.config import TrainConfig
 from trainer.data.builtin import translation_pairs
-from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, word_tokenizer
+from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from trainer.decoding import beam_translate
 from trainer.models import Seq2Seq, Seq2SeqConfig
 from trainer.models.seq2seq import greedy_decode
@@ -37,14 +37,15 @@ class TranslationTask(Task):
     defaults = ModelDefaults(embed_dim=64, hidden_size=128, epochs=5)
     monitor = "valid_exact_match"
     mode = "max"
+    default_tokenizer = "word"
     data_kind = "pairs"
 
     def load_builtin(self, cfg: TrainConfig) -> tuple[list[Any], list[Any], str]:
         split = translation_pairs(seed=cfg.seed)
         return split.train, split.valid, "builtin:translation (english->french)"
 
-    def build_tokenizer(self, train: Iterable[Any]) -> Tokenizer:
-        return word_tokenizer(text for pair in train for text in pair)
+    def texts(self, train: Iterable[Any]) -> Iterator[str]:
+        return (text for pair in train for text in pair)  # one joint vocabulary
 
     def encode_one(self, raw: Any, tokenizer: Tokenizer) -> Any:
         src, tgt = raw
