@@ -1,0 +1,86 @@
+"""The entry point of `make bench`: run the chosen scenarios, then write the summary."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from scripts.bench import SCENARIOS, report
+from scripts.bench.common import ROOT, Context, Result, write
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.bench",
+        description="Benchmark Recur: every scenario, as ratios of side-by-side measurements.",
+    )
+    parser.add_argument("--quick", action="store_true", help="the reduced run (under 5 minutes)")
+    parser.add_argument(
+        "--gpu", action="store_true", help="the GPU scenario must find CUDA (fails, not skips)"
+    )
+    parser.add_argument(
+        "--only", default="", metavar="NAME[,NAME]", help=f"among: {', '.join(SCENARIOS)}"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    parser.add_argument(
+        "--models", type=Path, help="serve this model repository instead of the cached bundles"
+    )
+    parser.add_argument(
+        "--duration", type=float, help="measured seconds of every load run (default per scenario)"
+    )
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        known = ", ".join(SCENARIOS)
+        parser.error(f"--only: unknown scenario {unknown[0]!r}; choose among {known}")
+    return args, names
+
+
+def run_one(name: str, ctx: Context) -> Result:
+    module = importlib.import_module(SCENARIOS[name])
+    started = time.perf_counter()
+    try:
+        result: Result = module.run(ctx)
+    except Exception as error:  # one broken scenario must not lose the others' results
+        traceback.print_exc()
+        result = Result(scenario=name, title=name, status="failed", reason=repr(error))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, names = parse(argv)
+    ctx = Context(
+        out=args.out.resolve(), quick=args.quick, gpu=args.gpu,
+        models=args.models.resolve() if args.models else None, duration=args.duration,
+    )  # fmt: skip
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    mode = "quick" if ctx.quick else "full"
+    print(f"bench: {mode} run of {', '.join(names)}; results in {ctx.out}", flush=True)
+    started = time.perf_counter()
+    failed = []
+    for name in names:
+        print(f"\n== {name} ==", flush=True)
+        result = run_one(name, ctx)
+        path = write(result, ctx.out)
+        data = report.load(path)
+        report.plot(name, data, ctx.out / f"{name}.png")
+        print("\n".join(report.render(name, data)), flush=True)
+        print(f"({result.seconds:.0f} s; {path})", flush=True)
+        if result.status == "failed":
+            failed.append(name)
+    summary = report.write_summary(ctx.out, mode=mode, argv=sys.argv[1:] if argv is None else argv)
+    print("\n" + report.targets_table(ctx.out), flush=True)
+    print(f"bench: done in {time.perf_counter() - started:.0f} s; wrote {summary}", flush=True)
+    if failed:
+        print(f"bench: failed scenarios: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""Tables, plots and `SUMMARY.md` from the scenarios' JSON files."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from scripts.bench import SCENARIOS
+
+
+def load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _module(name: str) -> Any:
+    return importlib.import_module(SCENARIOS[name])
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    """A number for a table: thousands separators for big ones, `-` for missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> list[str]:
+    """A markdown table of `rows`: `columns` are (key, header) pairs."""
+    lines = ["| " + " | ".join(h for _, h in columns) + " |"]
+    lines.append("|" + "|".join("---:" if i else "---" for i in range(len(columns))) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(row.get(k)) for k, _ in columns) + " |")
+    return lines
+
+
+def target_lines(data: dict[str, Any]) -> list[str]:
+    lines = []
+    for t in data.get("targets", []):
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        lines.append(f"- target {t['name']}: {fmt(t['value'])} (goal {t['goal']}) — {verdict}")
+        if t.get("detail"):
+            lines.append(f"  {t['detail']}")
+    return lines
+
+
+def render(name: str, data: dict[str, Any]) -> list[str]:
+    """Markdown lines for one scenario: status or targets, then its own table."""
+    if data["status"] != "ok":
+        return [f"{data['status']}: {data['reason']}"]
+    lines = target_lines(data)
+    body: Callable[[dict[str, Any]], list[str]] | None = getattr(_module(name), "render", None)
+    if body is not None:
+        lines += ["", *body(data)]
+    lines += [f"- {note}" for note in data.get("notes", [])]
+    return lines
+
+
+def plot(name: str, data: dict[str, Any], path: Path) -> Path | None:
+    """The scenario's PNG (None when it has no plot, was skipped, or matplotlib is missing)."""
+    draw = getattr(_module(name), "plot", None)
+    if draw is None or data["status"] != "ok":
+        return None
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = draw(data, plt)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _results(out: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The scenarios' results found in `out` (files of another shape, e.g. those
+    `scripts/bench_export.py` writes on its own, are left out)."""
+    found = []
+    for name in SCENARIOS:
+        path = out / f"{name}.json"
+        if path.is_file() and "status" in (data := load(path)):
+            found.append((name, data))
+    return found
+
+
+def targets_table(out: Path) -> str:
+    """Every target of every scenario found in `out`, one line each."""
+    lines = [f"{'scenario':<10} {'target':<58} {'measured':>10} {'goal':>9}  verdict"]
+    for name, data in _results(out):
+        if data["status"] != "ok":
+            lines.append(f"{name:<10} {data['status'] + ': ' + data['reason']:<80.80}")
+        for t in data.get("targets", []):
+            verdict = {True: "met", False: "MISSED", None: "-"}[t["met"]]
+            lines.append(
+                f"{name:<10} {t['name']:<58.58} {fmt(t['value']):>10} {t['goal']:>9}  {verdict}"
+            )
+    return "\n".join(lines)
+
+
+def write_summary(out: Path, *, mode: str, argv: Sequence[str]) -> Path:
+    """`SUMMARY.md`: the machine, every target, then each scenario's table and plot."""
+    results = _results(out)
+    lines = ["# Recur benchmark results", ""]
+    command = "python -m scripts.bench " + " ".join(argv)
+    lines.append(f"Written {time.strftime('%Y-%m-%d %H:%M %Z')} by `{command.strip()}` ({mode}).")
+    if results:
+        machine, versions = results[0][1]["machine"], results[0][1]["versions"]
+        memory = machine.get("memory_bytes") or 0
+        lines.append(
+            f"Machine: {machine['cpu']}, {machine['usable_cores']} usable cores, "
+            f"{memory / 2**30:.0f} GiB, {machine['platform']}, Python {machine['python']}."
+        )
+        lines.append(
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None) + "."
+        )
+    lines += [
+        "",
+        "Absolute numbers on a shared machine are noisy; every target is a ratio of measurements "
+        "taken side by side in the same run.",
+        "",
+        "## Targets",
+        "",
+        "| scenario | target | measured | goal | verdict |",
+        "|---|---|---:|---:|---|",
+    ]
+    for name, data in results:
+        if data["status"] != "ok":
+            lines.append(f"| {name} | {data['status']}: {data['reason']} | | | |")
+        for t in data.get("targets", []):
+            verdict = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
+            lines.append(f"| {name} | {t['name']} | {fmt(t['value'])} | {t['goal']} | {verdict} |")
+    for name, data in results:
+        lines += ["", f"## {data['title']}", ""]
+        lines.append(f"`{name}.json`, {data['seconds']:.0f} s, finished {data['finished_at']}.")
+        lines += ["", *render(name, data)]
+        if (out / f"{name}.png").is_file() and data["status"] == "ok":
+            lines += ["", f"![{name}]({name}.png)"]
+    path = out / "SUMMARY.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,138 @@
+"""`recur-serve` as a user runs it (its own process, real flags) and loads driven by `recur bench`.
+
+`served(models, *flags)` starts the server on free ports and waits until it says ready; `load`
+runs one closed-loop test with the load generator of `clients/bench.py` and returns its report
+(the JSON `recur bench --json` writes), trimmed of the per-second timeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clients import bench, bench_report
+from clients.channel import Connection
+from scripts.bench.common import ROOT, free_port
+
+# Room for 1,000 sessions and concurrency 256 without admission refusing anyone.
+DEFAULT_FLAGS = ("--max-streams", "2048", "--state-slots", "2048", "--reload-seconds", "0")
+TRANSLATION_PAYLOADS = bench.SAMPLE_PAYLOADS["translation"]
+AUTOCOMPLETE_PAYLOADS = bench.SAMPLE_PAYLOADS["autocomplete"]
+MAX_TOKENS = 32  # per completion; the load generator asks for exactly this many
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    target: str
+    metrics_url: str | None
+    flags: tuple[str, ...]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@contextlib.contextmanager
+def served(models: Path, *flags: str, metrics: bool = True) -> Iterator[Server]:
+    """A `recur-serve` process on free ports, stopped (SIGTERM, drained) on exit."""
+    metrics_port = str(free_port()) if metrics else "-1"
+    all_flags = (*DEFAULT_FLAGS, "--metrics-port", metrics_port, *flags)
+    command = [sys.executable, "-m", "services.server", "--models", str(models)]
+    command += ["--host", "127.0.0.1", "--port", "0", "--metrics-host", "127.0.0.1", *all_flags]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+    )
+    assert process.stdout is not None
+    seen: list[str] = []
+    target = None
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if match := re.search(r"listening on ([\d.]+:\d+)", line):
+                target = match.group(1)
+            if line.startswith("recur-serve: ready"):
+                break
+        if target is None or process.poll() is not None:
+            raise RuntimeError("recur-serve exited before it was ready:\n" + "".join(seen))
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics" if metrics else None
+        # Drain the server's output so a chatty log never blocks it on a full pipe.
+        threading.Thread(target=process.stdout.read, daemon=True).start()
+        yield Server(process, target, metrics_url, tuple(all_flags))
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def payloads(task: str) -> tuple[str, ...]:
+    return TRANSLATION_PAYLOADS if task == "translation" else AUTOCOMPLETE_PAYLOADS
+
+
+def load(
+    target: str,
+    task: str,
+    *,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    max_tokens: int = MAX_TOKENS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One closed-loop load test of `task` at `concurrency`; the `recur bench` report."""
+    config = bench.BenchConfig(
+        connection=Connection(target),
+        task=task,
+        payloads=payloads(task),
+        concurrency=concurrency,
+        duration=duration,
+        warmup=warmup,
+        max_tokens=max_tokens,
+        timeout=120.0,
+        seed=seed,
+    )
+    samples = bench.run(config, counters=bench.new_counters(1))
+    report = bench_report.build(samples, config=config.describe())
+    report.pop("timeline")
+    return report
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a load report that the tables show."""
+    latency = report["latency_ms"]
+    requests = report["requests"]
+    return {
+        "tokens_per_second": report["throughput"]["tokens_per_second"],
+        "requests_per_second": report["throughput"]["requests_per_second"],
+        "tokens_per_request": report["throughput"]["tokens"] / max(requests["ok"], 1),
+        "ttft_p50_ms": latency["ttft"]["p50"],
+        "ttft_p99_ms": latency["ttft"]["p99"],
+        "itl_p50_ms": latency["inter_token"]["p50"],
+        "itl_p99_ms": latency["inter_token"]["p99"],
+        "e2e_p50_ms": latency["end_to_end"]["p50"],
+        "requests": requests["measured"],
+        "errors": requests["errors"],
+        "generator_cpu_utilization": max(
+            report["generator"]["cpu_utilization_per_process"], default=0.0
+        ),
+    }
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (VmRSS), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
