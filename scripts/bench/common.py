@@ -65,6 +65,7 @@ class Target:
     threshold: float
     higher_is_better: bool = True
     detail: str = ""
+    unit: str = "x"  # "x": a ratio shown as 2.50x; "%": a share shown as 42.0%
 
     @property
     def met(self) -> bool | None:
@@ -82,6 +83,7 @@ class Target:
             "threshold": self.threshold,
             "met": self.met,
             "detail": self.detail,
+            "unit": self.unit,
         }
 
 

@@ -44,11 +44,18 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) ->
     return lines
 
 
+def fmt_target(target: dict[str, Any]) -> str:
+    value = target["value"]
+    if value is None:
+        return "-"
+    return f"{value:.1%}" if target.get("unit") == "%" else f"{value:.2f}x"
+
+
 def target_lines(data: dict[str, Any]) -> list[str]:
     lines = []
     for t in data.get("targets", []):
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
-        lines.append(f"- target {t['name']}: {fmt(t['value'])} (goal {t['goal']}) — {verdict}")
+        lines.append(f"- target {t['name']}: {fmt_target(t)} (goal {t['goal']}) — {verdict}")
         if t.get("detail"):
             lines.append(f"  {t['detail']}")
     return lines
@@ -105,7 +112,7 @@ def targets_table(out: Path) -> str:
         for t in data.get("targets", []):
             verdict = {True: "met", False: "MISSED", None: "-"}[t["met"]]
             lines.append(
-                f"{name:<10} {t['name']:<58.58} {fmt(t['value']):>10} {t['goal']:>9}  {verdict}"
+                f"{name:<10} {t['name']:<58.58} {fmt_target(t):>10} {t['goal']:>9}  {verdict}"
             )
     return "\n".join(lines)
 
@@ -141,7 +148,7 @@ def write_summary(out: Path, *, mode: str, argv: Sequence[str]) -> Path:
             lines.append(f"| {name} | {data['status']}: {data['reason']} | | | |")
         for t in data.get("targets", []):
             verdict = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
-            lines.append(f"| {name} | {t['name']} | {fmt(t['value'])} | {t['goal']} | {verdict} |")
+            lines.append(f"| {name} | {t['name']} | {fmt_target(t)} | {t['goal']} | {verdict} |")
     for name, data in results:
         lines += ["", f"## {data['title']}", ""]
         lines.append(f"`{name}.json`, {data['seconds']:.0f} s, finished {data['finished_at']}.")

@@ -1,0 +1,196 @@
+"""Scenario 2, continuous batching: `recur-serve` with batching on and with `--max-batch-size 1`.
+
+Two servers run side by side on the same bundles, one batching (the defaults) and one not, and
+each concurrency level loads one and then the other, so both see the same machine. Every load
+is a closed loop of the `recur bench` generator: tokens/s, time to first token and inter-token
+latency p50/p99. The targets compare batching on with off at concurrency 64, and the server
+with the ceiling (raw ONNX Runtime at batch 64, measured here too). A py-spy profile of the
+batching server at concurrency 64 says where its time goes; the bare gRPC echo server at the same
+concurrency says how much of the gap the transport alone explains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from scripts.bench import ceiling, profile, serving
+from scripts.bench.common import Context, Result, Target, ratio
+from scripts.bench.models import bench_models, bundle_for
+
+MODES = {"on": (), "off": ("--max-batch-size", "1")}
+TARGET_SPEEDUP = 4.0
+TARGET_CEILING_SHARE = 0.6
+PROFILE_CONCURRENCY = 64
+
+
+def levels(ctx: Context) -> tuple[int, ...]:
+    return (1, 64) if ctx.quick else (1, 8, 64, 256)
+
+
+def tasks(ctx: Context) -> tuple[str, ...]:
+    return ("autocomplete",) if ctx.quick else ("autocomplete", "translation")
+
+
+def measure(ctx: Context, models: Path, task: str) -> list[dict[str, Any]]:
+    rows = []
+    with contextlib.ExitStack() as stack:
+        servers = {mode: stack.enter_context(serving.served(models, *flags))
+                   for mode, flags in MODES.items()}  # fmt: skip
+        for concurrency in levels(ctx):
+            for mode, server in servers.items():
+                report = serving.load(
+                    server.target, task, concurrency=concurrency,
+                    duration=ctx.seconds(8.0, 3.0), warmup=ctx.warmup(),
+                )  # fmt: skip
+                row = {"task": task, "batching": mode, "concurrency": concurrency}
+                rows.append(row | serving.summary(report))
+                print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def _line(row: dict[str, Any]) -> str:
+    return (
+        f"  {row['task']:<12} batching {row['batching']:<3} c={row['concurrency']:<4} "
+        f"{row['tokens_per_second']:>8,.0f} tokens/s  ttft p50 {row['ttft_p50_ms']:7.2f} ms  "
+        f"itl p50 {row['itl_p50_ms']:6.2f} p99 {row['itl_p99_ms']:7.2f} ms  "
+        f"errors {sum(row['errors'].values())}"
+    )
+
+
+def profiled(ctx: Context, models: Path, mode: str) -> dict[str, Any]:
+    """A py-spy profile of the server under autocomplete load at concurrency 64."""
+    if profile.py_spy() is None:
+        return {"error": "py-spy is not installed"}
+    seconds = ctx.seconds(5.0, 3.0)
+    with serving.served(models, *MODES[mode]) as server, tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "profile.txt"
+        spy = None
+        try:
+            warm = ctx.warmup()
+            async_start = time.perf_counter()
+            spy = profile.start(server.pid, seconds, raw)
+            report = serving.load(
+                server.target, "autocomplete", concurrency=PROFILE_CONCURRENCY,
+                duration=seconds, warmup=warm,
+            )  # fmt: skip
+            spy.wait(timeout=seconds + 30)
+        except (OSError, RuntimeError) as error:
+            return {"error": repr(error)}
+        if spy.returncode != 0 or not raw.is_file():
+            return {"error": f"py-spy failed (exit {spy.returncode}); is ptrace allowed?"}
+        summary = profile.summarize(raw)
+        summary["tokens_per_second_while_sampled"] = report["throughput"]["tokens_per_second"]
+        summary["seconds"] = time.perf_counter() - async_start
+        print(f"  profile (batching {mode}, c={PROFILE_CONCURRENCY}):", flush=True)
+        print("    " + profile.format_summary(summary).replace("\n", "\n    "), flush=True)
+        return summary
+
+
+def ceilings(models: Path, task: str, seconds: float) -> dict[str, Any]:
+    """The raw ONNX Runtime ceiling at batch 64, measured in this run."""
+    return ceiling.ceiling_rows(models, task, (64,), seconds)[0]
+
+
+def run(ctx: Context) -> Result:
+    models = bench_models(ctx)
+    rows: list[dict[str, Any]] = []
+    for task in tasks(ctx):
+        rows += measure(ctx, models, task)
+    limits = {task: ceilings(models, task, 0.3 if ctx.quick else 1.0) for task in tasks(ctx)}
+    transport = ceiling.transport_rows(ctx, (PROFILE_CONCURRENCY,))[0]
+    profiles = {"on": profiled(ctx, models, "on")}
+    if not ctx.quick:
+        profiles["off"] = profiled(ctx, models, "off")
+    targets = []
+    for task in tasks(ctx):
+        at = {r["batching"]: r for r in rows if r["task"] == task and r["concurrency"] == 64}
+        on, off = at["on"]["tokens_per_second"], at["off"]["tokens_per_second"]
+        limit = limits[task]["ceiling_tokens_per_second"]
+        targets.append(Target(
+            f"{task}: batching on / off tokens/s at concurrency 64", f">= {TARGET_SPEEDUP:g}x",
+            ratio(on, off), TARGET_SPEEDUP,
+            detail=f"on {on:,.0f} vs off {off:,.0f} tokens/s",
+        ))  # fmt: skip
+        targets.append(Target(
+            f"{task}: server c=64 / raw ORT ceiling at batch 64",
+            f">= {TARGET_CEILING_SHARE:.0%}", ratio(on, limit), TARGET_CEILING_SHARE, unit="%",
+            detail=f"server {on:,.0f} vs ceiling {limit:,.0f} tokens/s "
+            f"({limits[task]['best']}); the bare gRPC echo server reaches "
+            f"{transport['tokens_per_second']:,.0f} tokens/s at c=64 "
+            f"({ratio(transport['tokens_per_second'], limit) or 0:.1%} of this ceiling)",
+        ))  # fmt: skip
+    return Result(
+        scenario="batching",
+        title="Continuous batching: recur-serve with batching on vs --max-batch-size 1",
+        settings={
+            "concurrency": list(levels(ctx)),
+            "tasks": list(tasks(ctx)),
+            "modes": {m: list(f) for m, f in MODES.items()},
+            "server_flags": list(serving.DEFAULT_FLAGS),
+            "max_tokens": serving.MAX_TOKENS,
+            "seconds": ctx.seconds(8.0, 3.0),
+            "warmup": ctx.warmup(),
+            "generator_processes": 1,
+            "bundles": {t: str(bundle_for(models, t)) for t in tasks(ctx)},
+        },
+        rows=rows,
+        targets=targets,
+        extra={"ceiling_at_64": limits, "transport_at_64": transport, "profiles": profiles},
+        notes=[
+            "the load generator runs on the same 2 cores as the server; its CPU share is in "
+            "the rows (generator CPU, of one core)",
+        ],
+    )
+
+
+def render(data: dict[str, Any]) -> list[str]:
+    from scripts.bench.report import table
+
+    lines = table(
+        data["rows"],
+        [("task", "task"), ("batching", "batching"), ("concurrency", "concurrency"),
+         ("tokens_per_second", "tokens/s"), ("tokens_per_request", "tokens/req"),
+         ("ttft_p50_ms", "TTFT p50 ms"), ("ttft_p99_ms", "TTFT p99 ms"),
+         ("itl_p50_ms", "ITL p50 ms"), ("itl_p99_ms", "ITL p99 ms"),
+         ("generator_cpu_utilization", "generator CPU")],
+    )  # fmt: skip
+    for mode, summary in data.get("profiles", {}).items():
+        if "by_category" not in summary:
+            lines += ["", f"Profile (batching {mode}): {summary.get('error')}"]
+            continue
+        lines += ["", f"Where the batching-{mode} server's time goes at concurrency 64 "
+                  f"(py-spy, {summary['samples']} samples):", ""]  # fmt: skip
+        lines += [f"- {share:.1%} {name}" for name, share in summary["by_category"].items()]
+    return lines
+
+
+def plot(data: dict[str, Any], plt: Any) -> Any:
+    tasks_ = list(dict.fromkeys(r["task"] for r in data["rows"]))
+    figure, axes = plt.subplots(2, len(tasks_), figsize=(6 * len(tasks_), 8), squeeze=False)
+    for column, task in enumerate(tasks_):
+        top, bottom = axes[0][column], axes[1][column]
+        for mode in MODES:
+            rows = [r for r in data["rows"] if r["task"] == task and r["batching"] == mode]
+            xs = [r["concurrency"] for r in rows]
+            top.plot(xs, [r["tokens_per_second"] for r in rows], marker="o",
+                     label=f"batching {mode}")  # fmt: skip
+            bottom.plot(xs, [r["itl_p50_ms"] for r in rows], marker="o", label=f"{mode} p50")
+            bottom.plot(xs, [r["itl_p99_ms"] for r in rows], marker="x", linestyle="--",
+                        label=f"{mode} p99")  # fmt: skip
+        limit = data.get("ceiling_at_64", {}).get(task, {}).get("ceiling_tokens_per_second")
+        if limit:
+            top.axhline(limit, color="k", linestyle=":", label="raw ORT ceiling, batch 64")
+        transport = data.get("transport_at_64", {}).get("tokens_per_second")
+        if transport and task == "autocomplete":
+            top.axhline(transport, color="gray", linestyle="--", label="gRPC echo, c=64")
+        top.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="tokens/s",
+                title=f"{task}: throughput")  # fmt: skip
+        bottom.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="inter-token ms",
+                   title=f"{task}: inter-token latency")  # fmt: skip
+        top.legend(fontsize=8)
+        bottom.legend(fontsize=8)
+    return figure
