@@ -28,6 +28,10 @@ _HELP = {
     "train": "training data; translation also takes two aligned files 'a.en,a.de'",
     "valid": "validation data (default: hold out 5%% of --train)",
     "cell": "recurrent cell",
+    "attention": "translation: attention score (dot, general, additive)",
+    "input_feeding": "translation: feed the previous attentional vector to the decoder",
+    "pooling": "sentiment: label from the last, mean or max of the per-token logits",
+    "tie_embeddings": "autocomplete: share the embedding with the output layer (E == H)",
     "tokenizer": "char, word or bpe, trained on the training split (default: the task's)",
     "vocab_size": "vocabulary size (0: 8000 for bpe, 30000 for char and word)",
     "embed_dim": "embedding width (0: task default)",
@@ -160,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         file_values = read_config_file(config_file) if config_file else {}
         cfg = resolve(flags, file_values=file_values)
+        from trainer.tasks import get_task
+
+        get_task(cfg.task).validate(cfg)
     except ValueError as e:
         parser.error(str(e))
     in_process = cfg.workers == 0 or cfg.dry_run

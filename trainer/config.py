@@ -27,6 +27,8 @@ from typing import Any
 TASKS = ("translation", "sentiment", "autocomplete")
 CELLS = ("gru", "lstm", "elman", "elman_relu", "jordan")  # trainer.models.recurrent.CELLS
 TOKENIZERS = ("char", "word", "bpe")  # trainer.data.tokenizer.TOKENIZERS
+ATTENTIONS = ("dot", "general", "additive")  # trainer.models.seq2seq.ATTENTIONS
+POOLINGS = ("last", "mean", "max")  # trainer.models.classifier.POOLINGS
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ class TrainConfig:
     train: str = ""  # training file(s); translation accepts "a.en,a.de"
     valid: str = ""  # validation file(s); empty holds out 5% of --train
     cell: str = "gru"
+    attention: str = "general"  # translation: dot, general or additive
+    input_feeding: bool = False  # translation: the previous attentional vector feeds the decoder
+    pooling: str = "last"  # sentiment: last, mean or max over the per-token logits
+    tie_embeddings: bool = False  # autocomplete: output layer shares the embedding (E == H)
     tokenizer: str = ""  # char, word or bpe; empty: the task's (char for autocomplete, else word)
     vocab_size: int = 0  # 0: 8000 for bpe, 30000 for char and word
     embed_dim: int = 0  # 0: the task's default
@@ -83,48 +89,72 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ValueError naming the flag of the first invalid setting."""
         checks = [
-            (self.task in TASKS, f"--task must be one of {', '.join(TASKS)}, got {self.task!r}"),
-            (self.data in ("builtin", "files"), f"--data must be builtin or files: {self.data!r}"),
+            *self._choices(),
             (self.data != "files" or bool(self.train), "--data files needs --train"),
-            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
-            (self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.num_layers >= 1, f"--num-layers must be >= 1, got {self.num_layers}"),
             (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
-            (
-                self.optimizer in ("adam", "adamw", "sgd", "rmsprop"),
-                f"--optimizer must be one of adam, adamw, sgd, rmsprop, got {self.optimizer!r}",
+            *(
+                (
+                    getattr(self, name) >= 0,
+                    f"--{_flag(name)} must be >= 0, got {getattr(self, name)}",
+                )
+                for name in _NON_NEGATIVE
             ),
-            (
-                self.schedule in ("none", "cosine", "plateau"),
-                f"--schedule must be one of none, cosine, plateau, got {self.schedule!r}",
-            ),
-            (self.clip_norm >= 0, f"--clip-norm must be >= 0, got {self.clip_norm}"),
-            (self.clip_value >= 0, f"--clip-value must be >= 0, got {self.clip_value}"),
-            (self.bptt >= 0, f"--bptt must be >= 0, got {self.bptt}"),
             (
                 self.bptt == 0 or self.task == "autocomplete",
                 "--bptt applies to language models (--task autocomplete)",
             ),
-            (self.diagnose_every >= 0, f"--diagnose-every must be >= 0: {self.diagnose_every}"),
-            (self.max_train_examples >= 0, "--max-train-examples must be >= 0"),
-            (self.max_valid_examples >= 0, "--max-valid-examples must be >= 0"),
-            (self.eval_completions >= 0, "--eval-completions must be >= 0"),
-            (self.beam_size >= 0, f"--beam-size must be >= 0, got {self.beam_size}"),
-            (self.checkpoint_every_steps >= 0, "--checkpoint-every-steps must be >= 0"),
-            (self.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0"),
-            (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
-            (
-                self.tokenizer in ("", *TOKENIZERS),
-                f"--tokenizer must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}",
-            ),
-            (self.vocab_size >= 0, f"--vocab-size must be >= 0, got {self.vocab_size}"),
-            (self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}"),
+            *self._task_only(),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def _choices(self) -> list[tuple[bool, str]]:
+        checks = []
+        for name, choices in _CHOICES.items():
+            value = getattr(self, name)
+            listed = ", ".join(c for c in choices if c)
+            checks.append(
+                (value in choices, f"--{_flag(name)} must be one of {listed}, got {value!r}")
+            )
+        return checks
+
+    def _task_only(self) -> list[tuple[bool, str]]:
+        """Flags of one task's network, refused for the others rather than ignored."""
+        only = [
+            ("attention", self.attention != "general", "translation"),
+            ("input-feeding", self.input_feeding, "translation"),
+            ("pooling", self.pooling != "last", "sentiment"),
+            ("tie-embeddings", self.tie_embeddings, "autocomplete"),
+        ]
+        return [
+            (not used or self.task == task, f"--{flag} applies to --task {task}")
+            for flag, used, task in only
+        ]
+
+
+_CHOICES = {
+    "task": TASKS,
+    "data": ("builtin", "files"),
+    "cell": CELLS,
+    "optimizer": ("adam", "adamw", "sgd", "rmsprop"),
+    "schedule": ("none", "cosine", "plateau"),
+    "tokenizer": ("", *TOKENIZERS),
+    "attention": ATTENTIONS,
+    "pooling": POOLINGS,
+}
+_NON_NEGATIVE = (
+    "workers", "epochs", "clip_norm", "clip_value", "bptt", "diagnose_every", "patience",
+    "max_train_examples", "max_valid_examples", "eval_completions", "beam_size",
+    "checkpoint_every_steps", "keep_checkpoints", "vocab_size",
+)  # fmt: skip
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
 
 
 def _parse(field_type: Any, raw: str, name: str) -> Any:

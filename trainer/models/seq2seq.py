@@ -1,9 +1,21 @@
 """Sequence to sequence with attention (many-to-many): a bidirectional encoder and a decoder
-that attends over the encoder's memory at every step (Luong's "general" score).
+that attends over the encoder's memory at every step (Luong et al. 2015).
 
-The decoder has no input feeding, so its whole state is the recurrent state: that is what lets
-the service carry a translation from step to step with `decoder_step(prev, h, memory, src_mask)`,
-and what lets training run the decoder over the whole target in one call (teacher forcing).
+| `--attention` | score(q, k) of decoder output q `(H)` and memory k `(2H)`                      |
+|---------------|----------------------------------------------------------------------------------|
+| `dot`         | q · (k_fwd + k_bwd): no parameters; the memory's two directions are summed to H  |
+| `general`     | q · W k (the default)                                                            |
+| `additive`    | v · tanh(W q + U k) (Bahdanau's score, on the current output as Luong places it) |
+
+The attentional vector h~_t = tanh(W_c [q_t; context_t]) gives the logits. With
+`--input-feeding`, h~_{t-1} is also concatenated to the embedding of the next input token.
+
+The decoder's state stays the recurrent state alone, with or without input feeding: h~_{t-1} is a
+function of the previous top-layer output (the top layer's state) and the memory, so a step
+recomputes it from what `decoder_step(prev, h, memory, src_mask)` already receives (for the first
+step, from the encoder's initial state rather than Luong's zeros). That keeps the ONNX graphs'
+signature. Without input feeding, training runs the decoder over the whole target in one call;
+with it, one step at a time.
 """
 
 from __future__ import annotations
@@ -15,6 +27,8 @@ from torch import nn
 
 from trainer.models.recurrent import RecurrentStack, State
 
+ATTENTIONS = ("dot", "general", "additive")
+
 
 @dataclass(frozen=True)
 class Seq2SeqConfig:
@@ -24,6 +38,8 @@ class Seq2SeqConfig:
     num_layers: int = 1
     dropout: float = 0.0
     cell: str = "gru"
+    attention: str = "general"  # one of ATTENTIONS
+    input_feeding: bool = False
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -89,22 +105,54 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Recurrent decoder with attention over the encoder memory."""
+    """Recurrent decoder with attention over the encoder memory (and optional input feeding)."""
 
     def __init__(self, cfg: Seq2SeqConfig, embed: nn.Embedding) -> None:
         super().__init__()
+        if cfg.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}: {cfg.attention!r}")
         self.embed = embed
         self.drop = nn.Dropout(cfg.dropout)
+        self.kind, self.input_feeding, self.hidden_size = (
+            cfg.attention, cfg.input_feeding, cfg.hidden_size,
+        )  # fmt: skip
+        feed = cfg.hidden_size if cfg.input_feeding else 0
         self.rnn = RecurrentStack(
             cfg.cell,
-            cfg.embed_dim,
+            cfg.embed_dim + feed,
             cfg.hidden_size,
             num_layers=cfg.num_layers,
             dropout=cfg.dropout,
         )
-        self.attn = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)  # "general"
+        if cfg.attention == "general":
+            self.attn = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
+        elif cfg.attention == "additive":
+            self.attn_query = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
+            self.attn_key = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size)
+            self.attn_v = nn.Linear(cfg.hidden_size, 1, bias=False)
         self.combine = nn.Linear(3 * cfg.hidden_size, cfg.hidden_size)
         self.out = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+
+    def _scores(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """`query: (B, T, H)`, `memory: (B, S, 2H)` → scores `(B, T, S)`."""
+        if self.kind == "dot":
+            keys = memory[..., : self.hidden_size] + memory[..., self.hidden_size :]  # (B, S, H)
+            return torch.bmm(query, keys.transpose(1, 2))
+        if self.kind == "general":
+            return torch.bmm(query, self.attn(memory).transpose(1, 2))
+        q = self.attn_query(query).unsqueeze(2)  # (B, T, 1, H)
+        k = self.attn_key(memory).unsqueeze(1)  # (B, 1, S, H)
+        return self.attn_v(torch.tanh(q + k)).squeeze(3)  # (B, T, S)
+
+    def attend(
+        self, query: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attentional vectors h~ `(B, T, H)` of decoder outputs `query: (B, T, H)`, and the
+        attention weights `(B, T, S)`."""
+        scores = self._scores(query, memory).masked_fill(~src_mask.unsqueeze(1), float("-inf"))
+        weights = torch.softmax(scores, dim=2)  # (B, T, S)
+        context = torch.bmm(weights, memory)  # (B, T, 2H)
+        return torch.tanh(self.combine(torch.cat([query, context], dim=2))), weights
 
     def forward(
         self,
@@ -124,14 +172,21 @@ class Decoder(nn.Module):
         Returns:
             logits `(B, T, V)`, the state after the last step, attention `(B, T, S)`.
         """
-        out, state = self.rnn(self.drop(self.embed(prev)), state)  # (B, T, H)
-        keys = self.attn(memory)  # (B, S, H)
-        scores = torch.bmm(out, keys.transpose(1, 2))  # (B, T, S)
-        scores = scores.masked_fill(~src_mask.unsqueeze(1), float("-inf"))
-        weights = torch.softmax(scores, dim=2)  # (B, T, S)
-        context = torch.bmm(weights, memory)  # (B, T, 2H)
-        combined = torch.tanh(self.combine(torch.cat([out, context], dim=2)))  # (B, T, H)
-        return self.out(self.drop(combined)), state, weights
+        if not self.input_feeding:
+            out, state = self.rnn(self.drop(self.embed(prev)), state)  # (B, T, H)
+            combined, weights = self.attend(out, memory, src_mask)
+            return self.out(self.drop(combined)), state, weights
+        # h~_{t-1} from the previous top-layer output: the top layer's state, (B, 1, H)
+        feed, _ = self.attend(state[0][-1].unsqueeze(1), memory, src_mask)
+        steps, attention = [], []
+        for t in range(prev.size(1)):
+            x = torch.cat([self.drop(self.embed(prev[:, t : t + 1])), feed], dim=2)
+            out, state = self.rnn(x, state)  # (B, 1, H)
+            feed, weights = self.attend(out, memory, src_mask)  # h~_t feeds step t + 1
+            steps.append(feed)
+            attention.append(weights)
+        combined = torch.cat(steps, dim=1)  # (B, T, H)
+        return self.out(self.drop(combined)), state, torch.cat(attention, dim=1)
 
 
 class Seq2Seq(nn.Module):

@@ -50,6 +50,16 @@ class AutocompleteTask(Task):
         sequences = pad(examples, value=PAD_ID)
         return {"inputs": sequences[:, :-1], "targets": sequences[:, 1:]}
 
+    def validate(self, cfg: TrainConfig) -> None:
+        embed = cfg.embed_dim or self.defaults.embed_dim
+        hidden = cfg.hidden_size or self.defaults.hidden_size
+        if cfg.tie_embeddings and embed != hidden:
+            raise ValueError(
+                f"--tie-embeddings needs --embed-dim equal to --hidden-size (got {embed} and "
+                f"{hidden}; the defaults are {self.defaults.embed_dim} and "
+                f"{self.defaults.hidden_size})"
+            )
+
     def build_model(self, cfg: TrainConfig, vocab_size: int) -> nn.Module:
         return LanguageModel(
             LanguageModelConfig(
@@ -59,6 +69,7 @@ class AutocompleteTask(Task):
                 num_layers=cfg.num_layers,
                 dropout=cfg.dropout,
                 cell=cfg.cell,
+                tie_embeddings=cfg.tie_embeddings,
             )
         )
 

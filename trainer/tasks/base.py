@@ -94,6 +94,9 @@ class Task(ABC):
     def labels(self) -> tuple[str, ...]:
         return ()
 
+    def validate(self, cfg: TrainConfig) -> None:  # noqa: B027 (most tasks accept any setting)
+        """Raise ValueError naming the flags of a setting this task's network cannot take."""
+
     def _log(self, line: str) -> None:
         print(f"[{self.name}] {line}", flush=True)
 

@@ -68,6 +68,7 @@ class SentimentTask(Task):
                 num_layers=cfg.num_layers,
                 dropout=cfg.dropout,
                 cell=cfg.cell,
+                pooling=cfg.pooling,
             )
         )
 
@@ -75,8 +76,7 @@ class SentimentTask(Task):
         tokens = batch["tokens"]
         state = unwrap(model).init_hidden(tokens.size(0), tokens.device)
         logits, _ = model(tokens, state)  # (B, T, C)
-        last = (batch["lengths"] - 1).view(-1, 1, 1).expand(-1, 1, logits.size(2))
-        return logits.gather(1, last).squeeze(1)  # (B, C): the label after the last token
+        return unwrap(model).pool(logits, batch["lengths"])  # (B, C): the whole text's label
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
         logits = self._final_logits(model, batch)

@@ -71,6 +71,8 @@ class TranslationTask(Task):
                 num_layers=cfg.num_layers,
                 dropout=cfg.dropout,
                 cell=cfg.cell,
+                attention=cfg.attention,
+                input_feeding=cfg.input_feeding,
             )
         )
 
