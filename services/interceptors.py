@@ -16,6 +16,7 @@ from typing import Any, TypeAlias
 import grpc
 from grpc import aio
 
+from services import scope
 from services.admission import Admission
 from services.auth import BearerToken
 from services.errors import (
@@ -135,6 +136,12 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
     def _wrap_stream(self, rpc: str, behavior: Callable[..., Any]) -> Any:
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
             info = _start_call(rpc, context)
+            tasks = scope.open_scope()
+
+            def done(_: Context) -> None:
+                scope.cancel(tasks)
+
+            context.add_done_callback(done)  # type: ignore[arg-type]  # stubs: nominal class
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 self._authenticate(context)

@@ -108,6 +108,7 @@ class ServerMetrics:
         self.batch_size.labels(*labels, graph).observe(rows)
         self.step_duration.labels(*labels, graph).observe(seconds)
         self.waiting.labels(*labels).set(scheduler.waiting)
+        self.slots_used.labels(*labels).set(scheduler.pool.used / scheduler.pool.capacity)
 
     def observe_slots(self, runtime: Runtime) -> None:
         """A stream took or gave back slots: the pool's fill and the queue length."""

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from services import scope
 from services.model import Arrays, LoadedModel
 from services.scheduler import BatchObserver, Scheduler
 from services.slots import SlotPool
@@ -117,6 +118,7 @@ async def pump(events: AsyncIterator[T], *, depth: int = 16) -> AsyncIterator[T]
             await queue.put(error)
 
     task = asyncio.create_task(produce())
+    scope.adopt(task)  # cancelled with its call even if nobody closes this generator
     try:
         while not isinstance(item := await queue.get(), _End):
             if isinstance(item, BaseException):

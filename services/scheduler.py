@@ -150,24 +150,24 @@ class Scheduler:
         slots = np.concatenate([r.slots for r in batch])
         role = batch[0].role
         self.pool.pin(slots)
+        started, outputs = time.perf_counter(), None
         try:
             feeds = self._feeds(batch, slots)
-            started = time.perf_counter()
             loop = asyncio.get_running_loop()
             outputs = await loop.run_in_executor(self.executor, self.model.run, role, feeds)
-            if self.observe is not None:
-                self.observe(self, role, len(slots), time.perf_counter() - started)
             self.pool.write(slots, {s: outputs.pop(o) for o, s in self._state_out[role].items()})
         except Exception as error:
             for request in batch:
                 if not request.future.done():
                     request.future.set_exception(error)
-            return
         finally:
-            self.pool.unpin(slots)
+            self.pool.unpin(slots)  # frees the slots of streams that left during the call
             self._in_flight -= 1
             self._schedule_kick()
-        self._deliver(batch, outputs)
+        if self.observe is not None:
+            self.observe(self, role, len(slots), time.perf_counter() - started)
+        if outputs is not None:
+            self._deliver(batch, outputs)
 
     def _feeds(self, batch: list[_Request], slots: np.ndarray) -> Arrays:
         """The batch's inputs: per-request inputs stacked (sources padded) plus gathered state."""

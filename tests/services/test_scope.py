@@ -1,0 +1,41 @@
+"""A call's scope: the tasks it adopted are cancelled when the call ends."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services import scope
+from services.runtime import pump
+
+
+def test_an_abandoned_stream_task_is_cancelled_with_its_call() -> None:
+    closed: list[str] = []
+
+    async def stream() -> object:
+        try:
+            while True:
+                yield "event"
+        finally:
+            closed.append("stream closed")
+
+    async def call() -> tuple[int, int]:
+        tasks = scope.open_scope()
+        events = pump(stream(), depth=2)
+        assert await anext(events) == "event"  # then the client goes away: nobody closes `events`
+        adopted = len(tasks)
+        scope.cancel(tasks)  # what the interceptor's done callback does
+        await asyncio.sleep(0.01)
+        return adopted, len(tasks)
+
+    adopted, left = asyncio.run(asyncio.wait_for(call(), 5))
+    assert (adopted, left) == (1, 0)
+    assert closed == ["stream closed"]
+
+
+def test_outside_a_call_nothing_is_adopted() -> None:
+    async def go() -> None:
+        task = asyncio.create_task(asyncio.sleep(0))
+        scope.adopt(task)  # no scope open in this context: a no-op
+        await task
+
+    asyncio.run(go())
