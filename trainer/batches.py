@@ -45,9 +45,13 @@ def training_batches(
     sampler = EpochSampler(data.train, num_replicas=world_size, rank=rank, seed=cfg.seed)
     # A generator of its own: starting an iterator then draws nothing from the global one, which
     # dropout uses (a resumed epoch starts its iterator at another point of the global stream).
-    loader = DataLoader(data.train, batch_size=cfg.batch_size, sampler=sampler,
-                        collate_fn=task.collate,
-                        generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
+    loader: DataLoader[Any] = DataLoader(
+        data.train,  # type: ignore[arg-type]  # a map-style Sequence
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        collate_fn=task.collate,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     return wrap_loader(loader), sampler, len(loader)
 
 

@@ -8,9 +8,9 @@ during training and `recur-eval` on the exported bundle measure the same thing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -27,7 +27,7 @@ def _top(total: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 def _prefix_states(
-    model: nn.Module, prefixes: Sequence[Sequence[int]], device: torch.device
+    model: Any, prefixes: Sequence[Sequence[int]], device: torch.device
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """The state after `[BOS] + prefix` of every prefix `(L, Q, H)...`, and the next-token
     log-probabilities `(Q, V)` (one forward per prefix: their lengths differ)."""
@@ -43,7 +43,7 @@ def _prefix_states(
 
 @torch.no_grad()
 def complete_batch(
-    model: nn.Module, prefixes: Sequence[Sequence[int]], *, k: int = 10,
+    model: Any, prefixes: Sequence[Sequence[int]], *, k: int = 10,
     max_new: int = MAX_NEW_TOKENS,
 ) -> list[list[list[int]]]:  # fmt: skip
     """`complete` for many prefixes at once: every query's beams advance in one batched step.
@@ -83,7 +83,7 @@ def complete_batch(
 
 
 def complete(
-    model: nn.Module, prefix: Sequence[int], *, k: int = 10, max_new: int = MAX_NEW_TOKENS
+    model: Any, prefix: Sequence[int], *, k: int = 10, max_new: int = MAX_NEW_TOKENS
 ) -> list[list[int]]:
     """Up to `k` most likely completions of `prefix` (ids without `[BOS]`), best first.
 

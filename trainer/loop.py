@@ -152,7 +152,7 @@ class _Run:
         self.stopping = EarlyStopping(cfg.patience, task.mode)
         self.progress = Progress(total_steps=total, every=cfg.log_every,
                                  prefix=f"[{task.name}] ", enabled=rank == 0)  # fmt: skip
-        probe = task.collate(probe_examples(data.valid[:PROBE_POOL], cfg.batch_size))
+        probe = task.collate(probe_examples(list(data.valid[:PROBE_POOL]), cfg.batch_size))
         self.step = _Step(task, model, self.optimizer, self.schedule, self.progress, cfg, rank,
                           {k: v.to(device) for k, v in probe.items()}, flows=[])  # fmt: skip
         self.history: list[dict[str, float]] = []

@@ -6,7 +6,7 @@ completion stops at `[EOS]`. Queries are short, so full BPTT over each one is ex
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -46,7 +46,7 @@ class AutocompleteTask(Task):
     def encode_one(self, raw: Any, tokenizer: Tokenizer) -> Any:
         return [BOS_ID, *tokenizer.encode(raw).ids[:MAX_CHARS], EOS_ID]
 
-    def collate(self, examples: list[Any]) -> Batch:
+    def collate(self, examples: Sequence[Any]) -> Batch:
         sequences = pad(examples, value=PAD_ID)
         return {"inputs": sequences[:, :-1], "targets": sequences[:, 1:]}
 
@@ -88,7 +88,7 @@ class AutocompleteTask(Task):
         for start in range(0, len(data.valid), EVAL_BATCH):
             batch = on_device(self.collate(data.valid[start : start + EVAL_BATCH]), model)
             inputs, targets = batch["inputs"], batch["targets"]
-            logits, _ = model(inputs, model.init_hidden(inputs.size(0), inputs.device))
+            logits, _ = model(inputs, unwrap(model).init_hidden(inputs.size(0), inputs.device))
             total += F.cross_entropy(
                 logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID, reduction="sum"
             ).item()

@@ -125,6 +125,8 @@ class Task(ABC):
         """
         log = self._log if tokenizer_json is None else None
         report: list[dict[str, Any]] = []
+        train_raw: Sequence[Any]
+        valid_raw: Sequence[Any]
         if cfg.data == "builtin":
             train_raw, valid_raw, description = self.load_builtin(cfg)
         else:

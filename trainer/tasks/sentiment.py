@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -51,7 +51,7 @@ class SentimentTask(Task):
         text, label = raw
         return ids_or_unk(tokenizer.encode(text).ids[:MAX_TOKENS]), label
 
-    def collate(self, examples: list[Any]) -> Batch:
+    def collate(self, examples: Sequence[Any]) -> Batch:
         return {
             "tokens": pad([ids for ids, _ in examples]),
             "lengths": torch.tensor([len(ids) for ids, _ in examples]),

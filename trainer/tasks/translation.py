@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -54,7 +54,7 @@ class TranslationTask(Task):
             ids_or_unk(tokenizer.encode(tgt).ids[:MAX_TOKENS]),
         )
 
-    def collate(self, examples: list[Any]) -> Batch:
+    def collate(self, examples: Sequence[Any]) -> Batch:
         return {
             "src": pad([s for s, _ in examples]),
             "src_len": torch.tensor([len(s) for s, _ in examples]),
