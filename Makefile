@@ -1,4 +1,4 @@
-# Recur: make demo | make test | make lint | make protos
+# Recur: make demo | make test | make lint | make protos | make bench [QUICK=1] [GPU=1]
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -6,8 +6,9 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraint
 RUNTIME_STAMP := $(VENV)/.setup-runtime
 DEV_STAMP     := $(VENV)/.setup-dev
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: setup setup-dev demo test test-slow lint format protos clean
+.PHONY: setup setup-dev demo test test-slow bench lint format protos clean
 
 # Idempotent: reruns only when the dependency files change. Exact versions come from constraints.txt.
 # `setup` is what the demo runs (train + serve + client + plots); `setup-dev` adds the test and
@@ -33,6 +34,12 @@ test: setup-dev
 test-slow: setup-dev
 	$(PIP) -e '.[cluster]'
 	$(PY) -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
+
+# Every scenario of scripts/bench (QUICK=1: the reduced run, GPU=1: the GPU scenario must find CUDA);
+# results, plots and SUMMARY.md in bench-results/. Adds Ray Serve for the peer scenario.
+bench: setup-dev
+	$(PIP) -e '.[bench]'
+	$(PY) -m scripts.bench $(if $(filter-out 0,$(QUICK)),--quick) $(if $(filter-out 0,$(GPU)),--gpu) $(BENCH_ARGS)
 
 lint: setup-dev
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,219 @@
+"""The peer: Recur's ONNX graphs served the way a Ray Serve user would serve them.
+
+One deployment behind Ray Serve's gRPC ingress with Recur's own proto (`AutocompleteService`,
+`TranslationService`), so the same load generator drives it. A straightforward deployment:
+
+- one replica (one CPU), ONNX Runtime with one intra-op thread as `recur-serve` has by default,
+  the bundle's ORT-optimized graph files (what `recur-serve` serves);
+- `@serve.batch` on a generator: requests that arrive within `batch_wait_timeout_s` of each
+  other (up to `max_batch_size`) are read in one at a time (prefill), then decoded together, one
+  batched ONNX Runtime call per token, each step yielding every request's next message; a
+  request whose decoding ends yields `StopIteration`. A batch runs until its longest request ends
+  (static batching: later requests wait for the next batch);
+- greedy decoding with the same stopping rules as Recur (end-of-sequence, `max_tokens`, and for
+  translation `2 * source tokens + 10`), so both stream the same tokens.
+
+This module is imported by the Ray Serve replica; `peer_bench.py` starts it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from protos.recur.v1 import inference_pb2 as pb
+
+MAX_BATCH_SIZE = 64
+BATCH_WAIT_TIMEOUT_S = 0.01  # Ray Serve's default
+MAX_ONGOING_REQUESTS = 512  # enough for concurrency 256 to reach the batch queue
+DEFAULT_MAX_TOKENS = 32  # recur-serve's default for completions
+MAX_LENGTH_RATIO = 2.0  # recur-serve's default for translations
+
+
+class Graphs:
+    """One bundle's ONNX Runtime sessions, tokenizer and state layout."""
+
+    def __init__(self, bundle: str) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        path = Path(bundle)
+        self.manifest = json.loads((path / "manifest.json").read_text())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.sessions = {
+            g["role"]: ort.InferenceSession(
+                str(path / (g.get("optimized_file") or g["file"])), options,
+                providers=["CPUExecutionProvider"],
+            )
+            for g in self.manifest["graphs"]
+        }  # fmt: skip
+        self.outputs = {
+            g["role"]: [t["name"] for t in g["outputs"]] for g in self.manifest["graphs"]
+        }
+        self.tokenizer = Tokenizer.from_file(str(path / self.manifest["tokenizer_file"]))
+        special = self.manifest["special_tokens"]
+        self.bos, self.eos, self.pad = (
+            special["bos_id"],
+            special["eos_id"],
+            special.get("pad_id", 0),
+        )
+        self.state = [(s["input"], s["output"], list(s["shape"])) for s in self.manifest["state"]]
+
+    def run(self, role: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.sessions[role].run(self.outputs[role], feeds)
+        return dict(zip(self.outputs[role], values, strict=True))
+
+    def zero_state(self, batch: int) -> dict[str, np.ndarray]:
+        return {
+            name: np.zeros([batch if d == "batch" else int(d) for d in shape], dtype=np.float32)
+            for name, _, shape in self.state
+        }
+
+    def stack(self, states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Per-request states (batch 1 each) as one batch."""
+        return {
+            name: np.concatenate([s[name] for s in states], axis=shape.index("batch"))
+            for name, _, shape in self.state
+        }
+
+    def next_state(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: out[output] for name, output, _ in self.state}
+
+
+@serve.deployment(
+    num_replicas=1,
+    max_ongoing_requests=MAX_ONGOING_REQUESTS,
+    ray_actor_options={"num_cpus": 1},
+)
+class RecurPeer:
+    """`AutocompleteService.Complete` and `TranslationService.Translate` over Ray Serve."""
+
+    def __init__(self, autocomplete: str, translation: str) -> None:
+        self.lm = Graphs(autocomplete)
+        self.mt = Graphs(translation)
+
+    async def Complete(self, request: pb.CompleteRequest) -> AsyncIterator[pb.CompleteResponse]:
+        async for response in self._complete(request):
+            yield response
+
+    async def Translate(self, request: pb.TranslateRequest) -> AsyncIterator[pb.TranslateResponse]:
+        async for response in self._translate(request):
+            yield response
+
+    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
+    async def _complete(self, requests: list[pb.CompleteRequest]) -> AsyncIterator[list[Any]]:
+        lm = self.lm
+        states, logits = [], []
+        for request in requests:  # prefill, one prompt at a time (they differ in length)
+            ids = [lm.bos, *lm.tokenizer.encode(request.text).ids]
+            out = lm.run("lm_step", {"tokens": np.array([ids], dtype=np.int64), **lm.zero_state(1)})
+            states.append(lm.next_state(out))
+            logits.append(out["logits"][0, -1])
+        state, last = lm.stack(states), np.stack(logits)  # (B, V)
+        decoding = _Decoding(lm, [r.max_tokens or DEFAULT_MAX_TOKENS for r in requests])
+        for index in range(decoding.longest):
+            tokens = last.argmax(axis=-1)
+            yield decoding.step(index, tokens, last, _complete_token, _complete_final)
+            if decoding.finished or index + 1 == decoding.longest:
+                break
+            out = lm.run("lm_step", {"tokens": tokens[:, None].astype(np.int64), **state})
+            state, last = lm.next_state(out), out["logits"][:, -1]
+        if not decoding.finished:
+            yield decoding.close(_complete_final)
+
+    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
+    async def _translate(self, requests: list[pb.TranslateRequest]) -> AsyncIterator[list[Any]]:
+        mt = self.mt
+        sources = [mt.tokenizer.encode(r.text).ids for r in requests]
+        lengths = np.array([len(s) for s in sources], dtype=np.int64)
+        src = np.full((len(requests), int(lengths.max())), mt.pad, dtype=np.int64)
+        for row, ids in enumerate(sources):
+            src[row, : len(ids)] = ids
+        encoded = mt.run("encoder", {"src": src, "src_len": lengths})
+        memory = encoded["memory"]  # (B, S, E), one encoder call for the batch
+        state = {name: encoded[f"{name}_init"] for name, _, _ in mt.state}
+        mask = np.arange(src.shape[1])[None, :] < lengths[:, None]
+        limits = [r.max_tokens or int(MAX_LENGTH_RATIO * n) + 10
+                  for r, n in zip(requests, lengths.tolist(), strict=True)]  # fmt: skip
+        decoding = _Decoding(mt, limits)
+        prev = np.full((len(requests), 1), mt.bos, dtype=np.int64)
+        for index in range(decoding.longest):
+            feeds = {"prev": prev, "memory": memory, "src_mask": mask, **state}
+            out = mt.run("decoder_step", feeds)
+            state, tokens = mt.next_state(out), out["logits"].argmax(axis=-1)
+            yield decoding.step(index, tokens, out["logits"], _translate_token, _translate_final)
+            if decoding.finished:
+                break
+            prev = tokens[:, None].astype(np.int64)
+        if not decoding.finished:
+            yield decoding.close(_translate_final)
+
+
+class _Decoding:
+    """Which requests of a static batch are still decoding, and the text each has so far."""
+
+    def __init__(self, graphs: Graphs, limits: list[int]) -> None:
+        self.graphs = graphs
+        self.limits = limits
+        self.longest = max(limits)
+        self.ids: list[list[int]] = [[] for _ in limits]
+        self.done = [False] * len(limits)
+
+    @property
+    def finished(self) -> bool:
+        return all(self.done)
+
+    def step(self, index: int, tokens: np.ndarray, logits: np.ndarray, token: Any,
+             final: Any) -> list[Any]:  # fmt: skip
+        """Every request's message for decoding step `index`: a token, its final, or the end."""
+        logprobs = _log_softmax(logits.reshape(len(self.limits), -1))
+        messages: list[Any] = []
+        for row, chosen in enumerate(tokens.tolist()):
+            if self.done[row]:
+                messages.append(StopIteration)
+            elif chosen == self.graphs.eos or index >= self.limits[row]:
+                self.done[row] = True
+                messages.append(final(self.graphs.tokenizer.decode(self.ids[row])))
+            else:
+                self.ids[row].append(chosen)
+                piece = self.graphs.tokenizer.decode([chosen])
+                event = pb.GeneratedToken(
+                    index=index, id=chosen, text=piece, logprob=float(logprobs[row, chosen])
+                )
+                messages.append(token(event))
+        return messages
+
+    def close(self, final: Any) -> list[Any]:
+        """The final message of every request still decoding when the longest limit is hit."""
+        messages = [StopIteration if d else final(self.graphs.tokenizer.decode(ids))
+                    for d, ids in zip(self.done, self.ids, strict=True)]  # fmt: skip
+        self.done = [True] * len(self.done)
+        return messages
+
+
+def _complete_token(event: pb.GeneratedToken) -> pb.CompleteResponse:
+    return pb.CompleteResponse(token=event)
+
+
+def _complete_final(text: str) -> pb.CompleteResponse:
+    return pb.CompleteResponse(final=pb.CompleteFinal(completion=text))
+
+
+def _translate_token(event: pb.GeneratedToken) -> pb.TranslateResponse:
+    return pb.TranslateResponse(token=event)
+
+
+def _translate_final(text: str) -> pb.TranslateResponse:
+    return pb.TranslateResponse(final=pb.TranslateFinal(text=text))
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
