@@ -32,6 +32,11 @@ class GraphDef:
     outputs: dict[str, list[str]]
     example: Callable[[int, int], Inputs]  # (batch, length) -> random inputs
 
+    def __post_init__(self) -> None:
+        # A new wrapper is in training mode, and torch.onnx.export restores the mode it found,
+        # recursively: a trained model with dropout would come back from export dropping out.
+        self.module.eval()
+
     def dtype(self, name: str) -> str:
         return (
             "int64"
