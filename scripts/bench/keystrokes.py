@@ -1,0 +1,171 @@
+"""Scenario 4, incremental typing: a keystroke through `Session` vs re-sending the text.
+
+For each text length L (10, 50, 200 characters) a `Session` types the text up to L-1 one
+character at a time, then presses the L-th key, takes it back and presses it again, many times.
+A keystroke's latency runs from sending the text to the first event of its suggestion (up to 8
+tokens; a suggestion can end early at end-of-sequence, so its length, and the time to its final
+event, depend on the text: both are reported, the target uses the first event). The next key
+waits for the final event. Between keystrokes the same text is sent whole to `Complete` (same
+limit), as a client without sessions would, so both see the same machine. The session steps
+only the new character, so its cost should stay flat while the re-send reads everything. The
+forward typing of the longest text is kept too, one latency per length, for the plot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from typing import Any
+
+from clients.calls import NO_RETRIES
+from clients.sdk import RecurClient, Session
+from scripts.bench import serving
+from scripts.bench.common import Context, Result, Target, ratio
+from scripts.bench.models import bench_models
+
+LENGTHS = (10, 50, 200)
+SUGGESTION_TOKENS = 8
+TARGET_FLATNESS = 1.5
+WORDS = (
+    "weather in paris", "how to cook rice", "best phone deals", "new york times",
+    "translate hello to french", "paris restaurants open now", "cheap flights to rome",
+)  # fmt: skip
+
+
+def typed_text(length: int) -> str:
+    """Lower-case queries joined by spaces, `length` characters long."""
+    text = ""
+    index = 0
+    while len(text) < length:
+        text += WORDS[index % len(WORDS)] + " "
+        index += 1
+    return text[:length]
+
+
+class Typist:
+    """One open session: `key(text)` sends the text typed so far and waits for its suggestion."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.answers = aiter(session)
+        self.revision = 0
+
+    async def key(self, text: str) -> tuple[float, float, int]:
+        """Seconds to the first event and to the final event, and the suggestion's tokens."""
+        self.revision += 1
+        start = time.perf_counter()
+        await self.session.send_text(text)
+        first, tokens = 0.0, 0
+        while True:
+            response = await anext(self.answers)
+            if response.revision != self.revision:
+                continue
+            first = first or time.perf_counter() - start
+            if response.HasField("final"):
+                return first, time.perf_counter() - start, tokens
+            tokens += 1
+
+
+async def resend(client: RecurClient, text: str) -> tuple[float, float, int]:
+    start = time.perf_counter()
+    first, tokens = 0.0, 0
+    async for event in client.complete(text, max_tokens=SUGGESTION_TOKENS):
+        first = first or time.perf_counter() - start
+        tokens += event.HasField("token")
+    return first, time.perf_counter() - start, tokens
+
+
+async def at_length(target: str, text: str, samples: int) -> dict[str, list[Any]]:
+    """`samples` keystrokes at `len(text)` through a session, each next to a whole re-send."""
+    found: dict[str, list[Any]] = {"session": [], "complete": [], "forward": []}
+    async with RecurClient(target, timeout=600.0, retry=NO_RETRIES) as client:
+        typist = Typist(client.session(max_tokens=SUGGESTION_TOKENS, open_ended=True))
+        for length in range(1, len(text)):
+            found["forward"].append((await typist.key(text[:length]))[0])
+        await resend(client, text)  # warm
+        for _ in range(samples):
+            found["session"].append(await typist.key(text))
+            found["complete"].append(await resend(client, text))
+            await typist.key(text[:-1])  # backspace: the next key is typed again
+        await typist.session.close()
+    return found
+
+
+def run(ctx: Context) -> Result:
+    models = bench_models(ctx)
+    samples = 20 if ctx.quick else 60
+    measured: dict[int, dict[str, list[float]]] = {}
+    with serving.served(models) as server:
+        for length in LENGTHS:
+            measured[length] = asyncio.run(at_length(server.target, typed_text(length), samples))
+    rows = []
+    for length in LENGTHS:
+        row: dict[str, Any] = {"length": length, "samples": samples}
+        for way in ("session", "complete"):
+            first, final, tokens = zip(*measured[length][way], strict=True)
+            row[f"{way}_ms"] = statistics.median(first) * 1e3
+            row[f"{way}_p90_ms"] = _p90(list(first)) * 1e3
+            row[f"{way}_final_ms"] = statistics.median(final) * 1e3
+            row[f"{way}_tokens"] = statistics.mean(tokens)
+        row["complete_over_session"] = row["complete_ms"] / row["session_ms"]
+        rows.append(row)
+        print(f"  {length:>4} chars: first event after a key: session {row['session_ms']:7.2f} "
+              f"ms, re-send {row['complete_ms']:7.2f} ms (suggestions of "
+              f"{row['session_tokens']:.1f} tokens)", flush=True)  # fmt: skip
+    first, last = rows[0], rows[-1]
+    growth = ratio(last["complete_ms"], first["complete_ms"]) or 0.0
+    targets = [
+        Target(
+            f"session key-to-first-event at {last['length']} / at {first['length']} chars",
+            f"<= {TARGET_FLATNESS:g}x", ratio(last["session_ms"], first["session_ms"]),
+            TARGET_FLATNESS, higher_is_better=False,
+            detail=f"re-sending the text to Complete grows {growth:.2f}x over the same range",
+        ),
+    ]  # fmt: skip
+    forward = measured[max(LENGTHS)]["forward"]
+    return Result(
+        scenario="typing",
+        title="Incremental typing: a keystroke through Session vs re-sending the text to Complete",
+        settings={
+            "lengths": list(LENGTHS),
+            "samples_per_length": samples,
+            "suggestion_tokens": SUGGESTION_TOKENS,
+            "text": typed_text(max(LENGTHS)),
+        },
+        rows=rows,
+        targets=targets,
+        extra={"forward_typing_ms": [v * 1e3 for v in forward]},
+    )
+
+
+def _p90(values: list[float]) -> float:
+    return statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
+
+
+def render(data: dict[str, Any]) -> list[str]:
+    from scripts.bench.report import table
+
+    return table(
+        data["rows"],
+        [("length", "text length (chars)"), ("session_ms", "Session: first event p50 ms"),
+         ("session_p90_ms", "p90 ms"), ("complete_ms", "re-send to Complete p50 ms"),
+         ("complete_p90_ms", "p90 ms"), ("complete_over_session", "re-send / session"),
+         ("session_final_ms", "Session: final p50 ms"), ("complete_final_ms", "re-send: final"),
+         ("session_tokens", "suggestion tokens"), ("samples", "keystrokes")],
+    )  # fmt: skip
+
+
+def plot(data: dict[str, Any], plt: Any) -> Any:
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    forward = data.get("forward_typing_ms", [])
+    axis.plot(range(1, len(forward) + 1), forward, color="lightgray", linewidth=0.8,
+              label="Session, typing forward (each key)")  # fmt: skip
+    xs = [r["length"] for r in data["rows"]]
+    axis.plot(xs, [r["session_ms"] for r in data["rows"]], marker="o", label="Session (one key)")
+    axis.plot(xs, [r["complete_ms"] for r in data["rows"]], marker="o", label="re-send to Complete")
+    axis.set(xlabel="text length (characters)", ylabel="key to first suggestion event (ms)",
+             title="Per-keystroke latency (suggestions of up to 8 tokens)")  # fmt: skip
+    axis.set_ylim(bottom=0)
+    axis.legend()
+    return figure
