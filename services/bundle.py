@@ -90,6 +90,8 @@ def verify(path: Path) -> Bundle:
         for name in (graph.file, graph.optimized_file, graph.quantized_file):
             if name and name not in listed:  # keeps names like "../x" out: only listed files load
                 raise BundleError(f"{path}: graph {graph.role!r} file {name!r} is not listed")
+    if manifest.pooling not in ("", "last", "mean", "max"):
+        raise BundleError(f"{path}: unknown pooling {manifest.pooling!r} (last, mean or max)")
     task = TASK_NAMES[manifest.task]
     roles = {g.role for g in manifest.graphs}
     if roles != GRAPHS[task] or manifest.tokenizer_file not in listed:

@@ -59,6 +59,28 @@ class Clock:
         )
 
 
+class RunningPool:
+    """A text's label logits as its tokens arrive, pooled as the classifier was trained:
+    the latest logits (`last`), their running mean, or their running per-class maximum."""
+
+    def __init__(self, pooling: str) -> None:
+        if pooling not in ("", "last", "mean", "max"):
+            raise ValueError(f"unknown pooling {pooling!r} in the manifest")
+        self.pooling = pooling or "last"
+        self.total: np.ndarray | None = None
+        self.count = 0
+
+    def add(self, logits: np.ndarray) -> np.ndarray:
+        self.count += 1
+        if self.total is None or self.pooling == "last":
+            self.total = logits.astype(np.float64)
+        elif self.pooling == "mean":
+            self.total = self.total + logits
+        else:
+            self.total = np.maximum(self.total, logits)
+        return self.total / self.count if self.pooling == "mean" else self.total
+
+
 class Detokenizer:
     """Incremental detokenization: each token's text is what it adds to the decoded output."""
 
@@ -248,18 +270,19 @@ class Engine:
             raise InvalidArgument("text", "has no tokens for this model's tokenizer")
         runtime, clock = self.runtime(model), Clock(arrived)
         ids, chunk = encoding.ids, runtime.prefill_chunk
+        pooled = RunningPool(model.bundle.manifest.pooling)
         with runtime.lease() as slots:
             clock.start()
             for start in range(0, len(ids), chunk):
                 tokens = np.array([ids[start : start + chunk]], dtype=np.int64)
                 out = await runtime.step("classifier_step", slots, {"tokens": tokens})
-                probabilities = np.exp(log_softmax(out["logits"][0]))  # (T, C)
-                for index, p in enumerate(probabilities, start):
+                for index, logits in enumerate(out["logits"][0], start):  # (C,) per token
+                    p = np.exp(log_softmax(pooled.add(logits)))
                     clock.mark()
                     label = model.labels[int(p.argmax())]
                     piece = encoding.tokens[index]
                     yield RunningLabel(index, ids[index], piece, label, tuple(p.tolist()))
-        final = probabilities[-1]
+        final = p
         yield clock.finish(
             model,
             reason=FinishReason.STOP,

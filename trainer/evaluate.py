@@ -68,16 +68,27 @@ def _batches(items: list[Any]) -> list[list[Any]]:
     return [items[i : i + BATCH_SIZE] for i in range(0, len(items), BATCH_SIZE)]
 
 
+def pool(logits: np.ndarray, lengths: np.ndarray, pooling: str) -> np.ndarray:
+    """The label logits `(B, C)` from per-token `logits: (B, T, C)` (see models/classifier.py)."""
+    rows = np.arange(len(lengths))
+    if pooling in ("", "last"):
+        return logits[rows, lengths - 1]
+    real = (np.arange(logits.shape[1])[None, :] < lengths[:, None])[:, :, None]  # (B, T, 1)
+    if pooling == "mean":
+        return (logits * real).sum(1) / lengths[:, None]
+    return np.where(real, logits, -np.inf).max(1)
+
+
 def sentiment_metrics(model: OrtBundle, examples: list[tuple[str, int]]) -> dict[str, float]:
-    """Accuracy, macro F1 and cross-entropy of the label after each text's last token."""
+    """Accuracy, macro F1 and cross-entropy of each text's label (pooled as the model was)."""
     encoded = [(model.tokenizer.encode(t).ids[:SENTIMENT_MAX_TOKENS], y) for t, y in examples]
     encoded = [(ids, y) for ids, y in encoded if ids]
     labels, predictions, nats = [], [], 0.0
     for chunk in _batches(encoded):
         tokens = _pad([ids for ids, _ in chunk])
         out = model.run("classifier_step", {"tokens": tokens, **model.zero_state(len(chunk))})
-        last = np.array([len(ids) - 1 for ids, _ in chunk])
-        logp = log_softmax(out["logits"][np.arange(len(chunk)), last])  # (B, C)
+        lengths = np.array([len(ids) for ids, _ in chunk])
+        logp = log_softmax(pool(out["logits"], lengths, model.manifest.pooling))  # (B, C)
         gold = [y for _, y in chunk]
         nats -= float(logp[np.arange(len(chunk)), gold].sum())
         labels += gold

@@ -177,6 +177,7 @@ def build_manifest(checkpoint: dict[str, Any], name: str) -> bundle_pb2.BundleMa
         special_tokens=bundle_pb2.SpecialTokens(pad_id=0, unk_id=1, bos_id=2, eos_id=3),
         tokenizer_file="tokenizer.json",
         labels=checkpoint["labels"],
+        pooling=cfg.get("pooling", ""),
         versions=bundle_pb2.ExportVersions(
             torch=torch.__version__, onnx=onnx.__version__, onnxruntime=ort.__version__
         ),

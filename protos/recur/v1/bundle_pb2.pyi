@@ -525,6 +525,7 @@ class BundleManifest(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     QUANTIZATION_FIELD_NUMBER: _builtins.int
+    POOLING_FIELD_NUMBER: _builtins.int
     format_version: _builtins.int
     """The bundle format; the service refuses versions it does not know."""
     name: _builtins.str
@@ -539,6 +540,10 @@ class BundleManifest(_message.Message):
     """The Hugging Face `tokenizers` file, relative to the bundle directory."""
     created_at: _builtins.str
     """When the bundle was written, RFC 3339 UTC."""
+    pooling: _builtins.str
+    """Sentiment: how a text's label pools the per-token logits of `classifier_step` over the tokens
+    read so far: "last" (the latest logits), "mean" or "max" (per class); empty means "last".
+    """
     @_builtins.property
     def sizes(self) -> Global___ModelSizes:
         """Model dimensions."""
@@ -594,10 +599,11 @@ class BundleManifest(_message.Message):
         sha256: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _builtins.str = ...,
         quantization: Global___QuantizationReport | None = ...,
+        pooling: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quantization", b"quantization", "sizes", b"sizes", "special_tokens", b"special_tokens", "training", b"training", "versions", b"versions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "created_at", b"created_at", "format_version", b"format_version", "graphs", b"graphs", "labels", b"labels", "name", b"name", "quantization", b"quantization", "sha256", b"sha256", "sizes", b"sizes", "special_tokens", b"special_tokens", "state", b"state", "task", b"task", "tokenizer_file", b"tokenizer_file", "training", b"training", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "created_at", b"created_at", "format_version", b"format_version", "graphs", b"graphs", "labels", b"labels", "name", b"name", "pooling", b"pooling", "quantization", b"quantization", "sha256", b"sha256", "sizes", b"sizes", "special_tokens", b"special_tokens", "state", b"state", "task", b"task", "tokenizer_file", b"tokenizer_file", "training", b"training", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
