@@ -101,6 +101,11 @@ def verify(path: Path) -> Bundle:
     return Bundle(path=path, manifest=manifest)
 
 
+def is_version(text: str) -> bool:
+    """A version number: ASCII digits only (str.isdigit alone admits "²", which int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def discover(root: Path) -> list[Path]:
     """Every `<root>/<name>/<version>/` directory whose version is a number, sorted."""
     if not root.is_dir():
@@ -110,6 +115,6 @@ def discover(root: Path) -> list[Path]:
         for model in sorted(root.iterdir())
         if model.is_dir() and not model.name.startswith(".")
         for version in model.iterdir()
-        if version.is_dir() and version.name.isdigit()
+        if version.is_dir() and is_version(version.name)
     ]
     return sorted(found, key=lambda p: (p.parent.name, int(p.name)))

@@ -11,7 +11,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from protos.recur.v1 import bundle_pb2
-from services.bundle import Bundle, discover, verify
+from services.bundle import Bundle, discover, is_version, verify
 from services.errors import BundleError, ModelNotFound
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class ModelRegistry:
         """The model a request asked for (`name`, `name@version`, or the task's default)."""
         name, _, version = name.partition("@")
         if version:
-            model = self.models.get((name, int(version))) if version.isdigit() else None
+            model = self.models.get((name, int(version))) if is_version(version) else None
             if model is None:
                 versions = sorted(v for n, v in self.models if n == name)
                 raise ModelNotFound(f"model {name!r} has no loaded version {version!r} "
