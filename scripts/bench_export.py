@@ -176,13 +176,8 @@ HEADER = (
 )
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> None:
-    """Grouped bars of the speedup per cell, one group per (graph, batch)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw(results: list[dict[str, Any]], plt: Any) -> Any:
+    """Grouped bars of the speedup per cell, one group per (graph, batch); the figure."""
     groups = sorted({(r["graph"], r["batch"]) for r in results})
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
     width = 0.8 / len({r["cell"] for r in results})
@@ -198,8 +193,35 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("One step, one thread: ONNX Runtime speedup over PyTorch eager")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = draw(results, plt)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark; the report: machine, settings, summary (the target) and results."""
+    print(HEADER)
+    results = run(args)
+    batch_1 = [r for r in results if r["batch"] == 1]
+    met = all(r["speedup"] >= TARGET_SPEEDUP_AT_BATCH_1 for r in batch_1)
+    summary = {
+        "target": f"ONNX Runtime >= {TARGET_SPEEDUP_AT_BATCH_1:g}x faster than PyTorch at batch 1",
+        "target_met": met,
+        "min_speedup_at_batch_1": min(r["speedup"] for r in batch_1),
+    }
+    settings = {"torch_threads": 1, "ort_intra_op_threads": 1, "ort_inter_op_threads": 1}
+    settings |= {"repeats": args.repeats, "warmup": args.warmup, "quick": args.quick}
+    settings |= {"cells": args.cells, "batches": list(BATCHES)}
+    return {"machine": machine(), "settings": settings, "summary": summary, "results": results}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -216,20 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.repeats = args.repeats or (100 if args.quick else 1000)
     args.warmup = args.warmup or (20 if args.quick else 100)
-    print(HEADER)
-    results = run(args)
-    batch_1 = [r for r in results if r["batch"] == 1]
-    met = all(r["speedup"] >= TARGET_SPEEDUP_AT_BATCH_1 for r in batch_1)
-    summary = {
-        "target": f"ONNX Runtime >= {TARGET_SPEEDUP_AT_BATCH_1:g}x faster than PyTorch at batch 1",
-        "target_met": met,
-        "min_speedup_at_batch_1": min(r["speedup"] for r in batch_1),
-    }
-    settings = {"torch_threads": 1, "ort_intra_op_threads": 1, "ort_inter_op_threads": 1}
-    settings |= {"repeats": args.repeats, "warmup": args.warmup, "quick": args.quick}
-    settings |= {"cells": args.cells, "batches": list(BATCHES)}
+    report = measure(args)
+    summary, results = report["summary"], report["results"]
+    met = summary["target_met"]
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine(), "settings": settings, "summary": summary, "results": results}
     (args.out / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(results, args.out / "export.png")
     print(
