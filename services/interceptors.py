@@ -66,6 +66,48 @@ def current_call() -> CallInfo:
     return CALL_INFO.get(CallInfo(rpc=""))
 
 
+class _Undecodable:
+    """What a request deserializes to when its bytes are not a valid message (broken wire
+    format, bad UTF-8): the call then fails with INVALID_ARGUMENT, not with gRPC's UNKNOWN
+    carrying the parser's exception."""
+
+    def __init__(self, problem: InvalidArgument) -> None:
+        self.problem = problem
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+    message = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+    name = message.full_name if message is not None else "request"
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception as error:  # protobuf's DecodeError
+            reason = str(error).rsplit(": ", 1)[-1]
+            return _Undecodable(InvalidArgument("request", f"is not a valid {name}: {reason}"))
+
+    return parse
+
+
+def _decoded(request: Any) -> Any:
+    """`request` itself, or for a client stream an iterator of its decoded messages; raises
+    InvalidArgument where a message did not decode."""
+    if isinstance(request, _Undecodable):
+        raise request.problem
+    if hasattr(request, "__aiter__"):
+        return _decoded_stream(request)
+    return request
+
+
+async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.problem
+        yield request
+
+
 def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     for kind, code in _CODES.items():
         if isinstance(error, kind):
@@ -100,19 +142,19 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(rpc, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
                 self._wrap_stream(rpc, handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(rpc, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -145,6 +187,7 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 self._authenticate(context)
+                request = _decoded(request)
                 with self.admission.admit():
                     async for response in behavior(request, context):
                         yield response
@@ -168,7 +211,7 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 self._authenticate(context)
-                return await behavior(request, context)
+                return await behavior(_decoded(request), context)
             except Exception as error:
                 code = status_for(error)[0]
                 await self._abort(context, error)
