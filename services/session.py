@@ -6,6 +6,9 @@ restores the last of them into its slot and steps only the new tokens, so typing
 character costs one model step however long the text is. A newer message abandons the
 suggestion being generated for older text (FINISH_REASON_SUPERSEDED), and a session with no
 message for `ttl` seconds ends with DEADLINE_EXCEEDED, giving its slot and snapshots back.
+At most `BACKLOG` messages wait to be answered: beyond them the server stops reading the
+client (HTTP/2 flow control then holds the writer back), so a client that writes and never
+reads cannot make the server buffer without bound.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from services.model import Arrays, LoadedModel
 from services.requests import CompleteParams
 from services.runtime import Runtime, pump
 from services.slots import SlotPool
+
+BACKLOG = 32  # client messages read ahead of the one being answered
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ async def _session(
     max_chars: int,
     ttl: float,
 ) -> AsyncIterator[tuple[int, Event]]:
-    queue: asyncio.Queue[SessionInput | BaseException | None] = asyncio.Queue()
+    queue: asyncio.Queue[SessionInput | BaseException | None] = asyncio.Queue(BACKLOG)
     received = 0  # client messages read so far
 
     async def read() -> None:
