@@ -27,6 +27,7 @@ the answers of a session depend on everything sent on it.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -100,8 +101,14 @@ class Session:
         request.model = self._model
         request.max_tokens = self._max_tokens
         request.num_suggestions = self._num_suggestions
-        with recur_errors():
-            await self._call.write(request)
+        try:
+            with recur_errors():
+                await self._call.write(request)
+        except asyncio.InvalidStateError:
+            if not self._call.done():
+                raise  # written after close(): the caller's mistake, said as grpc says it
+            # The server already ended the session (refused it, expired it, drained): say why.
+            raise RecurError(await self._call.code(), await self._call.details() or "") from None
 
 
 class RecurClient:

@@ -24,6 +24,7 @@ import grpc
 import pytest
 from grpc import aio
 
+from clients.sdk import RecurClient, RecurError, RetryPolicy
 from protos.recur.v1 import inference_pb2 as pb
 from protos.recur.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import Server, start_server, stop_server
@@ -240,3 +241,29 @@ def test_a_message_over_the_size_limit_is_refused_without_harming_other_streams(
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len(reasons) == 2 and set(reasons) <= {"FINISH_REASON_LENGTH", "FINISH_REASON_STOP"}
     assert gauge_sum(limited.metrics_url, "recur_streams_active") == 0
+
+
+def test_a_refused_session_says_why_through_the_sdk(limited: Server) -> None:
+    """A session opened while the server is full: the SDK's `send_text` raises RecurError with
+    RESOURCE_EXHAUSTED (it raised asyncio.InvalidStateError once the call had ended)."""
+
+    async def go() -> tuple[str, str]:
+        async with aio.insecure_channel(limited.target) as channel:
+            holders = [pb_grpc.AutocompleteServiceStub(channel).Session() for _ in range(LIMIT)]
+            for holder in holders:  # every place taken, each by a session in flight
+                await holder.write(pb.SessionRequest(text="how", max_tokens=2))
+                while (await holder.read()).WhichOneof("event") != "final":
+                    pass
+            async with RecurClient(limited.target, retry=RetryPolicy(max_attempts=1)) as client:
+                session = client.session(max_tokens=2)
+                await asyncio.sleep(0.5)  # the refusal arrives before anything is sent
+                with pytest.raises(RecurError) as sending:
+                    await session.send_text("how")
+                with pytest.raises(RecurError) as reading:
+                    [event async for event in session]
+            for holder in holders:
+                holder.cancel()
+        return sending.value.code.name, reading.value.code.name
+
+    assert asyncio.run(go()) == ("RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED")
+    assert wait_for_gauge(limited.metrics_url, "recur_streams_active", 0) == 0
