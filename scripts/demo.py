@@ -63,12 +63,12 @@ def start_server() -> tuple[subprocess.Popen[str], str, str]:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     assert server.stdout is not None
-    deadline = time.monotonic() + 60
+    deadline, found = time.monotonic() + 60, None
     for line in server.stdout:
         print(line, end="", flush=True)
-        match = re.search(r"listening on ([\d.]+):(\d+), metrics (\S+)", line)
-        if match:
-            return server, f"{match.group(1)}:{match.group(2)}", match.group(3)
+        found = found or re.search(r"listening on ([\d.]+):(\d+), metrics ([^\s,]+)", line)
+        if found and line.startswith("recur-serve: ready"):  # models loaded and warmed
+            return server, f"{found.group(1)}:{found.group(2)}", found.group(3)
         if time.monotonic() > deadline:
             break
     server.kill()
