@@ -7,7 +7,8 @@ since one RNN step is well under a millisecond.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -117,12 +118,21 @@ class ServerMetrics:
         self.slots_used.labels(*labels).set(runtime.pool.used / runtime.pool.capacity)
         self.waiting.labels(*labels).set(runtime.scheduler.waiting)
 
+    @contextmanager
+    def streaming(self, info: CallInfo) -> Iterator[None]:
+        """Count the call in `recur_streams_active` while the block runs."""
+        gauge = self.active.labels(info.model, info.version, info.task)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+
     async def observe(self, events: AsyncIterator[Event], info: CallInfo) -> AsyncIterator[Event]:
         """Pass `events` through, timing the first and every following streamed event."""
         labels = (info.model, info.version, info.task, info.rpc)
-        self.active.labels(*labels[:3]).inc()
         last: float | None = None
-        try:
+        with self.streaming(info):
             async for event in events:
                 now = time.perf_counter()
                 if isinstance(event, TokenEvent | RunningLabel):
@@ -135,5 +145,3 @@ class ServerMetrics:
                     self.ttft.labels(*labels).observe(event.time_to_first_token_seconds)
                     self.input_tokens.labels(*labels).inc(event.input_tokens)
                 yield event
-        finally:
-            self.active.labels(*labels[:3]).dec()

@@ -198,11 +198,12 @@ class Servicers(
             max_chars=self.limits.max_input_chars,
             ttl=self.session_ttl,
         )
-        async for revision, event in answers:
-            if isinstance(event, TokenEvent):
-                yield pb.SessionResponse(revision=revision, token=token(event))
-            elif isinstance(event, Finished):
-                yield pb.SessionResponse(revision=revision, final=complete_final(event))
+        with self.metrics.streaming(current_call()):  # an open session is a stream in progress
+            async for revision, event in answers:
+                if isinstance(event, TokenEvent):
+                    yield pb.SessionResponse(revision=revision, token=token(event))
+                elif isinstance(event, Finished):
+                    yield pb.SessionResponse(revision=revision, final=complete_final(event))
 
     def _session_input(self, request: pb.SessionRequest) -> SessionInput:
         arrived = time.perf_counter()
