@@ -82,6 +82,10 @@ def verify(path: Path) -> Bundle:
             f"{path}: files not in the manifest {sorted(on_disk - listed)}, "
             f"missing files {sorted(listed - on_disk)}"
         )
+    inside = path.resolve()
+    for name in sorted(listed):  # a link may not lead out (the names themselves are plain)
+        if (path / name).resolve().parent != inside:
+            raise BundleError(f"{path / name}: resolves outside its bundle directory")
     for name, expected in sorted(manifest.sha256.items()):
         actual = _sha256(path / name)
         if actual != expected:
@@ -99,6 +103,16 @@ def verify(path: Path) -> Bundle:
             f"{path}: a {task} bundle needs graphs {sorted(GRAPHS[task])} and a tokenizer"
         )
     return Bundle(path=path, manifest=manifest)
+
+
+def read_verified(bundle: Bundle, name: str) -> bytes:
+    """The bytes of one of the bundle's files, checked against the manifest as they are read, so
+    what ONNX Runtime or the tokenizer parses is what was verified, even if the file changed
+    after `verify`."""
+    data = (bundle.path / name).read_bytes()
+    if hashlib.sha256(data).hexdigest() != bundle.manifest.sha256.get(name):
+        raise BundleError(f"{bundle.path / name}: sha256 changed after verification")
+    return data
 
 
 def is_version(text: str) -> bool:

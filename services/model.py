@@ -11,7 +11,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from protos.recur.v1 import bundle_pb2
-from services.bundle import Bundle, discover, is_version, verify
+from services.bundle import Bundle, discover, is_version, read_verified, verify
 from services.errors import BundleError, ModelNotFound
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,13 @@ class LoadedModel:
         self.files = {graph.role: graph_file(graph, graphs) for graph in manifest.graphs}
         self.sessions = {
             role: ort.InferenceSession(
-                str(bundle.path / file), options, providers=["CPUExecutionProvider"]
+                read_verified(bundle, file), options, providers=["CPUExecutionProvider"]
             )
             for role, file in self.files.items()
         }
         self.outputs = {g.role: [t.name for t in g.outputs] for g in manifest.graphs}
-        self.tokenizer = Tokenizer.from_file(str(bundle.path / manifest.tokenizer_file))
+        tokenizer = read_verified(bundle, manifest.tokenizer_file).decode("utf-8")
+        self.tokenizer = Tokenizer.from_str(tokenizer)
 
     def zero_state(self, batch: int) -> Arrays:
         """The initial recurrent state for `batch` streams, keyed by graph input name."""
