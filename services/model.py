@@ -45,15 +45,20 @@ class LoadedModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self.files = {graph.role: graph_file(graph, graphs) for graph in manifest.graphs}
-        self.sessions = {
-            role: ort.InferenceSession(
-                read_verified(bundle, file), options, providers=["CPUExecutionProvider"]
-            )
-            for role, file in self.files.items()
-        }
+        try:
+            self.sessions = {
+                role: ort.InferenceSession(
+                    read_verified(bundle, file), options, providers=["CPUExecutionProvider"]
+                )
+                for role, file in self.files.items()
+            }
+            tokenizer = read_verified(bundle, manifest.tokenizer_file).decode("utf-8")
+            self.tokenizer = Tokenizer.from_str(tokenizer)
+        except BundleError:
+            raise
+        except Exception as e:  # verified files that ONNX Runtime or the tokenizer cannot parse
+            raise BundleError(f"{bundle.path}: verified but does not load: {e}") from None
         self.outputs = {g.role: [t.name for t in g.outputs] for g in manifest.graphs}
-        tokenizer = read_verified(bundle, manifest.tokenizer_file).decode("utf-8")
-        self.tokenizer = Tokenizer.from_str(tokenizer)
 
     def zero_state(self, batch: int) -> Arrays:
         """The initial recurrent state for `batch` streams, keyed by graph input name."""

@@ -42,7 +42,10 @@ def warm_up(model: LoadedModel) -> None:
 def load(path: Path, threads: int, graphs: str) -> LoadedModel:
     """Verify, load and warm one bundle (blocking)."""
     model = LoadedModel(verify(path), threads=threads, graphs=graphs)
-    warm_up(model)
+    try:
+        warm_up(model)
+    except Exception as e:  # graphs that load but do not run as the manifest says
+        raise BundleError(f"{path}: loads but does not run: {e}") from None
     return model
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import json
 import shutil
 import signal
@@ -319,3 +320,35 @@ def test_versions_come_and_go_under_load_and_a_torn_copy_waits(
     assert load.truncated == 0 and not load.refused, (load, output[-3000:])
     assert set(load.versions) == {1, 2, 3}, load.versions
     assert "refusing bundle" in output and "autocomplete/3" in output
+
+
+def test_a_bundle_that_verifies_but_does_not_load_is_refused_and_the_rest_load(
+    tiny_models: Path, tmp_path: Path
+) -> None:
+    """A manifest whose hashes match garbage (rewritten by hand, or by a broken exporter): ONNX
+    Runtime cannot parse the graph. The scan refuses that version, once, and goes on to load the
+    versions after it; it does not stop the server's start or every later reload."""
+    from services.engine import Engine
+    from services.model import ModelRegistry
+    from services.reload import Reloader
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_models / "autocomplete", repo / "autocomplete")
+    broken = _copy_version(repo, 2)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    for name in manifest["sha256"]:
+        if name.endswith(".onnx"):
+            (broken / name).write_bytes(b"not an onnx graph")
+            manifest["sha256"][name] = hashlib.sha256(b"not an onnx graph").hexdigest()
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    _copy_version(repo, 3)
+
+    async def go() -> tuple[list[int], list[int]]:
+        engine = Engine(ModelRegistry())
+        reloader = Reloader(engine, repo, threads=1)
+        first = [m.version for m in await reloader.scan()]
+        again = [m.version for m in await reloader.scan()]
+        engine.close()
+        return first, again
+
+    assert asyncio.run(go()) == ([1, 3], [])
