@@ -61,8 +61,10 @@ def _line(row: dict[str, Any]) -> str:
     )
 
 
-def profiled(ctx: Context, models: Path, mode: str) -> dict[str, Any]:
-    """A py-spy profile of the server under autocomplete load at concurrency 64."""
+def profiled(
+    ctx: Context, models: Path, mode: str, concurrency: int = PROFILE_CONCURRENCY
+) -> dict[str, Any]:
+    """A py-spy profile of the server (batching `mode`) under autocomplete load."""
     if profile.py_spy() is None:
         return {"error": "py-spy is not installed"}
     seconds = ctx.seconds(5.0, 3.0)
@@ -74,7 +76,7 @@ def profiled(ctx: Context, models: Path, mode: str) -> dict[str, Any]:
             async_start = time.perf_counter()
             spy = profile.start(server.pid, seconds, raw)
             report = serving.load(
-                server.target, "autocomplete", concurrency=PROFILE_CONCURRENCY,
+                server.target, "autocomplete", concurrency=concurrency,
                 duration=seconds, warmup=warm,
             )  # fmt: skip
             spy.wait(timeout=seconds + 30)
@@ -84,8 +86,10 @@ def profiled(ctx: Context, models: Path, mode: str) -> dict[str, Any]:
             return {"error": f"py-spy failed (exit {spy.returncode}); is ptrace allowed?"}
         summary = profile.summarize(raw)
         summary["tokens_per_second_while_sampled"] = report["throughput"]["tokens_per_second"]
+        summary["itl_p50_ms_while_sampled"] = report["latency_ms"]["inter_token"]["p50"]
         summary["seconds"] = time.perf_counter() - async_start
-        print(f"  profile (batching {mode}, c={PROFILE_CONCURRENCY}):", flush=True)
+        summary["concurrency"] = concurrency
+        print(f"  profile (batching {mode}, c={concurrency}):", flush=True)
         print("    " + profile.format_summary(summary).replace("\n", "\n    "), flush=True)
         return summary
 
@@ -158,12 +162,19 @@ def render(data: dict[str, Any]) -> list[str]:
          ("itl_p50_ms", "ITL p50 ms"), ("itl_p99_ms", "ITL p99 ms"),
          ("generator_cpu_utilization", "generator CPU")],
     )  # fmt: skip
+    return lines + render_profiles(data)
+
+
+def render_profiles(data: dict[str, Any]) -> list[str]:
+    """The profiles' shares by category, one list per profile."""
+    lines: list[str] = []
     for mode, summary in data.get("profiles", {}).items():
         if "by_category" not in summary:
             lines += ["", f"Profile (batching {mode}): {summary.get('error')}"]
             continue
-        lines += ["", f"Where the batching-{mode} server's time goes at concurrency 64 "
-                  f"(py-spy, {summary['samples']} samples):", ""]  # fmt: skip
+        lines += ["", f"Where the batching-{mode} server's time goes at concurrency "
+                  f"{summary.get('concurrency', 64)} (py-spy, {summary['samples']} samples):",
+                  ""]  # fmt: skip
         lines += [f"- {share:.1%} {name}" for name, share in summary["by_category"].items()]
     return lines
 

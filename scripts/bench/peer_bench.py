@@ -19,7 +19,7 @@ from typing import Any
 
 from clients.calls import NO_RETRIES, RecurError
 from clients.sdk import RecurClient
-from scripts.bench import serving
+from scripts.bench import batching, serving
 from scripts.bench.common import ROOT, Context, Result, Target, free_port, ratio
 from scripts.bench.models import bench_models, bundle_for
 
@@ -130,6 +130,7 @@ def run(ctx: Context) -> Result:
         answers["recur"] = {t: asyncio.run(_answers(server.target, serving.payloads(t), t))
                             for t in tasks}  # fmt: skip
         rows = measure(ctx, server.target, "recur", tasks)
+    recur_profile = batching.profiled(ctx, models, "on", concurrency=1)
     with ray_peer(models) as target:
         answers["ray_serve"] = {t: asyncio.run(_answers(target, serving.payloads(t), t))
                                 for t in tasks}  # fmt: skip
@@ -177,7 +178,7 @@ def run(ctx: Context) -> Result:
         },
         rows=rows,
         targets=targets,
-        extra={"same_tokens": same},
+        extra={"same_tokens": same, "profiles": {"on": recur_profile}},
         notes=[f"Recur and Ray Serve streamed the same tokens: {same}"],
     )
 
@@ -185,13 +186,14 @@ def run(ctx: Context) -> Result:
 def render(data: dict[str, Any]) -> list[str]:
     from scripts.bench.report import table
 
-    return table(
+    lines = table(
         data["rows"],
         [("server", "server"), ("task", "task"), ("concurrency", "concurrency"),
          ("tokens_per_second", "tokens/s"), ("ttft_p50_ms", "TTFT p50 ms"),
          ("ttft_p99_ms", "TTFT p99 ms"), ("itl_p50_ms", "ITL p50 ms"),
          ("itl_p99_ms", "ITL p99 ms"), ("generator_cpu_utilization", "generator CPU")],
     )  # fmt: skip
+    return lines + batching.render_profiles(data)
 
 
 def plot(data: dict[str, Any], plt: Any) -> Any:
