@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -136,3 +137,34 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def medians(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per distinct `keys`: the median of every number over its rounds (in order)."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run[k] for k in keys), []).append(run)
+    rows = []
+    for group in groups.values():
+        row = dict(group[0])
+        for name, value in group[0].items():
+            values = [r[name] for r in group if isinstance(r.get(name), int | float)]
+            if isinstance(value, int | float) and name not in keys and len(values) == len(group):
+                row[name] = statistics.median(values)
+        row["rounds"] = len(group)
+        row.pop("round", None)
+        rows.append(row)
+    return rows
+
+
+def paired_ratio(
+    runs: list[dict[str, Any]], field: str, *, by: str, top: Any, bottom: Any, **where: Any
+) -> float:
+    """Median over rounds of `top`'s `field` / `bottom`'s, the two taken in the same round."""
+    chosen = [r for r in runs if all(r[k] == v for k, v in where.items())]
+    rounds = sorted({r["round"] for r in chosen})
+    ratios = []
+    for round_ in rounds:
+        pair = {r[by]: r[field] for r in chosen if r["round"] == round_}
+        ratios.append(pair[top] / pair[bottom])
+    return statistics.median(ratios)
