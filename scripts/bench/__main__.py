@@ -32,6 +32,11 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--duration", type=float, help="measured seconds of every load run (default per scenario)"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: redraw the plots and SUMMARY.md from the JSON files in --out",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         models=args.models.resolve() if args.models else None, duration=args.duration,
     )  # fmt: skip
     ctx.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        return redraw(ctx.out, names)
     mode = "quick" if ctx.quick else "full"
     print(f"bench: {mode} run of {', '.join(names)}; results in {ctx.out}", flush=True)
     started = time.perf_counter()
@@ -67,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"\n== {name} ==", flush=True)
         result = run_one(name, ctx)
+        result.extra["run"] = {"mode": mode, "command": _command(argv)}
         path = write(result, ctx.out)
         data = report.load(path)
         report.plot(name, data, ctx.out / f"{name}.png")
@@ -74,12 +82,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"({result.seconds:.0f} s; {path})", flush=True)
         if result.status == "failed":
             failed.append(name)
-    summary = report.write_summary(ctx.out, mode=mode, argv=sys.argv[1:] if argv is None else argv)
+    summary = report.write_summary(ctx.out, mode=mode, argv=_argv(argv))
     print("\n" + report.targets_table(ctx.out), flush=True)
     print(f"bench: done in {time.perf_counter() - started:.0f} s; wrote {summary}", flush=True)
     if failed:
         print(f"bench: failed scenarios: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _argv(argv: list[str] | None) -> list[str]:
+    return sys.argv[1:] if argv is None else argv
+
+
+def _command(argv: list[str] | None) -> str:
+    return " ".join(["python -m scripts.bench", *_argv(argv)])
+
+
+def redraw(out: Path, names: list[str]) -> int:
+    """Plots and SUMMARY.md again from the scenarios' JSON files (no measurement)."""
+    found = [n for n in names if (out / f"{n}.json").is_file()]
+    for name in found:
+        data = report.load(out / f"{name}.json")
+        if "status" in data:
+            report.plot(name, data, out / f"{name}.png")
+    summary = report.write_summary(out, mode="redrawn", argv=["--report-only"])
+    print(report.targets_table(out))
+    print(f"bench: redrew {len(found)} plots and {summary}")
+    return 0
 
 
 if __name__ == "__main__":

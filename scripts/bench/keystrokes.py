@@ -166,6 +166,6 @@ def plot(data: dict[str, Any], plt: Any) -> Any:
     axis.plot(xs, [r["complete_ms"] for r in data["rows"]], marker="o", label="re-send to Complete")
     axis.set(xlabel="text length (characters)", ylabel="key to first suggestion event (ms)",
              title="Per-keystroke latency (suggestions of up to 8 tokens)")  # fmt: skip
-    axis.set_ylim(bottom=0)
+    axis.set_ylim(0, 2 * max(r["complete_ms"] for r in data["rows"]))
     axis.legend()
     return figure

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -86,10 +87,27 @@ def plot(name: str, data: dict[str, Any], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     figure = draw(data, plt)
-    figure.tight_layout()
+    figure.text(0.005, 0.005, footer(data), fontsize=6, color="gray")
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def footer(data: dict[str, Any]) -> str:
+    """The machine, versions and settings a figure was measured with, in one line."""
+    machine, versions = data["machine"], data["versions"]
+    libraries = ", ".join(f"{k} {v}" for k, v in versions.items() if v and k != "protobuf")
+    settings = ", ".join(
+        f"{k}={v}"
+        for k, v in data["settings"].items()
+        if isinstance(v, int | float) or (isinstance(v, str) and len(v) < 40)
+    )
+    text = (
+        f"{machine['cpu']}, {machine['usable_cores']} cores, load {machine['load_average'][0]:.1f}"
+        f" | {libraries} | {data['finished_at']} | {settings}"
+    )
+    return textwrap.fill(text, width=170, max_lines=3)
 
 
 def _results(out: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -151,7 +169,11 @@ def write_summary(out: Path, *, mode: str, argv: Sequence[str]) -> Path:
             lines.append(f"| {name} | {t['name']} | {fmt_target(t)} | {t['goal']} | {verdict} |")
     for name, data in results:
         lines += ["", f"## {data['title']}", ""]
-        lines.append(f"`{name}.json`, {data['seconds']:.0f} s, finished {data['finished_at']}.")
+        run = data.get("run", {})
+        how = f" by `{run['command']}` ({run['mode']})" if run else ""
+        lines.append(
+            f"`{name}.json`: {data['seconds']:.0f} s, finished {data['finished_at']}{how}."
+        )
         lines += ["", *render(name, data)]
         if (out / f"{name}.png").is_file() and data["status"] == "ok":
             lines += ["", f"![{name}]({name}.png)"]
