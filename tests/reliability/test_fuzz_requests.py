@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,6 @@ class Fuzzed:
     server: Server
     channel: grpc.Channel
     baseline_rss: int
-    calls: dict[str, int] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module")
