@@ -179,6 +179,14 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+def ray_env() -> dict[str, str]:
+    """Environment for `ray.init` in the benchmark: the repository importable by workers, and
+    workers at the niceness of every other process. Ray starts its workers at niceness 15, which
+    on a machine shared with other work hands their CPU to everyone else: a comparison of
+    frameworks, not of scheduling priorities, gives Ray's workers the same priority as Recur's."""
+    return {"PYTHONPATH": str(ROOT), "RAY_worker_niceness": "0"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 from clients.calls import NO_RETRIES, RecurError
 from clients.sdk import RecurClient
 from scripts.bench import batching, serving
-from scripts.bench.common import ROOT, Context, Result, Target, free_port
+from scripts.bench.common import Context, Result, Target, free_port, ray_env
 from scripts.bench.models import bench_models, bundle_for
 
 LEVELS = (1, 64)
@@ -54,9 +55,10 @@ def ray_peer(models: Path) -> Iterator[str]:
     from scripts.bench.peer import RecurPeer
 
     port = free_port()
+    os.environ.update(ray_env())  # read by the raylet that ray.init starts (worker niceness)
     ray.init(
         num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        runtime_env={"env_vars": ray_env()},
     )  # fmt: skip
     try:
         serve.start(
@@ -184,6 +186,7 @@ def run(ctx: Context) -> Result:
                 "batch_wait_timeout_s": peer.BATCH_WAIT_TIMEOUT_S,
                 "max_ongoing_requests": peer.MAX_ONGOING_REQUESTS,
                 "ort_intra_op_threads": 1,
+                "worker_niceness": 0,
             },
         },
         rows=rows,

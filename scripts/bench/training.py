@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from scripts.bench.common import ROOT, Context, Result, Target, ratio
+from scripts.bench.common import ROOT, Context, Result, Target, ratio, ray_env
 
 TARGET_OVERHEAD = 0.10
 SETTINGS = {"task": "autocomplete", "cell": "gru", "embed_dim": 64, "hidden_size": 256}
@@ -146,9 +147,10 @@ def ray_cluster() -> Iterator[float]:
     import ray
 
     started = time.perf_counter()
+    os.environ.update(ray_env())  # read by the raylet that ray.init starts (worker niceness)
     ray.init(
         num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+        runtime_env={"env_vars": {**ray_env(), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
     )  # fmt: skip
     try:
         yield time.perf_counter() - started
@@ -207,6 +209,7 @@ def run(ctx: Context) -> Result:
             "batch_size_per_worker": cfg.batch_size,
             "torch_threads_per_worker": 1,
             "ray_num_cpus": 2,
+            "ray_worker_niceness": 0,
             "checkpoints": "not written",
         },
         rows=rows,
