@@ -120,6 +120,7 @@ class Engine:
         self.observe = observe
         self.on_slots = on_slots
         self.ready = True  # False while the server loads and warms its models
+        self.closing = False  # True once the server drains: new streams are refused
         self._runtimes: dict[LoadedModel, Runtime] = {}
 
     def runtime(self, model: LoadedModel) -> Runtime:
@@ -136,6 +137,8 @@ class Engine:
     def resolve(self, name: str, task: str) -> LoadedModel:
         if not self.ready:
             raise Unavailable("the server is still loading its models; retry shortly")
+        if self.closing:
+            raise Unavailable("the server is shutting down; retry (another replica)")
         return self.registry.resolve(name, task)
 
     def close(self) -> None:

@@ -38,6 +38,7 @@ from services.runtime import EngineConfig
 from services.servicers import Servicers
 
 log = logging.getLogger("recur.serve")
+DRAIN_NOTICE_SECONDS = 1.0  # NOT_SERVING and refusing new streams before gRPC stops listening
 SERVICES = {
     "translation": "recur.v1.TranslationService",
     "sentiment": "recur.v1.SentimentService",
@@ -170,9 +171,18 @@ def model_changed(metrics: ServerMetrics, model: LoadedModel, *, loaded: bool) -
 
 
 async def drain(running: Running, grace: float) -> None:
-    """Stop accepting calls and give streams in flight `grace` seconds to finish."""
+    """Stop accepting calls and give streams in flight `grace` seconds to finish.
+
+    For the first `DRAIN_NOTICE_SECONDS` (at most half the grace) the server still listens:
+    health says NOT_SERVING and new streams are refused UNAVAILABLE, which clients retry
+    elsewhere. Only then does gRPC stop listening; a call that reaches it at that instant can
+    be CANCELLED before it starts, and probes that saw NOT_SERVING have stopped calling by then.
+    """
     await running.health.enter_graceful_shutdown()
-    await running.server.stop(grace)
+    running.engine.closing = True
+    notice = min(DRAIN_NOTICE_SECONDS, grace / 2)
+    await asyncio.sleep(notice)
+    await running.server.stop(grace - notice)
     if running.probes is not None:
         await running.probes.stop(0)
     running.engine.close()
