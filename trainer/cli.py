@@ -126,12 +126,12 @@ def run(cfg: TrainConfig) -> Path | None:
     if cfg.workers == 0 or cfg.dry_run:
         device = torch.device("cuda" if cfg.use_gpu else "cpu")
         last, best = run_dir / "last.pt", run_dir / "best.pt"
-        resume = torch.load(last, weights_only=False)["resume"] if last.is_file() else None
+        resume = torch.load(last, weights_only=True)["resume"] if last.is_file() else None
         report = partial(save_each_epoch, last)
         train_loop(task, data, cfg, device=device, report=report, resume=resume)
-        latest = torch.load(last, weights_only=False)
+        latest = torch.load(last, weights_only=True)
         # best.pt spans every launch of the run (a relaunch of a finished one trains nothing).
-        checkpoint = torch.load(best, weights_only=False) if best.is_file() else latest
+        checkpoint = torch.load(best, weights_only=True) if best.is_file() else latest
     else:
         from trainer.ray_job import train_with_ray
 
@@ -177,6 +177,10 @@ def main(argv: list[str] | None = None) -> None:
         run(cfg)
     except (DataError, ExportError) as e:
         print(f"recur-train: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as e:  # a full disk, a read-only or vanished run directory
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"recur-train: error: {where}{e.strerror or e}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

@@ -288,5 +288,5 @@ def export_checkpoint(
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by the trainer (`checkpoint.pt`)."""
-    result: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    result: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     return result

@@ -68,7 +68,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     if (latest := ray.train.get_checkpoint()) is not None:  # a relaunch or a restarted worker
         with latest.as_directory() as directory:
             resume = torch.load(
-                Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False
+                Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
             )["resume"]
     train_loop(
         task,
@@ -87,7 +87,7 @@ def _train_worker(config: dict[str, Any]) -> None:
 def _load(checkpoint: Checkpoint) -> dict[str, Any]:
     with checkpoint.as_directory() as directory:
         loaded: dict[str, Any] = torch.load(
-            Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False
+            Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
         )
     return loaded
 

@@ -188,15 +188,7 @@ def _unsafe_calls(source: str) -> list[str]:
         "services",
         "clients",
         "scripts",
-        pytest.param(
-            "trainer",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the trainer loads checkpoints with torch.load(weights_only=False): "
-                "recur-export --checkpoint, a relaunch's last.pt/best.pt and Ray's restored "
-                "checkpoints run any pickle they are given (trainer/ is someone else's change)",
-            ),
-        ),
+        "trainer",
     ],
 )
 def test_nothing_a_user_supplies_is_unpickled(package: str) -> None:

@@ -143,12 +143,6 @@ def test_messy_data_trains_and_counts_every_bad_line(
     assert "6 malformed lines skipped" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="recur-train catches only DataError and ExportError: a full disk while writing a "
-    "checkpoint escapes as a Python traceback instead of `recur-train: error: <path>: No space "
-    "left on device` (trainer/cli.py main; trainer/ is someone else's change)",
-)
 def test_a_full_disk_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The checkpoint's temporary file is /dev/full, where every write fails with ENOSPC."""
     run = tmp_path / "runs" / "full"
