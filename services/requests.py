@@ -17,6 +17,7 @@ class TranslateParams:
         beam_size: 1 is greedy; more keeps that many hypotheses and streams the best at the end.
         length_penalty: GNMT's alpha; 0 ranks beams by total log-probability.
         include_attention: Stream each step's attention over the source (greedy only).
+        cap: The server's --max-tokens-limit, which a length derived from the source obeys too.
     """
 
     max_tokens: int = 0
@@ -24,9 +25,11 @@ class TranslateParams:
     beam_size: int = 1
     length_penalty: float = 0.0
     include_attention: bool = False
+    cap: int = 0  # 0: none
 
     def limit(self, source_tokens: int) -> int:
-        return self.max_tokens or int(self.max_length_ratio * source_tokens) + 10
+        derived = self.max_tokens or int(self.max_length_ratio * source_tokens) + 10
+        return min(derived, self.cap) if self.cap else derived
 
 
 @dataclass(frozen=True)

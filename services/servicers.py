@@ -103,6 +103,7 @@ class Servicers(
             beam_size=validation.beam_size(request.beam_size, self.limits),
             length_penalty=validation.in_range("length_penalty", request.length_penalty, 0, 2),
             include_attention=request.include_attention,
+            cap=self.limits.max_tokens_limit,
         )
         model = self._model(request.model, "translation")
         events = self.engine.translate(model, text, params, arrived=arrived)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from services.decoding import BeamSearch, Sampler, SamplingParams, length_penalty, log_softmax
+from services.requests import TranslateParams
 
 EOS = 0
 
@@ -138,3 +139,17 @@ def test_sampling_follows_the_distribution() -> None:
         [sampler.choose(np.log(probabilities))[0] for _ in range(4000)], minlength=3
     )
     assert counts / counts.sum() == pytest.approx(probabilities, abs=0.03)
+
+
+@pytest.mark.parametrize(
+    ("params", "source", "expected", "reason"),
+    [
+        (TranslateParams(), 7, 24, "2 x source + 10"),
+        (TranslateParams(max_length_ratio=10.0, cap=512), 2000, 512, "derived length capped"),
+        (TranslateParams(max_tokens=30, cap=512), 2000, 30, "explicit max_tokens"),
+    ],
+)
+def test_translation_length_limit(
+    params: TranslateParams, source: int, expected: int, reason: str
+) -> None:
+    assert params.limit(source) == expected, reason
