@@ -8,7 +8,7 @@ DEV_STAMP     := $(VENV)/.setup-dev
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup setup-dev demo test test-slow bench lint format protos clean
+.PHONY: setup setup-dev demo test test-slow bench lint format protos clean audit
 
 # Idempotent: reruns only when the dependency files change. Exact versions come from constraints.txt.
 # `setup` is what the demo runs (train + serve + client + plots); `setup-dev` adds the test and
@@ -40,6 +40,9 @@ test-slow: setup-dev
 bench: setup-dev
 	$(PIP) -e '.[bench]'
 	$(PY) -m scripts.bench $(if $(filter-out 0,$(QUICK)),--quick) $(if $(filter-out 0,$(GPU)),--gpu) $(BENCH_ARGS)
+
+audit: setup-dev
+	scripts/audit.sh
 
 lint: setup-dev
 	$(VENV)/bin/ruff check .
