@@ -4,6 +4,7 @@ and the plaintext health port that Kubernetes probes use when TLS is on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 from collections.abc import Callable, Iterator
@@ -34,6 +35,17 @@ async def _drain(call: Any) -> None:
         pass
 
 
+async def _session(channel: aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+    """Write from this task, not from a request iterator: when the server refuses the call
+    before reading, gRPC's iterator-consuming task can turn the status into INTERNAL on the
+    client (grpc/grpc#36066); a plain write just fails and the read reports the real status."""
+    call = pb_grpc.AutocompleteServiceStub(channel).Session(metadata=metadata)
+    with contextlib.suppress(aio.AioRpcError, asyncio.InvalidStateError):
+        await call.write(pb.SessionRequest(text="how", max_tokens=2))
+        await call.done_writing()
+    await _drain(call)
+
+
 CALLS: dict[str, Call] = {
     "Translate": lambda ch, md: _drain(
         pb_grpc.TranslationServiceStub(ch).Translate(pb.TranslateRequest(text="a dog"), metadata=md)
@@ -46,11 +58,7 @@ CALLS: dict[str, Call] = {
             pb.CompleteRequest(text="how", max_tokens=2), metadata=md
         )
     ),
-    "Session": lambda ch, md: _drain(
-        pb_grpc.AutocompleteServiceStub(ch).Session(
-            iter([pb.SessionRequest(text="how", max_tokens=2)]), metadata=md
-        )
-    ),
+    "Session": lambda ch, md: _session(ch, md),
     "ListModels": lambda ch, md: pb_grpc.ModelServiceStub(ch).ListModels(
         pb.ListModelsRequest(), metadata=md
     ),
