@@ -87,7 +87,7 @@ class TypedText:
             out = await self.runtime.step("lm_step", self.slots, feeds)
             self.ids.append(token)
             self.snapshots.append(self.pool.read(self.slots))
-            self.logits.append(out["logits"][0, -1])
+            self.logits.append(out["logits"][0, -1].copy())  # not a view: frees the batch output
         return len(ids) - keep
 
     @property
