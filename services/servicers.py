@@ -154,11 +154,7 @@ class Servicers(
             ),
             sampling=validation.sampling(request.temperature, request.top_k, request.top_p, seed),
             stop=validation.stop_strings(list(request.stop)),
-            suggestions=validation.beam_size(
-                request.num_suggestions, self.limits, field="num_suggestions"
-            )
-            if request.num_suggestions
-            else 0,
+            suggestions=validation.suggestions(request.num_suggestions, self.limits),
         )
         model = self._model(request.model, "autocomplete")
         events = self.engine.complete(model, text, params, arrived=arrived)
@@ -178,11 +174,7 @@ class Servicers(
             max_tokens=validation.max_tokens(
                 first.max_tokens, self.limits, default=self.default_max_tokens
             ),
-            suggestions=validation.beam_size(
-                first.num_suggestions, self.limits, field="num_suggestions"
-            )
-            if first.num_suggestions
-            else 0,
+            suggestions=validation.suggestions(first.num_suggestions, self.limits),
         )
         model = self._model(first.model, "autocomplete")
 

@@ -63,6 +63,11 @@ def beam_size(value: int, limits: Limits, *, field: str = "beam_size") -> int:
     return max(value, 1)
 
 
+def suggestions(value: int, limits: Limits) -> int:
+    """0 asks for none; otherwise a beam width of at most `max_beam_size`."""
+    return beam_size(value, limits, field="num_suggestions") if value else 0
+
+
 def sampling(temperature: float, top_k: int, top_p: float, seed: int | None) -> SamplingParams:
     in_range("temperature", temperature, 0.0, 5.0)
     in_range("top_p", top_p, 0.0, 1.0)
