@@ -7,8 +7,7 @@ the batches already taken; the TBPTT chunks are sliced from the position on.
 from __future__ import annotations
 
 import itertools
-from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -19,17 +18,7 @@ from trainer.config import TrainConfig
 from trainer.resume import EpochSampler
 from trainer.tasks import Task, TaskData
 from trainer.tasks.base import unwrap
-from trainer.tbptt import TruncatedBPTT, chunks, num_chunks, rank_rows
-
-
-def token_stream(examples: Sequence[Any]) -> torch.Tensor:
-    """Every example's ids, concatenated, as one int64 tensor (8 bytes a token, not a list)."""
-    stream = array("q")
-    for example in examples:
-        stream.extend(example)
-    return (
-        torch.frombuffer(stream, dtype=torch.long) if stream else torch.zeros(0, dtype=torch.long)
-    )
+from trainer.tbptt import TruncatedBPTT, chunks, num_chunks, rank_rows, token_stream
 
 
 def training_batches(

@@ -88,13 +88,37 @@ def save_each_epoch(path: Path, metrics: dict[str, float], checkpoint: Any) -> N
         atomic_save(checkpoint, path.with_name("best.pt"))
 
 
-def write_run_artifacts(checkpoint: dict[str, Any], run_dir: Path) -> None:
-    """metrics.json (per-epoch metrics, gradient flow) and their PNG plots in the run directory,
-    from the last epoch's checkpoint (which holds the whole history)."""
+def evaluate_test(task: Any, test: Any, checkpoint: dict[str, Any]) -> dict[str, float]:
+    """`--test` metrics (`test_*`) of the best checkpoint's model, on the CPU, printed."""
+    from trainer.export import rebuild_model
+
+    model = rebuild_model(checkpoint).eval()
+    started = time.perf_counter()
+    metrics = {
+        f"test_{k.removeprefix('valid_')}": v
+        for k, v in task.evaluate(model, test).items()
+        if k.startswith("valid_")
+    }
+    shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    print(f"[{task.name}] test ({len(test.valid):,} examples, best epoch "
+          f"{checkpoint.get('epochs', 0)}, {time.perf_counter() - started:.0f} s): {shown}",
+          flush=True)  # fmt: skip
+    return metrics
+
+
+def write_run_artifacts(
+    checkpoint: dict[str, Any], run_dir: Path, *, test: dict[str, float] | None = None
+) -> None:
+    """metrics.json (per-epoch metrics, gradient flow, test metrics of the best model) and their
+    PNG plots in the run directory, from the last epoch's checkpoint (which holds the whole
+    history)."""
     from trainer import plots
 
     history, flows = checkpoint.get("history", []), checkpoint.get("gradient_flow", [])
     record = {"history": history, "gradient_flow": flows, "data": checkpoint.get("data_report", [])}
+    tested = {k: v for k, v in (test or {}).items() if k.startswith("test_")}
+    if tested:
+        record["test"] = tested
     (run_dir / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
     title = f"{checkpoint['task']} ({checkpoint['model_config']['cell']})"
     if history:
@@ -137,8 +161,10 @@ def run(cfg: TrainConfig) -> Path | None:
 
         tokenizer = data.tokenizer.to_str()
         checkpoint, latest = train_with_ray(cfg, tokenizer_json=tokenizer, run_name=run_name)
+    if (test := data.test_view()) is not None:
+        checkpoint["metrics"] = {**checkpoint["metrics"], **evaluate_test(task, test, checkpoint)}
     torch.save(checkpoint, run_dir / "checkpoint.pt")  # the best checkpoint, for re-export
-    write_run_artifacts(latest, run_dir)  # the whole run's history
+    write_run_artifacts(latest, run_dir, test=checkpoint["metrics"])  # the whole run's history
     if cfg.dry_run:
         with tempfile.TemporaryDirectory() as tmp:
             bundle = export_checkpoint(checkpoint, out=Path(tmp), name=cfg.model_name)

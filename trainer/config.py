@@ -26,7 +26,7 @@ from typing import Any
 
 TASKS = ("translation", "sentiment", "autocomplete")
 CELLS = ("gru", "lstm", "elman", "elman_relu", "jordan")  # trainer.models.recurrent.CELLS
-TOKENIZERS = ("char", "word", "bpe")  # trainer.data.tokenizer.TOKENIZERS
+TOKENIZERS = ("char", "word", "whitespace", "bpe")  # trainer.data.tokenizer.TOKENIZERS
 ATTENTIONS = ("dot", "general", "additive")  # trainer.models.seq2seq.ATTENTIONS
 POOLINGS = ("last", "mean", "max")  # trainer.models.classifier.POOLINGS
 
@@ -36,7 +36,9 @@ class TrainConfig:
     task: str = "sentiment"
     data: str = "builtin"  # "builtin" (the embedded corpus) or "files" (--train/--valid)
     train: str = ""  # training file(s); translation accepts "a.en,a.de"
-    valid: str = ""  # validation file(s); empty holds out 5% of --train
+    valid: str = ""  # validation file(s), or a share ("10%") or count ("2000") of --train; "": 5%
+    test: str = ""  # test file(s), or a share/count of --train; evaluated once, with the best model
+    carve: str = "random"  # where shares of --train are carved from: random lines, or its end
     cell: str = "gru"
     attention: str = "general"  # translation: dot, general or additive
     input_feeding: bool = False  # translation: the previous attentional vector feeds the decoder
@@ -56,6 +58,7 @@ class TrainConfig:
     momentum: float = 0.9  # sgd and rmsprop
     weight_decay: float = 0.0
     schedule: str = "none"  # none, cosine, plateau
+    plateau_factor: float = 0.5  # plateau: the rate is multiplied by this when validation stalls
     warmup_steps: int = 0
     clip_norm: float = 1.0  # 0: no clipping by norm
     clip_value: float = 0.0  # 0: no clipping by value
@@ -91,8 +94,13 @@ class TrainConfig:
         checks = [
             *self._choices(),
             (self.data != "files" or bool(self.train), "--data files needs --train"),
+            (self.data == "files" or not self.test, "--test applies to --data files"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (
+                0.0 < self.plateau_factor < 1.0,
+                f"--plateau-factor must be in (0, 1), got {self.plateau_factor}",
+            ),
             (self.num_layers >= 1, f"--num-layers must be >= 1, got {self.num_layers}"),
             (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
             *(
@@ -143,6 +151,7 @@ _CHOICES = {
     "optimizer": ("adam", "adamw", "sgd", "rmsprop"),
     "schedule": ("none", "cosine", "plateau"),
     "tokenizer": ("", *TOKENIZERS),
+    "carve": ("random", "end"),
     "attention": ATTENTIONS,
     "pooling": POOLINGS,
 }

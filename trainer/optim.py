@@ -57,7 +57,9 @@ class Schedule:
         self.total_steps = max(total_steps, 1)
         self.base = [group["lr"] for group in optimizer.param_groups]
         self.plateau = (
-            torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=0)
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode=mode, factor=cfg.plateau_factor, patience=0
+            )
             if cfg.schedule == "plateau"
             else None
         )

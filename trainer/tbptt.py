@@ -13,19 +13,42 @@ step do not grow with the length of the text.
 
 State reset rules: the state is zero at the start of every epoch (each epoch re-reads the rows
 from their beginning) and is never reset inside an epoch, not even at `[EOS]`: the model sees
-`[EOS] [BOS]` at every boundary between examples and learns to start afresh there.
+`[EOS] [BOS]` at every boundary between examples and learns to start afresh there. `[BOS]` is
+read but never scored (it always follows `[EOS]`), so the loss counts the tokens a corpus such as
+PTB counts: every word and one end-of-line per line, as pytorch/examples word_language_model.
+
+Validation and test read their text the same way (`stream_loss`): one stream cut into 10 rows,
+`bptt` tokens at a time, the state carried from chunk to chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainer.data.tokenizer import PAD_ID
+from trainer.data.tokenizer import BOS_ID, PAD_ID
 from trainer.models.recurrent import State, detach_hidden
+
+EVAL_ROWS = 10  # rows a validation stream is cut into (word_language_model's eval batch size)
+
+
+def token_stream(examples: Iterable[Sequence[int]]) -> torch.Tensor:
+    """Every example's ids, concatenated, as one int64 tensor (8 bytes a token, not a list)."""
+    stream = array("q")
+    for example in examples:
+        stream.extend(example)
+    return (
+        torch.frombuffer(stream, dtype=torch.long) if stream else torch.zeros(0, dtype=torch.long)
+    )
+
+
+def scored(targets: torch.Tensor) -> torch.Tensor:
+    """`targets` with `[BOS]` (which always follows `[EOS]`) turned into padding: not scored."""
+    return targets.masked_fill(targets == BOS_ID, PAD_ID)
 
 
 def rank_rows(
@@ -79,5 +102,30 @@ class TruncatedBPTT:
             self.state = inner.init_hidden(inputs.size(0), inputs.device)
         state = detach_hidden(self.state)  # the gradient stops at the chunk boundary
         logits, self.state = model(inputs, state)  # (B, T, V)
+        targets = scored(targets)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID)
         return loss, int((targets != PAD_ID).sum())
+
+
+@torch.no_grad()
+def stream_loss(
+    model: nn.Module, stream: torch.Tensor, *, bptt: int, rows: int = EVAL_ROWS
+) -> tuple[float, int, int]:
+    """Summed nats, scored targets and correct argmax predictions of `model` reading `stream`
+    as `rows` rows, `bptt` tokens at a time, the state carried (the tail that does not fill a
+    row is dropped, as in training)."""
+    rows = max(1, min(rows, len(stream) // 2))
+    data = rank_rows(stream, batch_size=rows, rank=0, world_size=1)
+    device = next(model.parameters()).device
+    state = model.init_hidden(rows, device)
+    total, count, correct = 0.0, 0, 0
+    for inputs, targets in chunks(data, bptt):
+        logits, state = model(inputs.to(device), state)
+        targets = scored(targets.to(device))
+        total += F.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID, reduction="sum"
+        ).item()
+        mask = targets != PAD_ID
+        count += int(mask.sum())
+        correct += int(((logits.argmax(2) == targets) & mask).sum())
+    return total, count, correct

@@ -141,7 +141,7 @@ def test_hold_out_is_seeded_and_disjoint(tmp_path: Path) -> None:
     b = files.load_splits("text", path, seed=3, log=None)
     assert list(a.valid) == list(b.valid) and len(a.valid) == 10 and len(a.train) == 190
     assert not set(a.valid) & set(a.train)
-    assert a.description == f"{path} (5% held out) [text lines]"
+    assert a.description == f"{path} | valid: 5% of it (random) [text lines]"
 
 
 def test_splits_log_what_was_skipped(tmp_path: Path) -> None:

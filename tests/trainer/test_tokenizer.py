@@ -104,5 +104,5 @@ def test_bits_per_char_of_a_subword_model_count_characters(tmp_path: Path) -> No
 
 
 def test_unknown_tokenizer_is_refused() -> None:
-    with pytest.raises(ValueError, match="--tokenizer must be one of char, word, bpe"):
+    with pytest.raises(ValueError, match="--tokenizer must be one of char, word, whitespace, bpe"):
         TrainConfig(tokenizer="sentencepiece").validate()

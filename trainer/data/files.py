@@ -15,6 +15,7 @@ usable is left in it, with a message naming it.
 
 from __future__ import annotations
 
+import glob
 import os
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -28,18 +29,20 @@ from trainer.data.formats import Format, detect
 from trainer.data.lines import DataError, LineReport, Malformed, decode, raw_lines, read_line
 
 __all__ = [
+    "ConcatLines",
     "DataError",
     "EncodedDataset",
     "LineDataset",
     "Splits",
+    "carve",
     "load_splits",
     "read_labelled",
     "read_pairs",
     "read_queries",
     "scan",
+    "scan_many",
+    "share",
 ]
-
-HOLD_OUT = 0.05  # share of --train held out for validation when --valid is not given
 
 
 class LineDataset(Sequence[Any]):
@@ -175,35 +178,144 @@ def scan(kind: str, spec: str, *, num_classes: int = 2) -> tuple[LineDataset, Li
 
 @dataclass
 class Splits:
-    """Training and validation examples read from files, and what their scans found."""
+    """Training, validation and (optional) test examples read from files, and what their scans
+    found."""
 
-    train: LineDataset
-    valid: LineDataset
+    train: Examples
+    valid: Examples
     description: str  # for the log and the manifest
     reports: list[LineReport]
+    test: Examples | None = None
 
 
-def _hold_out(dataset: LineDataset, spec: str, seed: int) -> tuple[LineDataset, LineDataset]:
+def share(spec: str) -> int | float | None:
+    """`"2000"` -> 2000 lines, `"10%"` -> 0.1 of the lines; None when `spec` names a file."""
+    text = spec.strip()
+    if text.endswith("%"):
+        try:
+            fraction = float(text[:-1]) / 100
+        except ValueError:
+            return None
+        if not 0 < fraction < 1:
+            raise DataError(f"a share of --train must be between 0% and 100%, got {spec!r}")
+        return fraction
+    return int(text) if text.isdigit() else None
+
+
+def _count(amount: int | float, n: int) -> int:
+    return max(1, int(n * amount)) if isinstance(amount, float) else amount
+
+
+def carve(dataset: Examples, amounts: list[int | float], *, seed: int, at: str = "random",
+          spec: str = "--train") -> tuple[Examples, list[Examples]]:  # fmt: skip
+    """Cut `amounts` (line counts or shares) out of `dataset`: `(rest, [part, ...])`.
+
+    `at="random"` draws the parts' lines with `seed` (the first part first, each in file order);
+    `at="end"` takes them from the end of the file, the first part last (a test split after the
+    validation split, as a time-ordered corpus is split). The same arguments always carve the
+    same lines, so `recur-eval --data held-out` finds a run's split again.
+    """
     n = len(dataset)
-    n_valid = max(1, int(n * HOLD_OUT))
-    if n - n_valid < 1:
-        raise DataError(f"{spec}: {n} usable line(s), too few to hold out a validation split")
-    order = np.random.default_rng(seed).permutation(n)
-    return dataset.select(np.sort(order[n_valid:])), dataset.select(np.sort(order[:n_valid]))
+    counts = [_count(a, n) for a in amounts]
+    if n - sum(counts) < 1:
+        raise DataError(f"{spec}: {n:,} usable line(s), too few to carve out {sum(counts):,}")
+    order = np.arange(n)[::-1] if at == "end" else np.random.default_rng(seed).permutation(n)
+    parts, used = [], 0
+    for count in counts:
+        parts.append(dataset.select(np.sort(order[used : used + count])))
+        used += count
+    return dataset.select(np.sort(order[used:])), parts
 
 
-def load_splits(kind: str, train: str, valid: str = "", *, seed: int = 0, num_classes: int = 2,
+class ConcatLines(Sequence[Any]):
+    """Several scanned files as one dataset (a query log spread over files), read on demand."""
+
+    def __init__(self, parts: list[LineDataset], rows: np.ndarray | None = None) -> None:
+        self.parts = parts
+        self.starts = np.cumsum([0, *(len(p) for p in parts)])
+        self.rows = np.arange(self.starts[-1]) if rows is None else rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        at = int(self.rows[index])
+        part = int(np.searchsorted(self.starts, at, side="right")) - 1
+        return self.parts[part][at - int(self.starts[part])]
+
+    def __iter__(self) -> Iterator[Any]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def select(self, indices: np.ndarray) -> ConcatLines:
+        return ConcatLines(self.parts, self.rows[indices])
+
+    def head(self, n: int) -> ConcatLines:
+        return self.select(np.arange(min(n, len(self))))
+
+
+Examples = LineDataset | ConcatLines
+
+
+def _paths(spec: str) -> list[str]:
+    """The files of a comma-separated list whose items may be glob patterns."""
+    found: list[str] = []
+    for item in (p for p in spec.split(",") if p):
+        matches = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
+        if not matches:
+            raise DataError(f"{item}: the pattern matches no file")
+        found.extend(matches)
+    return found
+
+
+def scan_many(kind: str, spec: str, *, num_classes: int = 2
+              ) -> tuple[Examples, list[LineReport], str]:  # fmt: skip
+    """`scan`, where texts and labelled rows may come from several files (a comma-separated list
+    or glob patterns), each with its own detected layout; translation pairs keep `a.en,a.de`."""
+    paths = _paths(spec)
+    if kind == "pairs" or len(paths) == 1:
+        dataset, report, layout = scan(kind, ",".join(paths), num_classes=num_classes)
+        return dataset, [report], layout
+    scanned = [scan(kind, path, num_classes=num_classes) for path in paths]
+    layouts = sorted({layout for _, _, layout in scanned})
+    return (
+        ConcatLines([dataset for dataset, _, _ in scanned]),
+        [report for _, report, _ in scanned],
+        f"{len(paths)} files: {', '.join(layouts)}",
+    )
+
+
+def load_splits(kind: str, train: str, valid: str = "", test: str = "", *, seed: int = 0,
+                carve_at: str = "random", num_classes: int = 2,
                 log: Callable[[str], None] | None = print) -> Splits:  # fmt: skip
-    """Scan `train` (and `valid`, else hold out 5% of `train`) and log what each scan found."""
-    train_ds, train_report, layout = scan(kind, train, num_classes=num_classes)
-    reports = [train_report]
-    if valid:
-        valid_ds, valid_report, _ = scan(kind, valid, num_classes=num_classes)
-        reports.append(valid_report)
-        description = f"{train} | {valid}"
-    else:
-        train_ds, valid_ds = _hold_out(train_ds, train, seed)
-        description = f"{train} (5% held out)"
+    """Scan `train`, `valid` and `test` and log what each scan found.
+
+    `valid` and `test` each name file(s), or a share (`"10%"`) or count (`"2000"`) of `train`'s
+    lines to carve out (`carve`); `valid` defaults to 5% of `train`, `test` to none.
+    """
+    train_ds, reports, layout = scan_many(kind, train, num_classes=num_classes)
+    amounts = {
+        name: amount
+        for name, spec in (("test", test), ("valid", valid or "5%"))
+        if (amount := share(spec)) is not None
+    }
+    carved = list(amounts)
+    parts: dict[str, Examples | None] = {"test": None}
+    if carved:
+        train_ds, cut = carve(train_ds, [amounts[name] for name in carved], seed=seed,
+                              at=carve_at, spec=train)  # fmt: skip
+        parts |= dict(zip(carved, cut, strict=True))
+    described = [train]
+    for name, spec in (("valid", valid), ("test", test)):
+        if name in carved:
+            described.append(f"{name}: {spec or '5%'} of it ({carve_at})")
+        elif spec:
+            parts[name], found, _ = scan_many(kind, spec, num_classes=num_classes)
+            reports.extend(found)
+            described.append(f"{name}: {spec}")
+    description = " | ".join(described)
     skipped = sum(r.num_skipped for r in reports)
     description += f" [{layout}{f'; {skipped:,} malformed lines skipped' if skipped else ''}]"
     if log is not None:
@@ -211,7 +323,9 @@ def load_splits(kind: str, train: str, valid: str = "", *, seed: int = 0, num_cl
             log(f"data: {report.summary()}")
             for line in report.shown:
                 log(f"data: skipped {line}")
-    return Splits(train_ds, valid_ds, description, reports)
+    valid_ds = parts["valid"]
+    assert valid_ds is not None
+    return Splits(train_ds, valid_ds, description, reports, test=parts["test"])
 
 
 def read_pairs(spec: str) -> list[tuple[str, str]]:

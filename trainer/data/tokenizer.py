@@ -4,10 +4,11 @@
 |---------------|---------------------------|---------------------------------------|------------|
 | `char`        | WordLevel over characters | every character, spaces included      | the text   |
 | `word`        | WordLevel, lowercased     | words and punctuation                 | words      |
+| `whitespace`  | WordLevel, as written     | whitespace only (pre-tokenized text)  | words      |
 | `bpe`         | BPE (`BpeTrainer`)        | subwords; `▁` marks each word's start | the text   |
 
 Each is trained on the training split only, read once as a stream; `--vocab-size` caps the
-vocabulary (0: 8000 for BPE, where the merges stop; 30000 for char and word, the most frequent
+vocabulary (0: 8000 for BPE, where the merges stop; 30000 for the word-level ones, the most frequent
 tokens, as `WordLevelTrainer` has always capped them). Ids 0-3 are
 the special tokens in every tokenizer Recur builds, so models and services agree on them without
 looking them up: `[PAD]` 0, `[UNK]` 1, `[BOS]` 2, `[EOS]` 3.
@@ -21,7 +22,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
-TOKENIZERS = ("char", "word", "bpe")
+TOKENIZERS = ("char", "word", "whitespace", "bpe")
 BPE_VOCAB_SIZE = 8000
 WORD_VOCAB_SIZE = 30_000  # WordLevelTrainer's own default
 
@@ -48,6 +49,17 @@ def word_tokenizer(
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return _train(tokenizer, texts, _word_level(min_frequency, vocab_size))
+
+
+def whitespace_tokenizer(
+    texts: Iterable[str], *, min_frequency: int = 1, vocab_size: int = 0
+) -> Tokenizer:
+    """A word-level tokenizer for pre-tokenized text (PTB): split on whitespace only, case and
+    punctuation kept, so `<unk>` and `'s` stay the corpus's own tokens."""
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return _train(tokenizer, texts, _word_level(min_frequency, vocab_size))
 
 
@@ -84,6 +96,8 @@ def build_tokenizer(kind: str, texts: Iterable[str], *, vocab_size: int = 0) -> 
         return char_tokenizer(texts, vocab_size=vocab_size)
     if kind == "word":
         return word_tokenizer(texts, vocab_size=vocab_size)
+    if kind == "whitespace":
+        return whitespace_tokenizer(texts, vocab_size=vocab_size)
     if kind == "bpe":
         return bpe_tokenizer(texts, vocab_size=vocab_size)
     raise ValueError(f"--tokenizer must be one of {', '.join(TOKENIZERS)}, got {kind!r}")

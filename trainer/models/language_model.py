@@ -14,6 +14,8 @@ from torch import nn
 
 from trainer.models.recurrent import RecurrentStack, State
 
+INIT_RANGE = 0.1
+
 
 @dataclass(frozen=True)
 class LanguageModelConfig:
@@ -47,6 +49,11 @@ class LanguageModel(nn.Module):
         )
         self.drop = nn.Dropout(cfg.dropout)
         self.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+        # Zaremba et al. 2014 / word_language_model: small uniform embedding and output weights
+        # (nn.Embedding's N(0, 1) rows are ~10x the recurrent layer's scale).
+        nn.init.uniform_(self.embed.weight, -INIT_RANGE, INIT_RANGE)
+        nn.init.uniform_(self.decoder.weight, -INIT_RANGE, INIT_RANGE)
+        nn.init.zeros_(self.decoder.bias)
         if cfg.tie_embeddings:
             self.decoder.weight = self.embed.weight  # (V, E) = (V, H)
 

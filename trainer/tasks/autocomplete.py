@@ -2,6 +2,8 @@
 
 Every query is one sequence `[BOS] q u e r y [EOS]`; the model learns where queries end, so a
 completion stops at `[EOS]`. Queries are short, so full BPTT over each one is exact and cheap.
+A running text (PTB, Tiny Shakespeare) is read as one stream with `--bptt`; its validation then
+reads the validation text as one stream too, the state carried across lines (`tbptt.stream_loss`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from tokenizers import Tokenizer
 from torch import nn
 from torch.nn import functional as F
 
-from trainer import metrics
+from trainer import metrics, tbptt
 from trainer.config import TrainConfig
 from trainer.data.builtin import search_queries
 from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, is_character_level
@@ -84,17 +86,11 @@ class AutocompleteTask(Task):
     def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
         """Loss per token, perplexity, bits per character, next-token accuracy; MRR@10 of the
         model's completions and of the MostPopularCompletion baseline on the same prefixes."""
-        total, count, correct = 0.0, 0, 0
-        for start in range(0, len(data.valid), EVAL_BATCH):
-            batch = on_device(self.collate(data.valid[start : start + EVAL_BATCH]), model)
-            inputs, targets = batch["inputs"], batch["targets"]
-            logits, _ = model(inputs, unwrap(model).init_hidden(inputs.size(0), inputs.device))
-            total += F.cross_entropy(
-                logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID, reduction="sum"
-            ).item()
-            mask = targets != PAD_ID
-            count += int(mask.sum())
-            correct += int(((logits.argmax(2) == targets) & mask).sum())
+        bptt = data.cfg.bptt if data.cfg is not None else 0
+        if bptt:
+            total, count, correct = tbptt.stream_loss(model, self._stream(data), bptt=bptt)
+        else:
+            total, count, correct = self._lines_loss(model, data)
         nats = total / max(count, 1)
         result = {
             "valid_loss": nats,
@@ -106,6 +102,27 @@ class AutocompleteTask(Task):
         if limit:
             result |= self._completions(model, data, limit)
         return result
+
+    def _stream(self, data: TaskData) -> torch.Tensor:
+        if "valid_stream" not in data.cache:
+            data.cache["valid_stream"] = tbptt.token_stream(data.valid)
+        stream: torch.Tensor = data.cache["valid_stream"]
+        return stream
+
+    def _lines_loss(self, model: nn.Module, data: TaskData) -> tuple[float, int, int]:
+        """Summed nats, targets and correct predictions, each line read from a zero state."""
+        total, count, correct = 0.0, 0, 0
+        for start in range(0, len(data.valid), EVAL_BATCH):
+            batch = on_device(self.collate(data.valid[start : start + EVAL_BATCH]), model)
+            inputs, targets = batch["inputs"], batch["targets"]
+            logits, _ = model(inputs, unwrap(model).init_hidden(inputs.size(0), inputs.device))
+            total += F.cross_entropy(
+                logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID, reduction="sum"
+            ).item()
+            mask = targets != PAD_ID
+            count += int(mask.sum())
+            correct += int(((logits.argmax(2) == targets) & mask).sum())
+        return total, count, correct
 
     def _characters(self, data: TaskData, targets: int) -> int:
         """Characters the validation targets spell (`[EOS]` counts as one): `targets` for a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -14,7 +15,7 @@ from torch import nn
 
 from trainer.config import TrainConfig
 from trainer.data import files
-from trainer.data.files import EncodedDataset, LineDataset
+from trainer.data.files import ConcatLines, EncodedDataset, LineDataset
 from trainer.data.tokenizer import PAD_ID, UNK_ID, build_tokenizer
 
 Batch = dict[str, torch.Tensor]
@@ -39,6 +40,16 @@ class TaskData:
     data_report: list[dict[str, Any]] = field(default_factory=list)  # per file: lines skipped
     cfg: TrainConfig | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # what evaluation builds once
+    test: Sequence[Any] | None = None  # `--test`, evaluated once with the best model
+    test_raw: Sequence[Any] | None = None
+
+    def test_view(self) -> TaskData | None:
+        """This data with the test split in `valid`'s place (what `Task.evaluate` reads), or
+        None without one; what evaluation learnt from the training split is kept."""
+        if self.test is None or self.test_raw is None:
+            return None
+        kept = {k: v for k, v in self.cache.items() if not k.startswith("valid")}
+        return dataclasses.replace(self, valid=self.test, valid_raw=self.test_raw, cache=kept)
 
 
 @dataclass(frozen=True)
@@ -107,8 +118,9 @@ class Task(ABC):
         self, cfg: TrainConfig, log: Callable[[str], None] | None = None
     ) -> files.Splits:
         """Scan `--train` (and `--valid`) for this task's kind of data."""
-        return files.load_splits(self.data_kind, cfg.train, cfg.valid, seed=cfg.seed,
-                                 num_classes=max(len(self.labels()), 2), log=log)  # fmt: skip
+        return files.load_splits(self.data_kind, cfg.train, cfg.valid, cfg.test, seed=cfg.seed,
+                                 carve_at=cfg.carve, num_classes=max(len(self.labels()), 2),
+                                 log=log)  # fmt: skip
 
     def load_raw(self, cfg: TrainConfig) -> tuple[Sequence[Any], Sequence[Any], str]:
         """Raw (train, valid, description) examples, from the built-in corpus or files."""
@@ -127,11 +139,13 @@ class Task(ABC):
         report: list[dict[str, Any]] = []
         train_raw: Sequence[Any]
         valid_raw: Sequence[Any]
+        test_raw: Sequence[Any] | None = None
         if cfg.data == "builtin":
             train_raw, valid_raw, description = self.load_builtin(cfg)
         else:
             splits = self.read_files(cfg, log)
             train_raw, valid_raw, description = splits.train, splits.valid, splits.description
+            test_raw = splits.test
             report = [r.to_dict() for r in splits.reports]
         train_raw = _head(train_raw, cfg.max_train_examples)
         valid_raw = _head(valid_raw, cfg.max_valid_examples)
@@ -151,6 +165,8 @@ class Task(ABC):
             train_raw=train_raw,
             data_report=report,
             cfg=cfg,
+            test=None if test_raw is None else EncodedDataset(test_raw, encode),
+            test_raw=test_raw,
         )
 
 
@@ -158,7 +174,7 @@ def _head(examples: Sequence[Any], n: int) -> Sequence[Any]:
     """The first `n` examples (all when `n` is 0), without reading a file."""
     if not n:
         return examples
-    return examples.head(n) if isinstance(examples, LineDataset) else examples[:n]
+    return examples.head(n) if isinstance(examples, LineDataset | ConcatLines) else examples[:n]
 
 
 def pad(sequences: Sequence[Sequence[int]], *, value: int = PAD_ID) -> torch.Tensor:
