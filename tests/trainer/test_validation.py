@@ -62,10 +62,13 @@ def test_completion_mrr_of_the_model_and_of_the_baseline() -> None:
 
 
 def test_a_query_never_seen_in_training_defeats_the_baseline() -> None:
-    train, valid = ["cheap flights", "cheap flights", "cheap hotels"], ["cheap hotels", "chess"]
-    task, model, data = memorize("autocomplete", train, valid, steps=1, eval_completions=2)
+    train = ["cheap flights", "cheap flights", "cheap hotels"]
+    valid = ["cheap hotels", "chess", "zebra"]  # prefixes "cheap ", "ch" (seen) and "ze" (unseen)
+    task, model, data = memorize("autocomplete", train, valid, steps=1, eval_completions=3)
     metrics = task.evaluate(model, data)
-    assert metrics["valid_mpc_mrr_at_10"] == pytest.approx((1 / 2 + 0) / 2)  # flights first
+    assert metrics["valid_mpc_mrr_at_10"] == pytest.approx((1 / 2 + 0 + 0) / 3)  # flights first
+    assert metrics["valid_unseen_prefix_share"] == pytest.approx(1 / 3)
+    assert metrics["valid_unseen_mpc_mrr_at_10"] == 0.0  # no training query starts with "ze"
 
 
 def test_translation_bleu_of_memorized_sentences_greedy_and_beam() -> None:

@@ -134,20 +134,28 @@ class AutocompleteTask(Task):
         return max(int(data.cache["valid_chars"]), 1)
 
     def _completions(self, model: nn.Module, data: TaskData, limit: int) -> dict[str, float]:
-        """MRR@10 of the first `limit` validation queries, each completed from its first half."""
+        """MRR@10 of the first `limit` validation queries, each completed from its first half:
+        overall, and on the prefixes that start no training query (where MostPopularCompletion
+        has nothing to offer and only a model can complete)."""
         if "mpc" not in data.cache:  # one pass over the training queries, once per run
             data.cache["mpc"] = metrics.MostPopularCompletion(ids[1:-1] for ids in data.train)
         mpc: metrics.MostPopularCompletion = data.cache["mpc"]
         queries = [tuple(ids[1:-1]) for ids in data.valid[:limit]]  # without [BOS] and [EOS]
         split = [metrics.split_query(q) for q in queries]
-        ours, baseline = [], []
+        ours, baseline, unseen = [], [], []
         for start in range(0, len(split), COMPLETION_BATCH):
             chunk = split[start : start + COMPLETION_BATCH]
             found = complete_batch(model, [prefix for prefix, _ in chunk], k=10)
             for (prefix, target), completions in zip(chunk, found, strict=True):
                 ours.append(([tuple(c) for c in completions], target))
                 baseline.append((mpc.complete(prefix, k=10), target))
+                unseen.append(not baseline[-1][0])
+        new = [pair for pair, fresh in zip(ours, unseen, strict=True) if fresh]
+        new_baseline = [pair for pair, fresh in zip(baseline, unseen, strict=True) if fresh]
         return {
             "valid_mrr_at_10": metrics.mean_reciprocal_rank(ours, k=10),
             "valid_mpc_mrr_at_10": metrics.mean_reciprocal_rank(baseline, k=10),
+            "valid_unseen_prefix_share": len(new) / max(len(ours), 1),
+            "valid_unseen_mrr_at_10": metrics.mean_reciprocal_rank(new, k=10),
+            "valid_unseen_mpc_mrr_at_10": metrics.mean_reciprocal_rank(new_baseline, k=10),
         }
