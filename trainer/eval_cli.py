@@ -2,10 +2,13 @@
 
     recur-eval --bundle models/sentiment/1 --data dev.tsv [--limit N] [--graphs int8]
     recur-eval --bundle models/translation/2 --data builtin
+    recur-eval --bundle models/tatoeba/1 --data held-out
 
 `--data builtin` is the task's embedded validation split (with the seed the bundle was trained
-with); a path is read like `recur-train --train` reads it (a comma joins two aligned translation
-files). Metrics are listed in `trainer/evaluate.py`.
+with); `--data held-out` is the split its run carved out of `--train` (`--test 2000`, else
+`--valid 10%`), found again from the configuration in its manifest; a path is read like
+`recur-train --train` reads it (a comma joins two aligned translation files, or lists files).
+Metrics are listed in `trainer/evaluate.py`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--bundle", required=True, type=Path, help="a bundle version directory, models/<name>/<v>"
     )
     parser.add_argument(
-        "--data", required=True, help="'builtin' (the task's validation split) or a data file"
+        "--data",
+        required=True,
+        help="'builtin' (the task's validation split), 'held-out' (the split the bundle's run "
+        "carved out of --train) or a data file",
     )
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N examples only")
     parser.add_argument(
@@ -37,9 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _seed(model: OrtBundle) -> int:
+def _config(model: OrtBundle) -> dict[str, Any]:
     config_json = model.manifest.training.config_json
-    return int(json.loads(config_json).get("seed", 0)) if config_json else 0
+    config: dict[str, Any] = json.loads(config_json) if config_json else {}
+    return config
 
 
 def _examples(parser: argparse.ArgumentParser, model: OrtBundle, data: str) -> list[Any]:
@@ -48,7 +55,9 @@ def _examples(parser: argparse.ArgumentParser, model: OrtBundle, data: str) -> l
 
     classes = len(model.manifest.labels)
     try:
-        examples = load_examples(model.task, data, seed=_seed(model), num_classes=classes)
+        config = _config(model)
+        examples = load_examples(model.task, data, seed=int(config.get("seed", 0)),
+                                 num_classes=classes, config=config)  # fmt: skip
     except DataError as e:
         parser.error(f"--data: {e}")
     if not examples:

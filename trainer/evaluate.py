@@ -178,23 +178,52 @@ def autocomplete_metrics(
     return result
 
 
-def load_examples(task: str, data: str, *, seed: int = 0, num_classes: int = 2) -> list[Any]:
-    """Raw examples: the task's embedded validation split (`data="builtin"`) or a file's
-    (sentiment rows whose label is not below `num_classes` are dropped by the reader).
+KINDS = {"translation": "pairs", "sentiment": "labelled", "autocomplete": "text"}
+
+
+def load_examples(task: str, data: str, *, seed: int = 0, num_classes: int = 2,
+                  config: dict[str, Any] | None = None) -> list[Any]:  # fmt: skip
+    """Raw examples: the task's embedded validation split (`data="builtin"`), the split a run
+    carved out of its `--train` (`data="held-out"`: its `--test`, else its `--valid`, found again
+    from the training `config`), or a file's (sentiment rows whose label is not below
+    `num_classes` are dropped by the reader).
 
     Raises:
-        trainer.data.files.DataError: a file that is missing or not in a format of the task.
+        trainer.data.files.DataError: a file that is missing or not in a format of the task, or
+            `held-out` for a run that carved nothing out of its training files.
     """
     from trainer.data import files
     from trainer.data.builtin import BUILTIN
 
     if data == "builtin":
         return list(BUILTIN[task](seed=seed).valid)
+    if data == "held-out":
+        return held_out(task, config or {}, num_classes=num_classes)
     if task == "translation":
         return list(files.read_pairs(data))
     if task == "sentiment":
         return list(files.read_labelled(data, num_classes=num_classes))
     return list(files.read_queries(data))
+
+
+def held_out(task: str, config: dict[str, Any], *, num_classes: int = 2) -> list[Any]:
+    """The test split (else the validation split) a run carved out of its `--train`."""
+    from trainer.data import files
+
+    test, valid = config.get("test", ""), config.get("valid", "")
+    split = test or valid or "5%"  # what evaluation reads: the run's --test, else its --valid
+    if config.get("data") != "files" or files.share(split) is None:
+        raise files.DataError(
+            "held-out: the bundle's run carved no split out of its --train (it trained on "
+            f"{config.get('data', '?')} data with --valid {config.get('valid')!r} --test "
+            f"{config.get('test')!r}); name the file instead"
+        )
+    splits = files.load_splits(
+        KINDS[task], config["train"], config.get("valid", ""), config.get("test", ""),
+        seed=int(config.get("seed", 0)), carve_at=config.get("carve", "random"),
+        num_classes=num_classes, log=None,
+    )  # fmt: skip
+    return list(splits.test if splits.test is not None else splits.valid)
 
 
 def checkpoint_examples(checkpoint: dict[str, Any]) -> list[Any]:

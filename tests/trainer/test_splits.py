@@ -69,7 +69,9 @@ def test_several_files_of_different_layouts_are_one_training_set(tmp_path: Path)
         files.load_splits("text", f"{tmp_path}/*.csv", log=None)
 
 
-def test_test_flag_reports_test_metrics_of_the_best_model(tmp_path: Path) -> None:
+def test_test_flag_reports_test_metrics_of_the_best_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`recur-train --test 40` carves a test split, evaluates the best checkpoint on it once,
     and writes the `test_*` metrics into metrics.json and the manifest."""
     from trainer.cli import main
@@ -91,6 +93,16 @@ def test_test_flag_reports_test_metrics_of_the_best_model(tmp_path: Path) -> Non
     assert manifest["training"]["metrics"]["test_accuracy"] == pytest.approx(
         record["test"]["test_accuracy"]
     )
+    # recur-eval finds the same 40 examples again from the manifest, and scores them through ORT
+    from trainer.eval_cli import main as evaluate
+
+    capsys.readouterr()
+    evaluate(["--bundle", str(tmp_path / "models" / "sentiment" / "1"), "--data", "held-out"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["metrics"]["examples"] == 40
+    assert result["metrics"]["accuracy"] == pytest.approx(record["test"]["test_accuracy"])
+    with pytest.raises(SystemExit):  # a run that carved nothing: the flag is named
+        evaluate(["--bundle", str(tmp_path / "models" / "sentiment" / "1"), "--data", "nope.tsv"])
 
 
 def test_test_with_builtin_data_is_refused() -> None:
@@ -98,3 +110,12 @@ def test_test_with_builtin_data_is_refused() -> None:
 
     with pytest.raises(ValueError, match="--test applies to --data files"):
         resolve({"test": "10%"}, environ={})
+
+
+def test_held_out_of_a_run_that_carved_nothing_is_refused() -> None:
+    from trainer.evaluate import held_out
+
+    with pytest.raises(DataError, match="carved no split"):
+        held_out("sentiment", {"data": "builtin", "valid": "", "test": ""})
+    with pytest.raises(DataError, match="carved no split"):
+        held_out("sentiment", {"data": "files", "train": "a.tsv", "valid": "dev.tsv", "test": ""})

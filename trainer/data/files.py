@@ -330,14 +330,14 @@ def load_splits(kind: str, train: str, valid: str = "", test: str = "", *, seed:
 
 def read_pairs(spec: str) -> list[tuple[str, str]]:
     """Every usable `(source, target)` pair of `spec` (`a.en,a.de` or a TSV), in memory."""
-    return list(scan("pairs", spec)[0])
+    return list(scan_many("pairs", spec)[0])
 
 
 def read_labelled(path: str, *, num_classes: int = 2) -> list[tuple[str, int]]:
     """Every usable `(text, label)` row of a labelled TSV, in memory."""
-    return list(scan("labelled", path, num_classes=num_classes)[0])
+    return list(scan_many("labelled", path, num_classes=num_classes)[0])
 
 
 def read_queries(path: str) -> list[str]:
     """Every usable text line (ids dropped), in memory."""
-    return list(scan("text", path)[0])
+    return list(scan_many("text", path)[0])
