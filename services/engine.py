@@ -82,19 +82,34 @@ class RunningPool:
 
 
 class Detokenizer:
-    """Incremental detokenization: each token's text is what it adds to the decoded output."""
+    """Incremental detokenization: each token's text is what it adds to the decoded output.
+
+    Decodes a window of the last few tokens, not the whole sequence (a completion's prefix is the
+    whole typed text): a token's piece is `decode(window + token)` minus `decode(window)`, which
+    keeps the spacing rules of every decoder (word-level joins, BPE's `▁`, characters). Recur's
+    tokenizers are not byte-level, so no token ends inside a character.
+    """
+
+    WINDOW = 6  # tokens of context each decode sees
 
     def __init__(self, model: LoadedModel, prefix: list[int]) -> None:
         self.tokenizer = model.tokenizer
         self.ids = list(prefix)
         self.text = self.tokenizer.decode(self.ids) if prefix else ""
         self.start = len(self.text)
+        self.read = len(self.ids)  # tokens whose text is in self.text
+        self.context = max(0, self.read - self.WINDOW)  # where the decoded window starts
 
     def add(self, token: int) -> str:
         self.ids.append(token)
-        text: str = self.tokenizer.decode(self.ids)
-        piece = text[len(self.text) :]
-        self.text = text
+        before: str = self.tokenizer.decode(self.ids[self.context : self.read])
+        after: str = self.tokenizer.decode(self.ids[self.context :])
+        if len(after) <= len(before):
+            return ""  # a token that adds no text (yet): the window keeps it
+        piece = after[len(before) :]
+        self.text += piece
+        self.read = len(self.ids)
+        self.context = max(self.context, self.read - self.WINDOW)
         return piece
 
     @property
