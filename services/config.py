@@ -29,6 +29,7 @@ class ServeConfig:
     max_batch_size: int = 256  # rows per batched ONNX Runtime call; 1 turns batching off
     state_slots: int = 1024  # recurrent-state slots per model (a stream holds one, a beam more)
     prefill_chunk: int = 32  # longest piece of a prompt read in one step
+    inline_step_ms: float = 0.3  # steps known to be shorter run on the event loop; 0: never
     max_beam_size: int = 8  # largest accepted beam_size / num_suggestions
     session_ttl_seconds: float = 300.0  # an autocomplete session idle this long is closed
     reload_seconds: float = 5.0  # how often the repository is scanned for new versions; 0: never
@@ -56,6 +57,8 @@ _HELP = {
     "max_batch_size": "rows per batched ONNX Runtime call (1: batching off)",
     "state_slots": "recurrent-state slots per model",
     "prefill_chunk": "longest piece of a prompt read in one model step",
+    "inline_step_ms": "run a model step on the event-loop thread, skipping two thread hand-offs, "
+    "when that graph's recent steps of that batch size averaged less than this (0: never)",
     "session_ttl_seconds": "close autocomplete sessions idle this long",
     "reload_seconds": "scan the repository for new model versions this often (0: never)",
     "tls_cert_file": "PEM certificate chain of the server (TLS on with --tls-key-file)",
@@ -112,7 +115,8 @@ def resolve(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
         "max_message_bytes",
     )
     above_zero = ("session_ttl_seconds", "keepalive_seconds", "keepalive_timeout_seconds")
-    for name in ("port", "reload_seconds", "grace_seconds", *positive, *above_zero):
+    for name in ("port", "reload_seconds", "grace_seconds", "inline_step_ms", *positive,
+                 *above_zero):  # fmt: skip
         value = getattr(cfg, name)
         low_ok = value > 0 if name in above_zero else value >= (1 if name in positive else 0)
         if not (low_ok and value < float("inf")):

@@ -35,12 +35,14 @@ class EngineConfig:
         state_slots: Slots in each model's pool (a stream holds one, a beam search one per beam).
         prefill_chunk: Longest piece of a prompt read in one step, so prompts take turns.
         concurrency: Batches of one model in flight at once.
+        inline_step_seconds: Steps known to take less run on the event loop's thread (0: never).
     """
 
     max_batch_size: int = 256
     state_slots: int = 1024
     prefill_chunk: int = 32
     concurrency: int = 2
+    inline_step_seconds: float = 0.0
 
 
 class Runtime:
@@ -65,6 +67,7 @@ class Runtime:
             max_batch_size=cfg.max_batch_size,
             concurrency=cfg.concurrency,
             observe=observe,
+            inline_below=cfg.inline_step_seconds,
         )
         self.prefill_chunk = cfg.prefill_chunk
         self.on_slots = on_slots

@@ -14,6 +14,11 @@ with everyone else's decode steps instead of stalling them.
 
 The next batch is formed one event-loop turn after a request arrives, so the streams woken by the
 previous batch have all queued their next step by then and ride together.
+
+A step that is known to be short (its graph's recent calls at about this batch size averaged
+under `inline_below` seconds) runs on the event-loop thread itself: two thread hand-offs cost
+more than such a call, and the loop is blocked no longer than a hand-off would have taken. Every
+other step, and the first of each graph and size, runs in the executor.
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ class Scheduler:
         max_batch_size: Most rows in one call; 1 turns batching off.
         concurrency: Most batches in flight at once (usually the executor's thread count).
         observe: Called after every batch with its role, rows and duration.
+        inline_below: Run a step on the loop's thread when its graph's recent calls at this
+            batch size (rounded to a power of two) averaged less than this many seconds; 0: never.
     """
 
     def __init__(
@@ -68,6 +75,7 @@ class Scheduler:
         max_batch_size: int,
         concurrency: int,
         observe: BatchObserver | None = None,
+        inline_below: float = 0.0,
     ) -> None:
         self.model = model
         self.pool = pool
@@ -75,6 +83,9 @@ class Scheduler:
         self.max_batch_size = max_batch_size
         self.concurrency = concurrency
         self.observe = observe
+        self.inline_below = inline_below
+        self.inline_calls = 0  # steps run on the loop's thread (for tests and curiosity)
+        self._cost: dict[tuple[str, int], float] = {}  # (role, size class) -> mean call seconds
         self._queue: deque[_Request] = deque()
         self._in_flight = 0
         self._kick_scheduled = False
@@ -153,8 +164,7 @@ class Scheduler:
         started, outputs = time.perf_counter(), None
         try:
             feeds = self._feeds(batch, slots)
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self.executor, self.model.run, role, feeds)
+            outputs = await self._call(role, len(slots), feeds)
             self.pool.write(slots, {s: outputs.pop(o) for o, s in self._state_out[role].items()})
         except Exception as error:
             for request in batch:
@@ -168,6 +178,21 @@ class Scheduler:
             self.observe(self, role, len(slots), time.perf_counter() - started)
         if outputs is not None:
             self._deliver(batch, outputs)
+
+    async def _call(self, role: str, rows: int, feeds: Arrays) -> Arrays:
+        """One ONNX Runtime call: on this thread when known to be short, else in the executor."""
+        size = (role, rows.bit_length())
+        mean = self._cost.get(size)
+        started = time.perf_counter()
+        if mean is not None and mean < self.inline_below:
+            self.inline_calls += 1
+            outputs = self.model.run(role, feeds)
+        else:
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self.executor, self.model.run, role, feeds)
+        seconds = time.perf_counter() - started
+        self._cost[size] = seconds if mean is None else 0.8 * mean + 0.2 * seconds
+        return outputs
 
     def _feeds(self, batch: list[_Request], slots: np.ndarray) -> Arrays:
         """The batch's inputs: per-request inputs stacked (sources padded) plus gathered state."""

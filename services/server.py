@@ -104,6 +104,7 @@ async def build_server(
         state_slots=cfg.state_slots,
         prefill_chunk=cfg.prefill_chunk,
         concurrency=cfg.executor_workers,
+        inline_step_seconds=cfg.inline_step_ms / 1000,
     )
     engine = Engine(
         registry,

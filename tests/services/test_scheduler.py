@@ -180,3 +180,27 @@ def test_optimized_graphs_serve_the_same_tokens(tiny_models: Path) -> None:
     assert files["int8"] == files["optimized"], "no int8 copy in these bundles: the optimized one"
     assert not any(f.endswith(".opt.onnx") for f in files["fp32"])
     assert results["optimized"] == results["fp32"]
+
+
+def test_steps_known_to_be_short_run_on_the_loop_with_the_same_results(
+    registry: ModelRegistry,
+) -> None:
+    """With a generous `inline_step_seconds` every graph's first call per size runs in the
+    executor (nothing is known yet) and later ones on the loop; with 0 none does. Either way the
+    streams get the same tokens."""
+    import threading
+
+    def engine(inline: float) -> tuple[Engine, set[int]]:
+        cfg = EngineConfig(max_batch_size=64, state_slots=64, prefill_chunk=4,
+                           inline_step_seconds=inline)  # fmt: skip
+        threads: set[int] = set()
+        return Engine(registry, cfg, observe=lambda *a: threads.add(threading.get_ident())), threads
+
+    inline, _ = engine(10.0)
+    executor, _ = engine(0.0)
+    assert [signature(s) for s in asyncio.run(everything(inline))] == [
+        signature(s) for s in asyncio.run(everything(executor))
+    ]
+    inline_calls = {rt.model.task: rt.scheduler.inline_calls for rt in inline._runtimes.values()}
+    assert inline_calls["autocomplete"] > 10, inline_calls  # (the tiny translator stops at once)
+    assert all(rt.scheduler.inline_calls == 0 for rt in executor._runtimes.values())
