@@ -17,6 +17,14 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return result
 
 
+def greedy(logits: np.ndarray) -> tuple[int, float]:
+    """`logits: (V,)` -> (the most probable token, its log-probability), without building the
+    whole log-softmax: log p(argmax) = -log sum(exp(logits - max))."""
+    token = int(logits.argmax())
+    shifted = logits.astype(np.float64) - float(logits[token])
+    return token, -float(np.log(np.exp(shifted).sum()))
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick each token. `temperature == 0` is greedy (and ignores the rest).
@@ -47,10 +55,9 @@ class Sampler:
 
     def choose(self, logits: np.ndarray) -> tuple[int, float]:
         """`logits: (V,)` -> (token, log p(token)) with p the model's unscaled distribution."""
-        logprobs = log_softmax(logits.astype(np.float64))
         if self.params.greedy:
-            token = int(logprobs.argmax())
-            return token, float(logprobs[token])
+            return greedy(logits)
+        logprobs = log_softmax(logits.astype(np.float64))
         scaled = log_softmax(logprobs / self.params.temperature)
         order = np.argsort(-scaled, kind="stable")
         keep = len(order)

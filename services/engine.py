@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from services.decoding import BeamSearch, Hypothesis, Sampler, log_softmax
+from services.decoding import BeamSearch, Hypothesis, Sampler, greedy, log_softmax
 from services.errors import InvalidArgument, Unavailable
 from services.events import Event, Finished, FinishReason, RunningLabel, Suggestion, TokenEvent
 from services.model import Arrays, LoadedModel, ModelRegistry
@@ -235,14 +235,13 @@ class Engine:
         prev = np.array([[model.bos_id]], dtype=np.int64)
         for index in range(limit):
             out = await runtime.step("decoder_step", slots, feeds(prev))
-            logprobs = log_softmax(out["logits"][0])
-            token = int(logprobs.argmax())
+            token, logprob = greedy(out["logits"][0])
             if token == model.eos_id:
                 yield FinishReason.STOP
                 return
             attention = tuple(out["attention"][0].tolist()) if params.include_attention else ()
             clock.mark()
-            yield TokenEvent(index, token, detok.add(token), float(logprobs[token]), attention)
+            yield TokenEvent(index, token, detok.add(token), logprob, attention)
             prev = np.array([[token]], dtype=np.int64)
         yield FinishReason.LENGTH
 

@@ -101,6 +101,12 @@ def test_greedy_sampler_takes_the_argmax() -> None:
     token, logprob = Sampler(SamplingParams()).choose(logits)
     assert token == 1
     assert logprob == pytest.approx(log_softmax(logits)[1])
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # a served vocabulary's float32 logits
+        wide = (rng.standard_normal(8000) * 4).astype(np.float32)
+        token, logprob = Sampler(SamplingParams()).choose(wide)
+        exact = log_softmax(wide.astype(np.float64))
+        assert token == int(exact.argmax()) and logprob == pytest.approx(exact[token], abs=1e-9)
 
 
 def test_seeded_sampling_repeats_and_seeds_differ() -> None:
