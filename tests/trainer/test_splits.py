@@ -23,6 +23,8 @@ def test_shares_and_counts_are_told_from_files() -> None:
     assert files.share("dev.tsv") is None and files.share("") is None
     with pytest.raises(DataError, match="between 0% and 100%"):
         files.share("150%")
+    with pytest.raises(DataError, match="at least 1"):
+        files.share("0")
 
 
 def test_random_carve_is_seeded_disjoint_and_complete(tmp_path: Path) -> None:

@@ -199,7 +199,11 @@ def share(spec: str) -> int | float | None:
         if not 0 < fraction < 1:
             raise DataError(f"a share of --train must be between 0% and 100%, got {spec!r}")
         return fraction
-    return int(text) if text.isdigit() else None
+    if not text.isdigit():
+        return None
+    if int(text) == 0:
+        raise DataError(f"a count of --train lines to carve out must be at least 1, got {spec!r}")
+    return int(text)
 
 
 def _count(amount: int | float, n: int) -> int:
