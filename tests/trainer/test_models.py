@@ -37,7 +37,8 @@ def test_dry_run_trains_one_step_of_every_cell_and_head(task: str, cell: str,
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("task", TASKS)
 def test_loss_decreases_on_a_tiny_corpus(task: str, cell: str, tmp_path: Path) -> None:
-    """Thirty steps on one batch of 16 examples cut the loss of every cell and head."""
+    """Sixty steps on one batch of 16 examples cut the loss of every cell and head by 30% (the
+    language model starts from a uniform prediction: its init is word_language_model's)."""
     cfg = tiny(task, cell, tmp_path, lr=1e-2)
     spec = get_task(task)
     data = spec.prepare(cfg)
@@ -46,7 +47,7 @@ def test_loss_decreases_on_a_tiny_corpus(task: str, cell: str, tmp_path: Path) -
     optimizer = build_optimizer(model.parameters(), cfg)
     batch = spec.collate(data.train[:16])
     losses = []
-    for _ in range(30):
+    for _ in range(60):
         loss, _ = spec.loss(model, batch)
         optimizer.zero_grad()
         loss.backward()

@@ -122,7 +122,7 @@ def test_malformed_lines_are_skipped_and_summarized(tmp_path: Path) -> None:
     assert report == [{"path": str(train), "lines": 62, "usable": 60, "skipped": {
         "wrong column count (expected 2)": 1, "undecodable bytes (not UTF-8)": 1}}]  # fmt: skip
     data = json.loads((bundle / "manifest.json").read_text())["training"]["data"]
-    assert data == f"{train} (5% held out) [GLUE TSV; 2 malformed lines skipped]"
+    assert data == f"{train} | valid: 5% of it (random) [GLUE TSV; 2 malformed lines skipped]"
 
 
 def test_a_file_with_nothing_usable_fails_naming_it(tmp_path: Path) -> None:
