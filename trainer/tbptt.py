@@ -121,11 +121,16 @@ def stream_loss(
     total, count, correct = 0.0, 0, 0
     for inputs, targets in chunks(data, bptt):
         logits, state = model(inputs.to(device), state)
-        targets = scored(targets.to(device))
-        total += F.cross_entropy(
-            logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID, reduction="sum"
-        ).item()
-        mask = targets != PAD_ID
-        count += int(mask.sum())
-        correct += int(((logits.argmax(2) == targets) & mask).sum())
+        nats, n, right = tally(logits, scored(targets.to(device)))
+        total, count, correct = total + nats, count + n, correct + right
     return total, count, correct
+
+
+def tally(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int, int]:
+    """Summed next-token nats, targets that are not padding, and correct argmax predictions of
+    `logits: (B, T, V)` against `targets: (B, T)`."""
+    nats = F.cross_entropy(
+        logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID, reduction="sum"
+    ).item()
+    mask = targets != PAD_ID
+    return nats, int(mask.sum()), int(((logits.argmax(2) == targets) & mask).sum())

@@ -116,12 +116,8 @@ class AutocompleteTask(Task):
             batch = on_device(self.collate(data.valid[start : start + EVAL_BATCH]), model)
             inputs, targets = batch["inputs"], batch["targets"]
             logits, _ = model(inputs, unwrap(model).init_hidden(inputs.size(0), inputs.device))
-            total += F.cross_entropy(
-                logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID, reduction="sum"
-            ).item()
-            mask = targets != PAD_ID
-            count += int(mask.sum())
-            correct += int(((logits.argmax(2) == targets) & mask).sum())
+            nats, n, right = tbptt.tally(logits, targets)
+            total, count, correct = total + nats, count + n, correct + right
         return total, count, correct
 
     def _characters(self, data: TaskData, targets: int) -> int:
