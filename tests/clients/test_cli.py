@@ -252,7 +252,9 @@ def test_bad_flags_exit_2(
 
 
 def spawn(*argv: str, stdin: int | None = None) -> subprocess.Popen[bytes]:
-    """Starts `python -m clients.cli ARGV` as a real process with pipes."""
+    """Starts `python -m clients.cli ARGV` as a real process with pipes, with Ctrl-C's default
+    disposition (a test suite started as a background job inherits SIGINT ignored, and Python
+    then installs no KeyboardInterrupt handler)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("RECUR_")}
     return subprocess.Popen(
         [sys.executable, "-m", "clients.cli", *argv],
@@ -261,6 +263,7 @@ def spawn(*argv: str, stdin: int | None = None) -> subprocess.Popen[bytes]:
         stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
