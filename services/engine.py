@@ -188,13 +188,16 @@ class Engine:
                 "encoder", slots[:1], {"src": src, "src_len": np.array([src.shape[1]])}
             )
             memory = encoded["memory"]  # (1, S, E)
+            mask = np.ones((1, src.shape[1]), dtype=bool)
 
             def feeds(prev: np.ndarray) -> Arrays:
                 rows = len(prev)
+                if rows == 1:  # greedy, and a beam's first step: no copies
+                    return {"prev": prev, "memory": memory, "src_mask": mask}
                 return {
                     "prev": prev,
                     "memory": np.repeat(memory, rows, axis=0),
-                    "src_mask": np.ones((rows, src.shape[1]), dtype=bool),
+                    "src_mask": np.repeat(mask, rows, axis=0),
                 }
 
             if params.beam_size > 1:

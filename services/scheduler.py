@@ -203,11 +203,14 @@ class Scheduler:
             if tensor.name in self.pool.arrays:
                 continue
             parts = [r.inputs[tensor.name] for r in batch]
-            if "source" in tensor.shape:
-                axis = list(tensor.shape).index("source")
+            if len(parts) == 1:
+                feeds[tensor.name] = parts[0]
+            elif "source" in tensor.shape:
                 fill = self.model.pad_id if parts[0].dtype == np.int64 else 0
-                parts = [_pad(p, axis, width, fill) for p in parts]
-            feeds[tensor.name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                feeds[tensor.name] = _stack_padded(parts, list(tensor.shape).index("source"),
+                                                   width, fill)  # fmt: skip
+            else:
+                feeds[tensor.name] = np.concatenate(parts)
         state_inputs = [t.name for t in spec.inputs if t.name in self.pool.arrays]
         if state_inputs:
             feeds.update(self.pool.read(slots))
@@ -226,7 +229,9 @@ class Scheduler:
                 continue
             mine = {name: value[rows] for name, value in outputs.items()}
             for name, axis in source_axes.items():
-                mine[name] = np.take(mine[name], np.arange(request.source_len), axis=axis)
+                trim: list[slice] = [slice(None)] * mine[name].ndim
+                trim[axis] = slice(request.source_len)
+                mine[name] = mine[name][tuple(trim)]  # a view: this request's source positions
             request.future.set_result(mine)
 
     def _state_outputs(self, role: str) -> dict[str, str]:
@@ -243,10 +248,17 @@ class Scheduler:
 _PADDED = ("batch", "source")
 
 
-def _pad(array: np.ndarray, axis: int, width: int, fill: float) -> np.ndarray:
-    missing = width - array.shape[axis]
-    if missing == 0:
-        return array
-    pad = [(0, 0)] * array.ndim
-    pad[axis] = (0, missing)
-    return np.pad(array, pad, constant_values=fill)
+def _stack_padded(parts: list[np.ndarray], axis: int, width: int, fill: float) -> np.ndarray:
+    """`parts` concatenated on the batch axis, each padded with `fill` to `width` on `axis`: one
+    array filled in place (no padded copy of every part)."""
+    shape = list(parts[0].shape)
+    shape[0], shape[axis] = sum(len(p) for p in parts), width
+    out = np.full(shape, fill, dtype=parts[0].dtype)
+    start = 0
+    for part in parts:
+        index: list[slice] = [slice(None)] * out.ndim
+        index[0] = slice(start, start + len(part))
+        index[axis] = slice(part.shape[axis])
+        out[tuple(index)] = part
+        start += len(part)
+    return out

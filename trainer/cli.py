@@ -37,8 +37,12 @@ _HELP = {
     "embed_dim": "embedding width (0: task default)",
     "hidden_size": "recurrent width (0: task default)",
     "epochs": "passes over the training data (0: task default)",
+    "batch_size": "examples per batch and worker, or padded tokens with --batch-type tokens",
+    "batch_type": "examples: random batches of --batch-size examples; tokens: examples of "
+    "similar length up to --batch-size padded tokens",
     "workers": "Ray Train data-parallel workers; 0 trains in-process without Ray",
     "use_gpu": "one GPU per worker (NCCL); in-process: CUDA when available",
+    "precision": "fp32, or mixed precision: bf16 or fp16 autocast (fp16 with loss scaling, CUDA)",
     "out": "model repository to export the bundle to",
     "name": "model name in the repository (default: the task)",
     "run_dir": "where runs keep checkpoints (Ray Train storage path)",

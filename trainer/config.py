@@ -29,6 +29,7 @@ CELLS = ("gru", "lstm", "elman", "elman_relu", "jordan")  # trainer.models.recur
 TOKENIZERS = ("char", "word", "whitespace", "bpe")  # trainer.data.tokenizer.TOKENIZERS
 ATTENTIONS = ("dot", "general", "additive")  # trainer.models.seq2seq.ATTENTIONS
 POOLINGS = ("last", "mean", "max")  # trainer.models.classifier.POOLINGS
+PRECISIONS = ("fp32", "bf16", "fp16")  # trainer.precision.PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class TrainConfig:
     dropout: float = 0.0
     epochs: int = 0  # 0: the task's default
     batch_size: int = 64  # per worker, as in Ray Train
+    batch_type: str = "examples"  # examples, or tokens: --batch-size padded tokens per batch
     bptt: int = 0  # autocomplete: truncated BPTT over the text as one stream; 0: per sequence
     optimizer: str = "adam"  # adam, adamw, sgd, rmsprop
     lr: float = 3e-3
@@ -69,6 +71,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2  # data-parallel Ray Train workers; 0 trains in-process without Ray
     use_gpu: bool = False
+    precision: str = "fp32"  # fp32, or bf16 / fp16 autocast (mixed precision; fp16: CUDA)
     max_train_examples: int = 0  # 0: all
     max_valid_examples: int = 0  # 0: all
     out: str = "models"  # model repository the bundle is exported to
@@ -114,6 +117,14 @@ class TrainConfig:
                 self.bptt == 0 or self.task == "autocomplete",
                 "--bptt applies to language models (--task autocomplete)",
             ),
+            (
+                self.precision != "fp16" or self.use_gpu,
+                "--precision fp16 needs --use-gpu (loss-scaled fp16 autocast is CUDA's)",
+            ),
+            (
+                self.bptt == 0 or self.batch_type == "examples",
+                "--batch-type tokens does not apply to --bptt (its batches are rows of a stream)",
+            ),
             *self._task_only(),
         ]
         for ok, message in checks:
@@ -152,6 +163,8 @@ _CHOICES = {
     "schedule": ("none", "cosine", "plateau"),
     "tokenizer": ("", *TOKENIZERS),
     "carve": ("random", "end"),
+    "batch_type": ("examples", "tokens"),
+    "precision": PRECISIONS,
     "attention": ATTENTIONS,
     "pooling": POOLINGS,
 }

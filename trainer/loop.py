@@ -31,6 +31,7 @@ from trainer.config import TrainConfig
 from trainer.diagnostics import gradient_flow, probe_examples
 from trainer.models.recurrent import RecurrentStack, apply_weight_norm, remove_weight_norm
 from trainer.optim import EarlyStopping, Schedule, build_optimizer, clip_gradients
+from trainer.precision import grad_scaler
 from trainer.progress import Progress
 from trainer.resume import check_world_size, gather, rank_state, restore_rank_state
 from trainer.tasks import Task, TaskData
@@ -111,13 +112,16 @@ class _Step:
     rank: int
     probe: Batch
     flows: list[dict[str, Any]]
+    scaler: torch.amp.GradScaler  # fp16's loss scaling; passes through otherwise
 
     def run(self, loss: torch.Tensor, targets: int) -> float:
         """Backward, clip, step; every `diagnose_every` steps, measure the gradient flow."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # clipping sees the true gradients
         grad_norm = clip_gradients(self.model, self.cfg)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped if fp16 gradients overflowed
+        self.scaler.update()
         self.schedule.step()
         self.progress.step(loss.item(), targets)
         every = self.cfg.diagnose_every
@@ -154,7 +158,8 @@ class _Run:
                                  prefix=f"[{task.name}] ", enabled=rank == 0)  # fmt: skip
         probe = task.collate(probe_examples(list(data.valid[:PROBE_POOL]), cfg.batch_size))
         self.step = _Step(task, model, self.optimizer, self.schedule, self.progress, cfg, rank,
-                          {k: v.to(device) for k, v in probe.items()}, flows=[])  # fmt: skip
+                          {k: v.to(device) for k, v in probe.items()}, flows=[],
+                          scaler=grad_scaler(cfg.precision, device))  # fmt: skip
         self.history: list[dict[str, float]] = []
         self.grad_norms: list[float] = []  # of the epoch in progress
         self.started = time.perf_counter()
@@ -162,6 +167,8 @@ class _Run:
     def restore(self, resume: dict[str, Any]) -> tuple[int, int]:
         """Continue from a checkpoint's `resume` entry; returns (epoch, batch) to start at."""
         self.optimizer.load_state_dict(resume["optimizer"])
+        if resume.get("scaler"):
+            self.step.scaler.load_state_dict(resume["scaler"])
         self.schedule.load_state_dict(resume["schedule"])
         self.stopping.best, self.stopping.bad_epochs = resume["stopping"]
         self.progress.steps, self.history = resume["steps"], list(resume["history"])
@@ -183,7 +190,7 @@ class _Run:
     def train_epoch(self, epoch: int, start: int, report: Report) -> None:
         """Optimizer steps `start …` of `epoch`, reporting a checkpoint every N steps."""
         if self.sampler is not None:
-            self.sampler.set_position(epoch, start * self.cfg.batch_size)
+            self.sampler.start_at(epoch, start)
         if start == 0:
             self.grad_norms = []
             if self.tbptt is not None:
@@ -192,6 +199,7 @@ class _Run:
         losses = epoch_losses(
             self.task, self.model, self.batches, tbptt=self.tbptt, bptt=self.cfg.bptt,
             start=start, steps=self.steps_per_epoch, device=self.device,
+            precision=self.cfg.precision,
         )  # fmt: skip
         every = self.cfg.checkpoint_every_steps
         for batch, (loss, targets) in enumerate(losses, start + 1):
@@ -239,6 +247,7 @@ class _Run:
         resume = {
             "model_state": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.step.scaler.state_dict(),  # empty unless fp16
             "schedule": self.schedule.state_dict(),
             "stopping": (self.stopping.best, self.stopping.bad_epochs),
             "epoch": epoch,

@@ -2,7 +2,7 @@
 
 `TorchTrainer` starts `workers` processes, each running the plain training loop with Ray's
 wrappers injected: `prepare_model` (DistributedDataParallel over gloo on CPU, NCCL on GPU) and
-`prepare_data_loader` (which keeps the loop's own distributed `EpochSampler`, so each rank trains
+`prepare_data_loader` (told to keep the loop's own distributed sampler, so each rank trains
 on its own shard with the same number of steps, and moves batches to the device). Rank 0 writes
 the checkpoint of every epoch and of every `--checkpoint-every-steps` steps; every rank reports
 at the same points. Each checkpoint carries what a resumed run needs (model, optimizer,
@@ -75,7 +75,8 @@ def _train_worker(config: dict[str, Any]) -> None:
         data,
         cfg,
         wrap_model=ray.train.torch.prepare_model,
-        wrap_loader=ray.train.torch.prepare_data_loader,
+        # The loop's loaders bring their own distributed samplers (EpochSampler, TokenBatches).
+        wrap_loader=partial(ray.train.torch.prepare_data_loader, add_dist_sampler=False),
         report=partial(_report, monitor=task.monitor, mode=task.mode),
         rank=ray.train.get_context().get_world_rank(),
         world_size=ray.train.get_context().get_world_size(),

@@ -31,17 +31,23 @@ class EpochSampler(DistributedSampler[int]):
     `prepare_data_loader` keeps it (it replaces only samplers that are not distributed).
     """
 
-    def __init__(self, dataset: Sized, *, num_replicas: int, rank: int, seed: int) -> None:
+    def __init__(
+        self, dataset: Sized, *, num_replicas: int, rank: int, seed: int, batch_size: int = 1
+    ) -> None:
         super().__init__(
             dataset,  # type: ignore[arg-type]
             num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False,
         )  # fmt: skip
-        self.start = 0
+        self.start, self.batch_size = 0, batch_size
 
     def set_position(self, epoch: int, start: int) -> None:
         """Read epoch `epoch` from this rank's `start`-th index on."""
         self.set_epoch(epoch)
         self.start = start
+
+    def start_at(self, epoch: int, batches: int) -> None:
+        """Read epoch `epoch` after this rank's first `batches` batches of `batch_size`."""
+        self.set_position(epoch, batches * self.batch_size)
 
     def __iter__(self) -> Iterator[int]:
         return itertools.islice(super().__iter__(), self.start, None)

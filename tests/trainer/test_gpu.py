@@ -26,3 +26,25 @@ def test_in_process_cuda_training_exports_a_bundle(task: str, tmp_path: Path) ->
     assert bundle is not None
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert all(g["parity"]["max_abs_diff"] <= 1e-4 for g in manifest["graphs"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_cuda_training_resumes_with_its_loss_scale(
+    precision: str, tmp_path: Path
+) -> None:
+    from trainer.loop import train_loop
+    from trainer.tasks import get_task
+
+    cfg = TrainConfig(task="translation", workers=0, use_gpu=True, precision=precision,
+                      epochs=2, max_train_examples=2000, log_every=1000)  # fmt: skip
+    task = get_task("translation")
+    result = train_loop(task, task.prepare(cfg), cfg, report=lambda m, c: None,
+                        device=torch.device("cuda"))  # fmt: skip
+    assert result.checkpoint is not None
+    history = result.checkpoint["history"]
+    assert history[-1]["valid_loss"] < history[0]["valid_loss"]
+    scaler = result.checkpoint["resume"]["scaler"]
+    assert (precision == "fp16") == bool(scaler)  # fp16 checkpoints its loss scale
+    if precision == "fp16":
+        assert scaler["scale"] > 0

@@ -116,18 +116,22 @@ class Crash(Exception):
     pass
 
 
-def test_dropout_and_probes_resume_mid_epoch_exactly() -> None:
+@pytest.mark.parametrize(("batch_type", "batch_size"), [("examples", 16), ("tokens", 60)])
+def test_dropout_and_probes_resume_mid_epoch_exactly(batch_type: str, batch_size: int) -> None:
     """Mini-batches with dropout and gradient-flow probes (both draw random numbers): stopped
-    after step 10 of 20 in epoch 1, resumed from that checkpoint alone."""
+    after step 10 of epoch 1 (of 20 random batches, or of the token-budget batches), resumed
+    from that checkpoint alone."""
     from trainer.loop import train_loop
     from trainer.tasks import get_task
 
-    cfg = TrainConfig(task="sentiment", epochs=2, max_train_examples=320, batch_size=16,
-                      hidden_size=16, embed_dim=8, num_layers=2, dropout=0.3, diagnose_every=3,
-                      schedule="cosine", checkpoint_every_steps=5, log_every=1000)  # fmt: skip
+    cfg = TrainConfig(task="sentiment", epochs=2, max_train_examples=320, batch_size=batch_size,
+                      batch_type=batch_type, hidden_size=16, embed_dim=8, num_layers=2,
+                      dropout=0.3, diagnose_every=3, schedule="cosine", checkpoint_every_steps=5,
+                      log_every=1000)  # fmt: skip
     task = get_task("sentiment")
     data = task.prepare(cfg)
     whole = train_loop(task, data, cfg, report=lambda m, c: None)
+    assert whole.checkpoint is not None and whole.checkpoint["steps"] > 2 * 12  # 2 epochs > 12
     saved: list[dict[str, object]] = []
 
     def crash_after_step_10(

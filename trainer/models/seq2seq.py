@@ -172,10 +172,22 @@ class Decoder(nn.Module):
         Returns:
             logits `(B, T, V)`, the state after the last step, attention `(B, T, S)`.
         """
+        combined, state, weights = self.attentional(prev, state, memory, src_mask)
+        return self.out(self.drop(combined)), state, weights
+
+    def attentional(
+        self,
+        prev: torch.Tensor,
+        state: State,
+        memory: torch.Tensor,
+        src_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """`forward` up to the output layer: the attentional vectors h~ `(B, T, H)` instead of
+        the logits."""
         if not self.input_feeding:
             out, state = self.rnn(self.drop(self.embed(prev)), state)  # (B, T, H)
             combined, weights = self.attend(out, memory, src_mask)
-            return self.out(self.drop(combined)), state, weights
+            return combined, state, weights
         # h~_{t-1} from the previous top-layer output: the top layer's state, (B, 1, H)
         feed, _ = self.attend(state[0][-1].unsqueeze(1), memory, src_mask)
         steps, attention = [], []
@@ -185,8 +197,7 @@ class Decoder(nn.Module):
             feed, weights = self.attend(out, memory, src_mask)  # h~_t feeds step t + 1
             steps.append(feed)
             attention.append(weights)
-        combined = torch.cat(steps, dim=1)  # (B, T, H)
-        return self.out(self.drop(combined)), state, torch.cat(attention, dim=1)
+        return torch.cat(steps, dim=1), state, torch.cat(attention, dim=1)  # (B, T, H)
 
 
 class Seq2Seq(nn.Module):
@@ -204,11 +215,16 @@ class Seq2Seq(nn.Module):
         src: torch.Tensor,
         src_len: torch.Tensor,
         prev: torch.Tensor,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Teacher-forced logits `(B, T, V)` for target inputs `prev: (B, T)`."""
+        """Teacher-forced logits `(B, T, V)` for target inputs `prev: (B, T)`; with `keep`
+        (`(B, T)` bool, True where a target is scored), only those positions' logits `(N, V)`:
+        the output layer, the widest matrix product of a step, then skips the padding."""
         memory, state = self.encoder(src, src_len)
-        logits, _, _ = self.decoder(prev, state, memory, source_mask(src, src_len))
-        return logits
+        combined, _, _ = self.decoder.attentional(prev, state, memory, source_mask(src, src_len))
+        if keep is not None:
+            combined = combined[keep]  # (N, H)
+        return self.decoder.out(self.decoder.drop(combined))
 
 
 def source_mask(src: torch.Tensor, src_len: torch.Tensor) -> torch.Tensor:

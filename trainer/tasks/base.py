@@ -91,6 +91,11 @@ class Task(ABC):
     @abstractmethod
     def collate(self, examples: Sequence[Any]) -> Batch: ...
 
+    def length(self, example: Any) -> int:
+        """Tokens `example` takes in a padded batch (`--batch-type tokens` sorts and budgets by
+        it): its token ids, or those of an (ids, label) pair."""
+        return len(example[0] if isinstance(example, tuple) else example)
+
     @abstractmethod
     def build_model(self, cfg: TrainConfig, vocab_size: int) -> nn.Module: ...
 
@@ -180,10 +185,7 @@ def _head(examples: Sequence[Any], n: int) -> Sequence[Any]:
 def pad(sequences: Sequence[Sequence[int]], *, value: int = PAD_ID) -> torch.Tensor:
     """Right-pad integer sequences into a `(B, max_len)` int64 tensor."""
     width = max(len(s) for s in sequences)
-    out = torch.full((len(sequences), width), value, dtype=torch.long)
-    for i, s in enumerate(sequences):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
+    return torch.tensor([[*s, *[value] * (width - len(s))] for s in sequences], dtype=torch.long)
 
 
 def ids_or_unk(ids: list[int]) -> list[int]:

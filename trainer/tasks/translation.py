@@ -62,6 +62,10 @@ class TranslationTask(Task):
             "targets": pad([[*t, EOS_ID] for _, t in examples]),
         }
 
+    def length(self, example: Any) -> int:
+        src, tgt = example
+        return len(src) + len(tgt) + 1  # the source, and the target with [BOS] or [EOS]
+
     def build_model(self, cfg: TrainConfig, vocab_size: int) -> nn.Module:
         return Seq2Seq(
             Seq2SeqConfig(
@@ -77,10 +81,10 @@ class TranslationTask(Task):
         )
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
-        logits = model(batch["src"], batch["src_len"], batch["prev"])  # (B, T, V)
-        targets = batch["targets"]
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID)
-        return loss, int((targets != PAD_ID).sum())
+        real = batch["targets"] != PAD_ID  # (B, T)
+        logits = model(batch["src"], batch["src_len"], batch["prev"], real)  # (N, V)
+        targets = batch["targets"][real]  # (N,)
+        return F.cross_entropy(logits, targets), targets.numel()
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
