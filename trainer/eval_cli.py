@@ -2,7 +2,7 @@
 
     recur-eval --bundle models/sentiment/1 --data dev.tsv [--limit N] [--graphs int8]
     recur-eval --bundle models/translation/2 --data builtin
-    recur-eval --bundle models/tatoeba/1 --data held-out
+    recur-eval --bundle models/tatoeba/1 --data held-out --beam-size 5
 
 `--data builtin` is the task's embedded validation split (with the seed the bundle was trained
 with); `--data held-out` is the split its run carved out of `--train` (`--test 2000`, else
@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         "carved out of --train) or a data file",
     )
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N examples only")
+    parser.add_argument(
+        "--beam-size",
+        type=int,
+        default=0,
+        help="translation: also report BLEU of beam search of this width (0/1: greedy only)",
+    )
     parser.add_argument(
         "--graphs",
         choices=VARIANTS,
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.limit < 0:
         parser.error(f"--limit must be >= 0, got {args.limit}")
+    if args.beam_size < 0:
+        parser.error(f"--beam-size must be >= 0, got {args.beam_size}")
     if not args.bundle.is_dir():
         parser.error(f"--bundle: no bundle at {args.bundle} (expected models/<name>/<version>)")
     try:
@@ -78,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--graphs {args.graphs}: {e}")
     except BundleReadError as e:
         parser.error(f"--bundle: {e}")
+    if args.beam_size > 1 and model.task != "translation":
+        parser.error(f"--beam-size applies to translation bundles; this one is {model.task}")
     examples = _examples(parser, model, args.data)
     if args.limit:
         examples = examples[: args.limit]
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         "cell": model.manifest.cell,
         "graphs": args.graphs,
         "data": args.data,
-        "metrics": evaluate(model, examples),
+        "metrics": evaluate(model, examples, beam_size=args.beam_size),
     }
     json.dump(result, sys.stdout, indent=2)
     print()

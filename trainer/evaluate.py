@@ -4,7 +4,8 @@ and tokenizer (not the PyTorch model), so they measure what the service serves.
 | task         | metrics                                                                   |
 |--------------|---------------------------------------------------------------------------|
 | sentiment    | `accuracy`, `macro_f1`, `loss` (of the label after the last token)        |
-| translation  | `bleu` (sacreBLEU, 13a), `exact_match`: greedy, encoder + decoder_step    |
+| translation  | `bleu` (sacreBLEU, 13a), `exact_match`: greedy, encoder + decoder_step;   |
+|              | with `beam_size` > 1 also `bleu_beam` (beam search, `trainer.decoding`'s) |
 | autocomplete | `nats_per_token`, `perplexity`, `bits_per_char` (character-level), `mrr_at_10` |
 
 Every result also holds `examples`, the number of examples the metrics were computed on.
@@ -41,7 +42,7 @@ HEADLINE = {
 
 
 def evaluate(
-    model: OrtBundle, examples: list[Any], *, completions: bool = True
+    model: OrtBundle, examples: list[Any], *, completions: bool = True, beam_size: int = 0
 ) -> dict[str, float]:
     """The task metrics of `model` on raw `examples` (as the task's readers return them).
 
@@ -49,11 +50,12 @@ def evaluate(
         model: the bundle's sessions.
         examples: sentiment `(text, label)`, translation `(source, target)`, autocomplete `str`.
         completions: autocomplete only: also compute MRR@10 (a beam search per example).
+        beam_size: translation only: > 1 also computes BLEU of beam search of this width.
     """
     if model.task == "sentiment":
         return sentiment_metrics(model, examples)
     if model.task == "translation":
-        return translation_metrics(model, examples)
+        return translation_metrics(model, examples, beam_size=beam_size)
     return autocomplete_metrics(model, examples, completions=completions)
 
 
@@ -126,8 +128,42 @@ def greedy_translate(
     return outputs
 
 
-def translation_metrics(model: OrtBundle, examples: list[tuple[str, str]]) -> dict[str, float]:
-    """sacreBLEU and exact match of greedy translations."""
+def beam_translate(model: OrtBundle, src: list[int], *, beam: int, max_len: int) -> list[int]:
+    """The best translation of one source by beam search through the graphs: the search of
+    `trainer.decoding.beam_translate` (the trainer's `valid_bleu_beam`), step for step."""
+    encoded = model.run("encoder", {"src": np.array([src]), "src_len": np.array([len(src)])})
+    state = model.encoder_state(encoded)
+    beams: list[list[int]] = [[]]
+    scores = np.zeros(1)
+    prev = np.full((1, 1), BOS_ID, dtype=np.int64)
+    finished: list[tuple[float, list[int]]] = []
+    for _ in range(max_len):
+        n = len(beams)
+        fixed = {"memory": np.repeat(encoded["memory"], n, axis=0),
+                 "src_mask": np.ones((n, len(src)), dtype=bool)}  # fmt: skip
+        out = model.run("decoder_step", {"prev": prev, **state, **fixed})
+        total = scores[:, None] + log_softmax(out["logits"].astype(np.float64))  # (n, V)
+        total[:, [PAD_ID, BOS_ID]] = -np.inf
+        flat = np.argsort(-total, axis=None, kind="stable")[:beam]
+        top, rows, cols = total.flat[flat], flat // total.shape[1], flat % total.shape[1]
+        ends = cols == EOS_ID
+        finished += [(float(t) / (len(beams[r]) + 1), beams[r])
+                     for t, r in zip(top[ends], rows[ends], strict=True)]  # fmt: skip
+        if len(finished) >= beam or ends.all():
+            break
+        top, rows, cols = top[~ends], rows[~ends], cols[~ends]
+        beams = [[*beams[r], int(c)] for r, c in zip(rows, cols, strict=True)]
+        scores, prev = top, cols[:, None].astype(np.int64)
+        state = {name: value[:, rows] for name, value in model.next_state(out).items()}
+    else:
+        finished += [(float(t) / max(len(b), 1), b) for t, b in zip(scores, beams, strict=True)]
+    return max(finished, key=lambda f: f[0])[1]
+
+
+def translation_metrics(
+    model: OrtBundle, examples: list[tuple[str, str]], *, beam_size: int = 0
+) -> dict[str, float]:
+    """sacreBLEU and exact match of greedy translations; BLEU of beam search if asked."""
     encode = model.tokenizer.encode
     rows = [
         (encode(s).ids[:TRANSLATION_MAX_TOKENS], encode(t).ids[:TRANSLATION_MAX_TOKENS], t)
@@ -143,11 +179,17 @@ def translation_metrics(model: OrtBundle, examples: list[tuple[str, str]]) -> di
             hypotheses.append(model.tokenizer.decode(ids))
             references.append(metrics.normal_form(model.tokenizer, tgt))
             exact += ids == tgt_ids
-    return {
+    result = {
         "bleu": metrics.bleu(hypotheses, references),
         "exact_match": exact / max(len(rows), 1),
         "examples": float(len(rows)),
     }
+    if beam_size > 1:
+        beamed = [
+            beam_translate(model, s, beam=beam_size, max_len=2 * len(s) + 10) for s, _, _ in rows
+        ]
+        result["bleu_beam"] = metrics.bleu([model.tokenizer.decode(b) for b in beamed], references)
+    return result
 
 
 def autocomplete_metrics(

@@ -60,6 +60,12 @@ def test_a_data_file_through_the_optimized_graphs(
             "none",
         ),
         (["--bundle", "{bundle}", "--data", "builtin", "--limit", "-1"], "--limit", "negative"),
+        (
+            ["--bundle", "{bundle}", "--data", "builtin", "--beam-size", "4"],
+            "--beam-size applies to translation",
+            "beam search of a classifier",
+        ),
+        (["--bundle", "{bundle}", "--data", "builtin", "--beam-size", "-2"], "--beam-size", "neg"),
     ],
 )
 def test_errors_name_the_flag_and_exit_2(

@@ -104,3 +104,21 @@ def test_beam_search_returns_distinct_completions_best_first(tmp_path: Path) -> 
     completions = complete(model, prefix, k=5, max_new=6)
     assert 1 <= len(completions) <= 5
     assert len({tuple(c) for c in completions}) == len(completions)
+
+
+def test_beam_translation_through_onnx_is_the_trainers_beam_search(tmp_path: Path) -> None:
+    """`recur-eval --beam-size` searches the graphs as the trainer's `valid_bleu_beam` searches
+    the PyTorch model: the same hypotheses, token for token (a half-trained model, so the
+    beams disagree with greedy decoding and with each other)."""
+    from trainer.decoding import beam_translate as torch_beam
+    from trainer.evaluate import beam_translate as ort_beam
+
+    checkpoint, raw = memorized("translation", 6, 20)
+    bundle = OrtBundle.load(export_checkpoint(checkpoint, out=tmp_path, name="t"))
+    model = rebuild_model(checkpoint).eval()
+    sources = [bundle.tokenizer.encode(s).ids for s, _ in raw]
+    for src in sources:
+        expected = torch_beam(model, src, beam=4, max_len=2 * len(src) + 10)
+        assert ort_beam(bundle, src, beam=4, max_len=2 * len(src) + 10) == expected
+    metrics = evaluate(bundle, raw, beam_size=4)
+    assert 0.0 <= metrics["bleu_beam"] <= 100.0 and "bleu_beam" not in evaluate(bundle, raw)
