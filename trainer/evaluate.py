@@ -252,18 +252,17 @@ def held_out(task: str, config: dict[str, Any], *, num_classes: int = 2) -> list
     """The test split (else the validation split) a run carved out of its `--train`."""
     from trainer.data import files
 
-    test, valid = config.get("test", ""), config.get("valid", "")
-    split = test or valid or "5%"  # what evaluation reads: the run's --test, else its --valid
-    if config.get("data") != "files" or files.share(split) is None:
+    valid, test = config.get("valid", ""), config.get("test", "")
+    read = "test" if test else "valid"  # what evaluation reads: the run's --test, else --valid
+    if config.get("data") != "files" or read not in files.carved_amounts(valid, test):
         raise files.DataError(
             "held-out: the bundle's run carved no split out of its --train (it trained on "
-            f"{config.get('data', '?')} data with --valid {config.get('valid')!r} --test "
-            f"{config.get('test')!r}); name the file instead"
+            f"{config.get('data', '?')} data with --valid {valid!r} --test {test!r}); name the "
+            "file instead"
         )
     splits = files.load_splits(
-        KINDS[task], config["train"], config.get("valid", ""), config.get("test", ""),
-        seed=int(config.get("seed", 0)), carve_at=config.get("carve", "random"),
-        num_classes=num_classes, log=None,
+        KINDS[task], config["train"], valid, test, seed=int(config.get("seed", 0)),
+        carve_at=config.get("carve", "random"), num_classes=num_classes, log=None,
     )  # fmt: skip
     return list(splits.test if splits.test is not None else splits.valid)
 

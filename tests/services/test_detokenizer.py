@@ -48,4 +48,5 @@ def test_a_long_prefix_is_not_decoded_again_for_every_token() -> None:
     detok = Detokenizer(SimpleNamespace(tokenizer=Counting()), [2, *[5] * 500])  # type: ignore[arg-type]
     for _ in range(20):
         detok.add(6)
-    assert max(calls[1:]) <= Detokenizer.WINDOW + 1  # the prefix was decoded once, at the start
+    assert max(calls[1:]) <= 2 * Detokenizer.WINDOW + 1  # the prefix was decoded once, first
+    assert len(calls[1:]) <= 20 * 1.5  # mostly one decode per token: the last one is reused

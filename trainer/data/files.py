@@ -291,6 +291,16 @@ def scan_many(kind: str, spec: str, *, num_classes: int = 2
     )
 
 
+def carved_amounts(valid: str, test: str) -> dict[str, int | float]:
+    """The splits `load_splits` carves out of `train`, test first, with their share or count:
+    `valid` defaults to 5% of `train`, `test` to none; a split that names files is not carved."""
+    return {
+        name: amount
+        for name, spec in (("test", test), ("valid", valid or "5%"))
+        if (amount := share(spec)) is not None
+    }
+
+
 def load_splits(kind: str, train: str, valid: str = "", test: str = "", *, seed: int = 0,
                 carve_at: str = "random", num_classes: int = 2,
                 log: Callable[[str], None] | None = print) -> Splits:  # fmt: skip
@@ -300,11 +310,7 @@ def load_splits(kind: str, train: str, valid: str = "", test: str = "", *, seed:
     lines to carve out (`carve`); `valid` defaults to 5% of `train`, `test` to none.
     """
     train_ds, reports, layout = scan_many(kind, train, num_classes=num_classes)
-    amounts = {
-        name: amount
-        for name, spec in (("test", test), ("valid", valid or "5%"))
-        if (amount := share(spec)) is not None
-    }
+    amounts = carved_amounts(valid, test)
     carved = list(amounts)
     parts: dict[str, Examples | None] = {"test": None}
     if carved:
