@@ -30,7 +30,6 @@ from protos.recur.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import Server, start_server, stop_server
 from tests.reliability.harness import (
     MIB,
-    gauge_sum,
     health,
     rss_bytes,
     scrape,
@@ -197,9 +196,11 @@ def test_a_client_that_stops_reading_cannot_make_the_server_buffer(limited: Serv
         async with aio.insecure_channel(limited.target) as channel:
             call = pb_grpc.AutocompleteServiceStub(channel).Session(timeout=120)
             for i in range(12_000):
-                message = pb.SessionRequest(text=text + str(i), max_tokens=8)
-                with contextlib.suppress(TimeoutError):  # the server pushed back: fine
-                    await asyncio.wait_for(call.write(message), 2.0)
+                # A write waits while the server pushes back (it stops reading while 32
+                # messages wait to be answered). No timeout of its own: gRPC cancels the whole
+                # call when a write is cancelled; the call's deadline bounds a server that
+                # never reads again.
+                await call.write(pb.SessionRequest(text=text + str(i), max_tokens=8))
                 if i in (4_000, 11_999):
                     rss.append(rss_bytes(limited.process.pid))
             call.cancel()
@@ -240,7 +241,7 @@ def test_a_message_over_the_size_limit_is_refused_without_harming_other_streams(
     code, reasons = asyncio.run(go())
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len(reasons) == 2 and set(reasons) <= {"FINISH_REASON_LENGTH", "FINISH_REASON_STOP"}
-    assert gauge_sum(limited.metrics_url, "recur_streams_active") == 0
+    assert wait_for_gauge(limited.metrics_url, "recur_streams_active", 0) == 0
 
 
 def test_a_refused_session_says_why_through_the_sdk(limited: Server) -> None:
