@@ -31,6 +31,8 @@ _HELP = {
     "attention": "translation: attention score (dot, general, additive)",
     "input_feeding": "translation: feed the previous attentional vector to the decoder",
     "pooling": "sentiment: label from the last, mean or max of the per-token logits",
+    "prefix_loss": "sentiment: none scores the whole text's label only; linear also scores every "
+    "prefix's running label, weighted by its length (trainer/tasks/sentiment.py); '': none",
     "tie_embeddings": "autocomplete: share the embedding with the output layer (E == H)",
     "tokenizer": "char, word or bpe, trained on the training split (default: the task's)",
     "vocab_size": "vocabulary size (0: 8000 for bpe, 30000 for char and word)",

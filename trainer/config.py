@@ -29,6 +29,7 @@ CELLS = ("gru", "lstm", "elman", "elman_relu", "jordan")  # trainer.models.recur
 TOKENIZERS = ("char", "word", "whitespace", "bpe")  # trainer.data.tokenizer.TOKENIZERS
 ATTENTIONS = ("dot", "general", "additive")  # trainer.models.seq2seq.ATTENTIONS
 POOLINGS = ("last", "mean", "max")  # trainer.models.classifier.POOLINGS
+PREFIX_LOSSES = ("none", "linear")  # trainer.tasks.sentiment.PREFIX_LOSSES
 PRECISIONS = ("fp32", "bf16", "fp16")  # trainer.precision.PRECISIONS
 
 
@@ -44,6 +45,7 @@ class TrainConfig:
     attention: str = "general"  # translation: dot, general or additive
     input_feeding: bool = False  # translation: the previous attentional vector feeds the decoder
     pooling: str = "last"  # sentiment: last, mean or max over the per-token logits
+    prefix_loss: str = ""  # sentiment: none (final label only) or linear (every prefix); "": none
     tie_embeddings: bool = False  # autocomplete: output layer shares the embedding (E == H)
     tokenizer: str = ""  # char, word or bpe; empty: the task's (char for autocomplete, else word)
     vocab_size: int = 0  # 0: 8000 for bpe, 30000 for char and word
@@ -147,6 +149,7 @@ class TrainConfig:
             ("attention", self.attention != "general", "translation"),
             ("input-feeding", self.input_feeding, "translation"),
             ("pooling", self.pooling != "last", "sentiment"),
+            ("prefix-loss", self.prefix_loss != "", "sentiment"),
             ("tie-embeddings", self.tie_embeddings, "autocomplete"),
         ]
         return [
@@ -167,6 +170,7 @@ _CHOICES = {
     "precision": PRECISIONS,
     "attention": ATTENTIONS,
     "pooling": POOLINGS,
+    "prefix_loss": ("", *PREFIX_LOSSES),
 }
 _NON_NEGATIVE = (
     "workers", "epochs", "clip_norm", "clip_value", "bptt", "diagnose_every", "patience",

@@ -3,7 +3,9 @@ and tokenizer (not the PyTorch model), so they measure what the service serves.
 
 | task         | metrics                                                                   |
 |--------------|---------------------------------------------------------------------------|
-| sentiment    | `accuracy`, `macro_f1`, `loss` (of the label after the last token)        |
+| sentiment    | `accuracy`, `macro_f1`, `loss` (of the label after the last token);        |
+|              | `accuracy_at_P`, `ece_at_P` (10 bins) of the running label after P% of    |
+|              | each text's tokens, P in 25, 50, 75, 100 (what the stream shows there)    |
 | translation  | `bleu` (sacreBLEU, 13a), `exact_match`: greedy, encoder + decoder_step;   |
 |              | with `beam_size` > 1 also `bleu_beam` (beam search, `trainer.decoding`'s) |
 | autocomplete | `nats_per_token`, `perplexity`, `bits_per_char` (character-level), `mrr_at_10` |
@@ -81,11 +83,27 @@ def pool(logits: np.ndarray, lengths: np.ndarray, pooling: str) -> np.ndarray:
     return np.where(real, logits, -np.inf).max(1)
 
 
+def running_pool(logits: np.ndarray, pooling: str) -> np.ndarray:
+    """The label logits of every prefix `(B, T, C)`: at t, the pool of positions 0..t (what the
+    stream shows after token t; `Classifier.running`)."""
+    if pooling in ("", "last"):
+        return logits
+    if pooling == "mean":
+        return logits.cumsum(1) / np.arange(1, logits.shape[1] + 1)[None, :, None]
+    return np.maximum.accumulate(logits, axis=1)
+
+
+PREFIX_SHARES = (25, 50, 75, 100)  # % of a text's tokens read before its running label is scored
+
+
 def sentiment_metrics(model: OrtBundle, examples: list[tuple[str, int]]) -> dict[str, float]:
-    """Accuracy, macro F1 and cross-entropy of each text's label (pooled as the model was)."""
+    """Accuracy, macro F1 and cross-entropy of each text's label (pooled as the model was), and
+    accuracy and calibration error of the running label after each share of its tokens (the
+    first ceil(P% of L) tokens, at least one)."""
     encoded = [(model.tokenizer.encode(t).ids[:SENTIMENT_MAX_TOKENS], y) for t, y in examples]
     encoded = [(ids, y) for ids, y in encoded if ids]
     labels, predictions, nats = [], [], 0.0
+    shown: dict[int, list[np.ndarray]] = {share: [] for share in PREFIX_SHARES}  # (B, C) probs
     for chunk in _batches(encoded):
         tokens = _pad([ids for ids, _ in chunk])
         out = model.run("classifier_step", {"tokens": tokens, **model.zero_state(len(chunk))})
@@ -95,12 +113,22 @@ def sentiment_metrics(model: OrtBundle, examples: list[tuple[str, int]]) -> dict
         nats -= float(logp[np.arange(len(chunk)), gold].sum())
         labels += gold
         predictions += logp.argmax(1).tolist()
-    return {
+        running = running_pool(out["logits"], model.manifest.pooling)  # (B, T, C)
+        for share in PREFIX_SHARES:
+            read = np.maximum(np.ceil(lengths * share / 100).astype(int), 1)  # tokens read
+            shown[share].append(np.exp(log_softmax(running[np.arange(len(chunk)), read - 1])))
+    result = {
         "accuracy": metrics.accuracy(labels, predictions),
         "macro_f1": metrics.macro_f1(labels, predictions),
         "loss": nats / max(len(labels), 1),
         "examples": float(len(labels)),
     }
+    for share, parts in shown.items():
+        probs = np.concatenate(parts) if parts else np.zeros((0, 1))  # (N, C)
+        correct = (probs.argmax(1) == np.array(labels)).tolist()
+        result[f"accuracy_at_{share}"] = metrics.accuracy(labels, probs.argmax(1).tolist())
+        result[f"ece_at_{share}"] = metrics.calibration_error(probs.max(1).tolist(), correct)
+    return result
 
 
 def greedy_translate(

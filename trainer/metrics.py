@@ -3,7 +3,7 @@
 | task         | metrics                                                                        |
 |--------------|--------------------------------------------------------------------------------|
 | all          | loss in nats per target; `perplexity` = e^loss; `bits` = nats / ln 2          |
-| sentiment    | `accuracy`, `macro_f1` (unweighted mean of per-class F1)                       |
+| sentiment    | `accuracy`, `macro_f1` (unweighted mean of per-class F1), `calibration_error`   |
 | translation  | `bleu`: sacreBLEU corpus BLEU, 13a tokenization                                |
 | autocomplete | `mean_reciprocal_rank` at k of completions; `MostPopularCompletion` baseline  |
 
@@ -39,6 +39,22 @@ def accuracy(labels: Sequence[Hashable], predictions: Sequence[Hashable]) -> flo
     """Share of predictions equal to their label (0 for no examples)."""
     hits = sum(y == p for y, p in zip(labels, predictions, strict=True))
     return hits / len(labels) if labels else 0.0
+
+
+def calibration_error(
+    confidences: Sequence[float], correct: Sequence[bool], *, bins: int = 10
+) -> float:
+    """Expected calibration error: the |accuracy - mean confidence| of `bins` equal-width bins
+    of the predicted class's probability, weighted by each bin's share of the predictions
+    (Guo et al. 2017); 0 for no predictions."""
+    if not confidences:
+        return 0.0
+    groups: list[list[tuple[float, bool]]] = [[] for _ in range(bins)]
+    for p, ok in zip(confidences, correct, strict=True):
+        groups[min(int(p * bins), bins - 1)].append((p, ok))
+    return sum(abs(sum(ok for _, ok in g) - sum(p for p, _ in g)) for g in groups if g) / len(
+        confidences
+    )
 
 
 def macro_f1(labels: Sequence[Hashable], predictions: Sequence[Hashable]) -> float:

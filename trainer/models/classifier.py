@@ -68,6 +68,16 @@ class Classifier(nn.Module):
         out, state = self.rnn(self.drop(self.embed(tokens)), state)  # (B, T, H)
         return self.head(self.drop(out)), state  # (B, T, C)
 
+    def running(self, logits: torch.Tensor) -> torch.Tensor:
+        """The label logits of every prefix `(B, T, C)` from per-token `logits: (B, T, C)`: at
+        position t, the pool of positions 0..t (what a stream shows after token t)."""
+        if self.cfg.pooling == "last":
+            return logits
+        if self.cfg.pooling == "mean":
+            counts = torch.arange(1, logits.size(1) + 1, device=logits.device, dtype=logits.dtype)
+            return logits.cumsum(1) / counts[None, :, None]
+        return logits.cummax(1).values
+
     def pool(self, logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The label logits `(B, C)` of each text from its per-token `logits: (B, T, C)`;
         positions at or past `lengths: (B,)` are padding."""

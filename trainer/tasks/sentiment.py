@@ -1,4 +1,19 @@
-"""Sentiment: a running classifier, trained on the label of the whole text (many-to-one)."""
+"""Sentiment: a running classifier, trained so that its label after every prefix estimates
+P(label | prefix), as early and streaming classifiers are.
+
+`--prefix-loss` picks what the cross-entropy scores, for a text of L tokens whose running label
+logits after token t (the pool of positions 1..t, `Classifier.running`) are z_t:
+
+| `--prefix-loss`    | loss of one text                                                     |
+|--------------------|----------------------------------------------------------------------|
+| `none` (default)   | CE(z_L, y): the whole text's label only (many-to-one)                |
+| `linear`           | ½·CE(z_L, y) + ½·Σ_t w_t·CE(z_t, y), w_t = t / (L(L+1)/2), t = 1..L  |
+
+`linear` scores every prefix against the sentence's label with weights that grow with the prefix
+(a prefix of a few words says less about the label, and an early word should not be forced to
+decide it), and keeps half of each text's loss on its final label so that the final accuracy
+holds. The batch loss is the mean over texts.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +42,8 @@ from trainer.tasks.base import (
 
 MAX_TOKENS = 128
 EVAL_BATCH = 256
+PREFIX_LOSSES = ("none", "linear")
+DEFAULT_PREFIX_LOSS = "none"
 
 
 class SentimentTask(Task):
@@ -36,6 +53,7 @@ class SentimentTask(Task):
     mode = "max"
     default_tokenizer = "word"
     data_kind = "labelled"
+    prefix_loss = DEFAULT_PREFIX_LOSS  # set from the configuration by build_model
 
     def labels(self) -> tuple[str, ...]:
         return ("negative", "positive")
@@ -59,6 +77,7 @@ class SentimentTask(Task):
         }
 
     def build_model(self, cfg: TrainConfig, vocab_size: int) -> nn.Module:
+        self.prefix_loss = cfg.prefix_loss or DEFAULT_PREFIX_LOSS  # the loss this model learns
         return Classifier(
             ClassifierConfig(
                 vocab_size=vocab_size,
@@ -79,8 +98,15 @@ class SentimentTask(Task):
         return unwrap(model).pool(logits, batch["lengths"])  # (B, C): the whole text's label
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
-        logits = self._final_logits(model, batch)
-        return F.cross_entropy(logits, batch["labels"]), int(batch["labels"].numel())
+        labels = batch["labels"]
+        if self.prefix_loss == "none":
+            return F.cross_entropy(self._final_logits(model, batch), labels), int(labels.numel())
+        tokens, lengths = batch["tokens"], batch["lengths"]
+        logits, _ = model(tokens, unwrap(model).init_hidden(tokens.size(0), tokens.device))
+        running = unwrap(model).running(logits)  # (B, T, C)
+        every = labels[:, None].expand(-1, tokens.size(1))  # (B, T)
+        nats = F.cross_entropy(running.transpose(1, 2), every, reduction="none")  # (B, T)
+        return prefix_weighted(nats, lengths).mean(), int(labels.numel())
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
@@ -96,3 +122,16 @@ class SentimentTask(Task):
             "valid_accuracy": metrics.accuracy(labels, predictions),
             "valid_macro_f1": metrics.macro_f1(labels, predictions),
         }
+
+
+def prefix_weighted(nats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each text's `linear` loss `(B,)` from the cross-entropy of its every prefix `nats: (B, T)`
+    (positions at or past `lengths: (B,)` are padding): half the final prefix's, half the
+    prefixes' weighted by their length."""
+    t = torch.arange(1, nats.size(1) + 1, device=nats.device, dtype=nats.dtype)  # (T,)
+    lengths_f = lengths.to(nats.dtype)[:, None]  # (B, 1)
+    weights = torch.where(t[None, :] <= lengths_f, t[None, :], 0.0) / (
+        lengths_f * (lengths_f + 1) / 2
+    )  # (B, T), each row sums to 1
+    final = nats.gather(1, (lengths - 1)[:, None]).squeeze(1)  # (B,)
+    return 0.5 * final + 0.5 * (weights * nats).sum(1)
