@@ -484,6 +484,154 @@ class ExportVersions(_message.Message):
 Global___ExportVersions: _TypeAlias = ExportVersions  # noqa: Y015
 
 @_typing.final
+class RankingWeights(_message.Message):
+    """How autocomplete ranks its suggestions: every candidate (a completion from the popular-query
+    index or from the language model's beam search) scores
+      model_weight * model_logprob + popularity_weight * log_popularity,
+    where model_logprob is the model's log-probability of the completion and its end given the
+    prefix, and log_popularity is ln(count / total_count) of the query in the index. A candidate
+    the index does not hold takes `unseen_log_popularity`; one the model did not score takes
+    `unscored_logprob`. Fit on the validation split by recur-train (`services/popular.py` ranks).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_WEIGHT_FIELD_NUMBER: _builtins.int
+    POPULARITY_WEIGHT_FIELD_NUMBER: _builtins.int
+    UNSEEN_LOG_POPULARITY_FIELD_NUMBER: _builtins.int
+    UNSCORED_LOGPROB_FIELD_NUMBER: _builtins.int
+    FIT_QUERIES_FIELD_NUMBER: _builtins.int
+    FIT_MRR_AT_10_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    model_weight: _builtins.float
+    """Weight of the model's log-probability of the completion."""
+    popularity_weight: _builtins.float
+    """Weight of the query's log relative frequency in the index."""
+    unseen_log_popularity: _builtins.float
+    """The log relative frequency given to a candidate the index does not hold (model-only)."""
+    unscored_logprob: _builtins.float
+    """The model log-probability given to an index candidate the model did not score."""
+    fit_queries: _builtins.int
+    """Validation queries the weights were fit on (each completed from its first half)."""
+    fit_mrr_at_10: _builtins.float
+    """MRR@10 of the ranked suggestions on those queries with these weights."""
+    candidates: _builtins.int
+    """Suggestions taken from the index and from the beam for each prefix when the weights were fit."""
+    def __init__(
+        self,
+        *,
+        model_weight: _builtins.float = ...,
+        popularity_weight: _builtins.float = ...,
+        unseen_log_popularity: _builtins.float = ...,
+        unscored_logprob: _builtins.float = ...,
+        fit_queries: _builtins.int = ...,
+        fit_mrr_at_10: _builtins.float = ...,
+        candidates: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "fit_mrr_at_10", b"fit_mrr_at_10", "fit_queries", b"fit_queries", "model_weight", b"model_weight", "popularity_weight", b"popularity_weight", "unscored_logprob", b"unscored_logprob", "unseen_log_popularity", b"unseen_log_popularity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RankingWeights: _TypeAlias = RankingWeights  # noqa: Y015
+
+@_typing.final
+class PopularIndex(_message.Message):
+    """Autocomplete: the popular-query index (each distinct training query and its count), stored as
+    one NumPy .npz archive (no pickles) of three arrays: `blob` (uint8: the queries' UTF-8 bytes,
+    concatenated in byte order), `offsets` (int64, queries + 1: query i is blob[offsets[i]:
+    offsets[i + 1]]) and `counts` (int64, queries). A prefix's queries are one contiguous range,
+    found by bisection. Queries are in the tokenizer's normal form (NFKC).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    QUERIES_FIELD_NUMBER: _builtins.int
+    TOTAL_COUNT_FIELD_NUMBER: _builtins.int
+    LOG_QUERIES_FIELD_NUMBER: _builtins.int
+    RANKING_FIELD_NUMBER: _builtins.int
+    file: _builtins.str
+    """The file, relative to the bundle directory, e.g. "popular.npz"; listed in `sha256`."""
+    queries: _builtins.int
+    """Distinct queries held."""
+    total_count: _builtins.int
+    """Sum of their counts (the denominator of log_popularity)."""
+    log_queries: _builtins.int
+    """Distinct queries in the training log; the index keeps the `queries` most frequent."""
+    @_builtins.property
+    def ranking(self) -> Global___RankingWeights:
+        """How suggestions are ranked."""
+
+    def __init__(
+        self,
+        *,
+        file: _builtins.str = ...,
+        queries: _builtins.int = ...,
+        total_count: _builtins.int = ...,
+        log_queries: _builtins.int = ...,
+        ranking: Global___RankingWeights | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ranking", b"ranking"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "log_queries", b"log_queries", "queries", b"queries", "ranking", b"ranking", "total_count", b"total_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PopularIndex: _TypeAlias = PopularIndex  # noqa: Y015
+
+@_typing.final
+class DecodingDefaults(_message.Message):
+    """Translation: decoding defaults fit on the validation split, used when a request leaves the
+    field unset. A request tells unset from 0 by field presence (`optional` in inference.proto).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BEAM_SIZE_FIELD_NUMBER: _builtins.int
+    LENGTH_PENALTY_FIELD_NUMBER: _builtins.int
+    VALID_BLEU_FIELD_NUMBER: _builtins.int
+    VALID_BLEU_UNPENALIZED_FIELD_NUMBER: _builtins.int
+    VALID_LENGTH_RATIO_FIELD_NUMBER: _builtins.int
+    VALID_LENGTH_RATIO_UNPENALIZED_FIELD_NUMBER: _builtins.int
+    FIT_PAIRS_FIELD_NUMBER: _builtins.int
+    beam_size: _builtins.int
+    """Beam width (1: greedy)."""
+    length_penalty: _builtins.float
+    """Length penalty alpha: a finished hypothesis ranks by total log-probability / length^alpha
+    (0: total log-probability, which favours short outputs; 1: per-token average).
+    """
+    valid_bleu: _builtins.float
+    """Validation BLEU with these defaults, and with beam_size and length_penalty 0 (the old rule)."""
+    valid_bleu_unpenalized: _builtins.float
+    valid_length_ratio: _builtins.float
+    """Hypothesis length over reference length (sacreBLEU's sys_len / ref_len), with these
+    defaults and without the penalty.
+    """
+    valid_length_ratio_unpenalized: _builtins.float
+    fit_pairs: _builtins.int
+    """Validation pairs the defaults were fit on."""
+    def __init__(
+        self,
+        *,
+        beam_size: _builtins.int = ...,
+        length_penalty: _builtins.float = ...,
+        valid_bleu: _builtins.float = ...,
+        valid_bleu_unpenalized: _builtins.float = ...,
+        valid_length_ratio: _builtins.float = ...,
+        valid_length_ratio_unpenalized: _builtins.float = ...,
+        fit_pairs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beam_size", b"beam_size", "fit_pairs", b"fit_pairs", "length_penalty", b"length_penalty", "valid_bleu", b"valid_bleu", "valid_bleu_unpenalized", b"valid_bleu_unpenalized", "valid_length_ratio", b"valid_length_ratio", "valid_length_ratio_unpenalized", b"valid_length_ratio_unpenalized"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecodingDefaults: _TypeAlias = DecodingDefaults  # noqa: Y015
+
+@_typing.final
 class BundleManifest(_message.Message):
     """The manifest of a model bundle."""
 
@@ -526,6 +674,8 @@ class BundleManifest(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     QUANTIZATION_FIELD_NUMBER: _builtins.int
     POOLING_FIELD_NUMBER: _builtins.int
+    POPULAR_FIELD_NUMBER: _builtins.int
+    DECODING_FIELD_NUMBER: _builtins.int
     format_version: _builtins.int
     """The bundle format; the service refuses versions it does not know."""
     name: _builtins.str
@@ -580,6 +730,14 @@ class BundleManifest(_message.Message):
     def quantization(self) -> Global___QuantizationReport:
         """The int8 quantization of the graphs (set only when exported with `--quantize int8`)."""
 
+    @_builtins.property
+    def popular(self) -> Global___PopularIndex:
+        """Autocomplete: the popular-query index and the ranking weights (absent: model-only bundles)."""
+
+    @_builtins.property
+    def decoding(self) -> Global___DecodingDefaults:
+        """Translation: decoding defaults fit on the validation split (absent: older bundles)."""
+
     def __init__(
         self,
         *,
@@ -600,10 +758,12 @@ class BundleManifest(_message.Message):
         created_at: _builtins.str = ...,
         quantization: Global___QuantizationReport | None = ...,
         pooling: _builtins.str = ...,
+        popular: Global___PopularIndex | None = ...,
+        decoding: Global___DecodingDefaults | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["quantization", b"quantization", "sizes", b"sizes", "special_tokens", b"special_tokens", "training", b"training", "versions", b"versions"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decoding", b"decoding", "popular", b"popular", "quantization", b"quantization", "sizes", b"sizes", "special_tokens", b"special_tokens", "training", b"training", "versions", b"versions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "created_at", b"created_at", "format_version", b"format_version", "graphs", b"graphs", "labels", b"labels", "name", b"name", "pooling", b"pooling", "quantization", b"quantization", "sha256", b"sha256", "sizes", b"sizes", "special_tokens", b"special_tokens", "state", b"state", "task", b"task", "tokenizer_file", b"tokenizer_file", "training", b"training", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "created_at", b"created_at", "decoding", b"decoding", "format_version", b"format_version", "graphs", b"graphs", "labels", b"labels", "name", b"name", "pooling", b"pooling", "popular", b"popular", "quantization", b"quantization", "sha256", b"sha256", "sizes", b"sizes", "special_tokens", b"special_tokens", "state", b"state", "task", b"task", "tokenizer_file", b"tokenizer_file", "training", b"training", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
