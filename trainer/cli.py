@@ -53,7 +53,10 @@ _HELP = {
     "keep_checkpoints": "Ray Train: checkpoints to keep, best and latest first (0: all)",
     "max_train_examples": "use only the first N training examples (0: all)",
     "max_valid_examples": "use only the first N validation examples (0: all)",
-    "eval_completions": "autocomplete: validation queries completed for MRR@10 (0: off)",
+    "eval_completions": "autocomplete: validation queries completed for MRR@10 (0: off); also "
+    "those the ranking weights are fit on",
+    "popular_max_queries": "autocomplete: the bundle's popular-query index keeps the N most "
+    "frequent training queries (0: no index, model-only suggestions)",
     "beam_size": "translation: also report BLEU of beam search with this width (0/1: greedy only)",
 }
 

@@ -29,6 +29,13 @@ def complete(
     model: OrtBundle, prefix: list[int], *, k: int = 10, max_new: int = MAX_NEW_TOKENS
 ) -> list[list[int]]:
     """Up to `k` most likely completions of `prefix` (ids without `[BOS]`), best first."""
+    return [beam for _, beam in complete_scored(model, prefix, k=k, max_new=max_new)]
+
+
+def complete_scored(
+    model: OrtBundle, prefix: list[int], *, k: int = 10, max_new: int = MAX_NEW_TOKENS
+) -> list[tuple[float, list[int]]]:
+    """`complete` with each completion's log-probability (its `[EOS]` included)."""
     tokens = np.array([[BOS_ID, *prefix]], dtype=np.int64)  # (1, T)
     out = model.run("lm_step", {"tokens": tokens, **model.zero_state(1)})
     state = model.next_state(out)
@@ -51,7 +58,34 @@ def complete(
         out = model.run("lm_step", {"tokens": cols.astype(np.int64)[:, None], **feeds})
         state = model.next_state(out)
         logp = log_softmax(out["logits"][:, -1])
-    return [beam for _, beam in finished]
+    return finished
+
+
+def score_completions(
+    model: OrtBundle, prefix: list[int], completions: list[list[int]]
+) -> list[float]:
+    """The log-probability of each completion and its `[EOS]` after `[BOS] + prefix`, read in
+    one batched call from the prefix's state (teacher forcing)."""
+    if not completions:
+        return []
+    out = model.run("lm_step", {"tokens": np.array([[BOS_ID, *prefix]], dtype=np.int64),
+                                **model.zero_state(1)})  # fmt: skip
+    first = log_softmax(out["logits"][0, -1])  # (V,)
+    rows = [[*c, EOS_ID] for c in completions]
+    width = max(len(r) for r in rows)
+    targets = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+    for i, row in enumerate(rows):
+        targets[i, : len(row)] = row
+    state = {name: np.repeat(s, len(rows), axis=1) for name, s in model.next_state(out).items()}
+    later = model.run("lm_step", {"tokens": targets[:, :-1], **state}) if width > 1 else None
+    scores = []
+    for i, row in enumerate(rows):
+        total = float(first[row[0]])
+        if later is not None and len(row) > 1:
+            logp = log_softmax(later["logits"][i, : len(row) - 1])  # (len - 1, V)
+            total += float(logp[np.arange(len(row) - 1), row[1:]].sum())
+        scores.append(total)
+    return scores
 
 
 def mrr_at_k(model: OrtBundle, queries: list[list[int]], *, k: int = 10) -> float:

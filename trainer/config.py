@@ -68,6 +68,7 @@ class TrainConfig:
     clip_value: float = 0.0  # 0: no clipping by value
     weight_norm: bool = False  # weight normalization of input and recurrent weights
     eval_completions: int = 200  # autocomplete: validation queries completed for MRR@10; 0: off
+    popular_max_queries: int = 1_000_000  # autocomplete: popular-query index size; 0: no index
     beam_size: int = 0  # translation: > 1 also reports BLEU of beam search of this width
     patience: int = 0  # early stopping: validations without improvement; 0: off
     seed: int = 0
@@ -174,8 +175,8 @@ _CHOICES = {
 }
 _NON_NEGATIVE = (
     "workers", "epochs", "clip_norm", "clip_value", "bptt", "diagnose_every", "patience",
-    "max_train_examples", "max_valid_examples", "eval_completions", "beam_size",
-    "checkpoint_every_steps", "keep_checkpoints", "vocab_size",
+    "max_train_examples", "max_valid_examples", "eval_completions", "popular_max_queries",
+    "beam_size", "checkpoint_every_steps", "keep_checkpoints", "vocab_size",
 )  # fmt: skip
 
 

@@ -9,6 +9,8 @@ and tokenizer (not the PyTorch model), so they measure what the service serves.
 | translation  | `bleu` (sacreBLEU, 13a), `exact_match`: greedy, encoder + decoder_step;   |
 |              | with `beam_size` > 1 also `bleu_beam` (beam search, `trainer.decoding`'s) |
 | autocomplete | `nats_per_token`, `perplexity`, `bits_per_char` (character-level), `mrr_at_10` |
+|              | with a popular-query index: the QAC report of `trainer/ranking.py` (MRR@10,  |
+|              | success@1/@10 of the ranked system, the model alone and MPC, by prefix class)  |
 
 Every result also holds `examples`, the number of examples the metrics were computed on.
 
@@ -29,7 +31,7 @@ import numpy as np
 from trainer import metrics
 from trainer.completions import log_softmax, mrr_at_k
 from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, is_character_level
-from trainer.ort_bundle import OrtBundle
+from trainer.ort_bundle import BundleReadError, OrtBundle
 from trainer.tasks.autocomplete import MAX_CHARS
 from trainer.tasks.sentiment import MAX_TOKENS as SENTIMENT_MAX_TOKENS
 from trainer.tasks.translation import MAX_TOKENS as TRANSLATION_MAX_TOKENS
@@ -245,7 +247,25 @@ def autocomplete_metrics(
         result["bits_per_char"] = metrics.bits(per_token)
     if completions:
         result["mrr_at_10"] = mrr_at_k(model, lines, k=10)
+        if model.manifest.HasField("popular"):
+            result |= qac_metrics(model, examples)
     return result
+
+
+def qac_metrics(model: OrtBundle, examples: list[str]) -> dict[str, float]:
+    """The QAC report of the bundle's ranked suggestions, model and index (`trainer.ranking`)."""
+    from services.errors import BundleError
+    from services.popular import PopularIndex
+    from trainer import ranking
+
+    popular = model.manifest.popular
+    try:
+        index = PopularIndex.load(model.path / popular.file,
+                                  sha256=model.manifest.sha256.get(popular.file, ""))  # fmt: skip
+    except BundleError as e:
+        raise BundleReadError(str(e)) from None
+    cases = ranking.build_cases(model, index, examples)
+    return ranking.report(cases, index, ranking.weights_of(model.manifest))
 
 
 KINDS = {"translation": "pairs", "sentiment": "labelled", "autocomplete": "text"}

@@ -200,6 +200,13 @@ def build_manifest(checkpoint: dict[str, Any], name: str) -> bundle_pb2.BundleMa
     return manifest
 
 
+def _config(checkpoint: dict[str, Any], name: str) -> Any:
+    """A training setting of the checkpoint's run (the default for runs from before it)."""
+    from trainer.config import TrainConfig
+
+    return checkpoint["config"].get(name, getattr(TrainConfig(), name))
+
+
 def _config_json(config: dict[str, Any]) -> str:
     return json.dumps({**config, "python": platform.python_version()}, sort_keys=True)
 
@@ -271,6 +278,10 @@ def export_checkpoint(
         for graph in graphs:
             manifest.graphs.append(export_verified(graph, staging, tolerance=tolerance))
         (staging / "tokenizer.json").write_text(checkpoint["tokenizer"])
+        if checkpoint["task"] == "autocomplete" and _config(checkpoint, "popular_max_queries"):
+            from trainer.ranking import add_popular_index
+
+            add_popular_index(staging, manifest, checkpoint)
         if quantize:
             quantize_or_refuse(
                 staging, manifest, graphs, checkpoint, max_quality_drop=max_quality_drop

@@ -603,13 +603,13 @@ class DecodingDefaults(_message.Message):
     (0: total log-probability, which favours short outputs; 1: per-token average).
     """
     valid_bleu: _builtins.float
-    """Validation BLEU with these defaults, and with beam_size and length_penalty 0 (the old rule)."""
+    """Validation BLEU (sacreBLEU 13a) with these defaults."""
     valid_bleu_unpenalized: _builtins.float
+    """Validation BLEU with the same beam width and length penalty 0 (the rule before the fit)."""
     valid_length_ratio: _builtins.float
-    """Hypothesis length over reference length (sacreBLEU's sys_len / ref_len), with these
-    defaults and without the penalty.
-    """
+    """Hypothesis length over reference length (sacreBLEU's sys_len / ref_len) with these defaults."""
     valid_length_ratio_unpenalized: _builtins.float
+    """The length ratio with length penalty 0."""
     fit_pairs: _builtins.int
     """Validation pairs the defaults were fit on."""
     def __init__(

@@ -1,0 +1,124 @@
+"""Autocomplete's generate-then-rank on the trainer side: the popular-query index in the bundle,
+the model's scores of index completions, the fit of the ranking weights and the QAC report
+(trainer/ranking.py, trainer/completions.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+
+from services.bundle import verify
+from services.popular import PopularIndex, RankingWeights
+from tests.conftest import untrained_checkpoint
+from trainer import ranking
+from trainer.completions import complete_scored, score_completions
+from trainer.config import TrainConfig
+from trainer.evaluate import evaluate
+from trainer.export import export_checkpoint
+from trainer.ort_bundle import OrtBundle
+from trainer.tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    checkpoint = untrained_checkpoint("autocomplete")
+    return export_checkpoint(checkpoint, out=tmp_path_factory.mktemp("models"), name="ac")
+
+
+def test_the_index_is_a_verified_file_of_the_bundle(bundle: Path) -> None:
+    manifest = verify(bundle).manifest  # the service's check: every file listed and hashed
+    popular = manifest.popular
+    assert popular.file == "popular.npz" and popular.file in manifest.sha256
+    index = PopularIndex.load(bundle / popular.file, sha256=manifest.sha256[popular.file])
+    train, _, _ = get_task("autocomplete").load_raw(TrainConfig(task="autocomplete"))
+    model = OrtBundle.load(bundle)
+    counts = ranking.query_counts(train, model.tokenizer)
+    assert len(index) == popular.queries == popular.log_queries == len(counts)
+    assert popular.total_count == sum(counts.values()) == index.total_count
+    query, count = counts.most_common(1)[0]
+    assert index.count(query) == count
+    weights = popular.ranking
+    assert weights.model_weight == 1.0 and weights.fit_queries == 200  # --eval-completions
+    assert weights.popularity_weight in ranking.POPULARITY_WEIGHTS
+
+
+def test_no_index_when_asked_for_none(tmp_path: Path) -> None:
+    checkpoint = untrained_checkpoint("autocomplete")
+    checkpoint["config"] = {**checkpoint["config"], "popular_max_queries": 0}
+    path = export_checkpoint(checkpoint, out=tmp_path, name="ac")
+    manifest = verify(path).manifest
+    assert not manifest.HasField("popular") and "popular.npz" not in manifest.sha256
+
+
+def test_index_completions_are_scored_as_the_beam_scores_them(bundle: Path) -> None:
+    model = OrtBundle.load(bundle)
+    prefix = model.tokenizer.encode("flights fr").ids
+    found = complete_scored(model, prefix, k=5)
+    scores = score_completions(model, prefix, [ids for _, ids in found])
+    assert scores == pytest.approx([score for score, _ in found], abs=1e-4)
+    assert score_completions(model, prefix, []) == []
+
+
+def _case(prefix: str, target: str, index: PopularIndex, beam: list[tuple[str, float]],
+          scored: dict[str, float]) -> ranking.Case:  # fmt: skip
+    mpc = [c for c, _ in index.completions(prefix, k=ranking.CANDIDATES)]
+    lo, hi = index.prefix_range(prefix)
+    return ranking.Case(prefix, target, mpc, beam, {c: scored[c] for c in mpc}, lo < hi)
+
+
+INDEX = PopularIndex.build({"cheap flights": 50, "cheap hotels": 10, "chess": 5})
+CASES = [
+    # seen prefix, the popular query is right, the model prefers another
+    _case("che", "ap flights", INDEX, [("ss", -1.0), ("ap hotels", -2.0)],
+          {"ap flights": -3.0, "ap hotels": -2.0, "ss": -1.0}),
+    # seen prefix, the model is right and popularity agrees
+    _case("ch", "eap flights", INDEX, [("eap flights", -1.0), ("at", -1.5)],
+          {"eap flights": -1.0, "eap hotels": -5.0, "ess": -6.0}),
+    # unseen prefix: only the model can answer
+    _case("weather in paris", " today", INDEX, [(" today", -0.5), (" tomorrow", -1.0)], {}),
+]  # fmt: skip
+
+
+def test_fit_finds_weights_that_use_both_signals() -> None:
+    weights, mrr = ranking.fit(CASES, INDEX)
+    assert weights.popularity_weight > 0, "popularity puts 'cheap flights' first for 'che'"
+    assert mrr == pytest.approx(1.0)
+    assert [ranking.ranked(case, INDEX, weights)[0] for case in CASES] == [
+        case.target for case in CASES]  # fmt: skip
+    model_only, _ = ranking.fit([CASES[2]], INDEX)
+    assert model_only.popularity_weight == 0.0, "the first grid point that is already perfect"
+
+
+def test_report_by_system_and_class() -> None:
+    weights = RankingWeights(1.0, 1.0, -math.log(INDEX.total_count) - 2, -10.0)
+    got = ranking.report(CASES, INDEX, weights)
+    assert got["qac_queries"] == 3
+    assert got["qac_seen_share"] == pytest.approx(2 / 3)
+    assert got["qac_len_1_3_share"] == pytest.approx(2 / 3)  # "che", "ch"
+    assert got["qac_len_9_plus_share"] == pytest.approx(1 / 3)
+    # the model alone: 'ss' before 'ap hotels' and no 'ap flights'; 1st; 1st
+    assert got["model_mrr_at_10_all"] == pytest.approx(2 / 3)
+    assert got["model_success_at_1_seen"] == pytest.approx(1 / 2)
+    # MPC: 1st, 1st, nothing for the unseen prefix
+    assert got["mpc_mrr_at_10_seen"] == pytest.approx(1.0)
+    assert got["mpc_mrr_at_10_unseen"] == 0.0
+    assert got["mpc_success_at_10_all"] == pytest.approx(2 / 3)
+    assert got["ranked_mrr_at_10_all"] == pytest.approx(1.0)
+    assert got["ranked_success_at_1_len_9_plus"] == 1.0
+
+
+def test_recur_eval_reports_the_ranked_system(bundle: Path) -> None:
+    model = OrtBundle.load(bundle)
+    queries = ["flights from boston to rome", "cheap hotels in paris", "x"]
+    got = evaluate(model, queries)
+    assert got["qac_queries"] == 3
+    for system in ("ranked", "model", "mpc"):
+        for cls in ("all", "seen", "unseen", "len_1_3", "len_4_8", "len_9_plus"):
+            assert 0.0 <= got[f"{system}_mrr_at_10_{cls}"] <= 1.0
+    assert got["qac_len_1_3_share"] == pytest.approx(1 / 3)  # "x" is completed from "x"
+    cases = ranking.build_cases(model, PopularIndex.load(bundle / "popular.npz"), queries)
+    assert [dataclasses.astuple(c)[:2] for c in cases][:2] == [
+        ("flights from ", "boston to rome"), ("cheap hote", "ls in paris")]  # fmt: skip
