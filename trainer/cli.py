@@ -21,6 +21,7 @@ from trainer.data.files import DataError
 from trainer.export import ExportError, export_checkpoint
 from trainer.loop import print_report
 from trainer.resume import atomic_save
+from trainer.storage import is_uri, publish, staging_dir
 
 _HELP = {
     "task": f"what to train: {', '.join(TASKS)}",
@@ -47,7 +48,8 @@ _HELP = {
     "precision": "fp32, or mixed precision: bf16 or fp16 autocast (fp16 with loss scaling, CUDA)",
     "out": "model repository to export the bundle to",
     "name": "model name in the repository (default: the task)",
-    "run_dir": "where runs keep checkpoints (Ray Train storage path)",
+    "run_dir": "where runs keep checkpoints (Ray Train storage): a directory every node mounts, "
+    "or a URI (s3://bucket/runs with AWS_ENDPOINT_URL for a non-AWS endpoint, gs://, file://)",
     "dry_run": "one batch of training and an export to a temporary directory",
     "checkpoint_every_steps": "also checkpoint every N optimizer steps (0: once per epoch)",
     "keep_checkpoints": "Ray Train: checkpoints to keep, best and latest first (0: all)",
@@ -152,8 +154,7 @@ def run(cfg: TrainConfig) -> Path | None:
         flush=True,
     )
     run_name = cfg.run_name or f"{cfg.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run_dir) / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = staging_dir(cfg.run_dir, run_name)  # local; copied to a URI --run-dir at the end
     (run_dir / "config.json").write_text(cfg.to_json() + "\n")
     (run_dir / "tokenizer.json").write_text(data.tokenizer.to_str())
     if cfg.workers == 0 or cfg.dry_run:
@@ -174,6 +175,7 @@ def run(cfg: TrainConfig) -> Path | None:
         checkpoint["metrics"] = {**checkpoint["metrics"], **evaluate_test(task, test, checkpoint)}
     torch.save(checkpoint, run_dir / "checkpoint.pt")  # the best checkpoint, for re-export
     write_run_artifacts(latest, run_dir, test=checkpoint["metrics"])  # the whole run's history
+    publish(run_dir, cfg.run_dir, run_name)
     if cfg.dry_run:
         with tempfile.TemporaryDirectory() as tmp:
             bundle = export_checkpoint(checkpoint, out=Path(tmp), name=cfg.model_name)
@@ -207,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     in_process = cfg.workers == 0 or cfg.dry_run
     if cfg.use_gpu and in_process and not _cuda_available():
         parser.error("--use-gpu: no CUDA device is available to this process")
+    if cfg.workers == 0 and not cfg.dry_run and is_uri(cfg.run_dir):
+        parser.error("--run-dir: a URI needs Ray workers (--workers 1 or more); in-process "
+                     "runs keep their checkpoints in a local directory")  # fmt: skip
     print(f"recur-train configuration:\n{cfg.to_json()}", flush=True)
     try:
         run(cfg)

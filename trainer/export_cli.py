@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from trainer.export import TOLERANCE, ExportError, export_checkpoint, load_checkpoint
+from trainer.storage import fetch_checkpoint, is_uri
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint",
         required=True,
-        type=Path,
-        help="a run directory (with checkpoint.pt) or a checkpoint file",
+        help="a run directory (with checkpoint.pt) or a checkpoint file, local or as a URI "
+        "of the run's storage (s3://bucket/runs/<run>, gs://..., file://...)",
     )
     parser.add_argument("--out", default="models", type=Path, help="model repository")
     parser.add_argument("--name", default="", help="model name (default: the run's)")
@@ -66,11 +68,24 @@ def quantization_summary(bundle: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="recur-export-") as downloads:
+        export(parser, args, downloads=Path(downloads))
+
+
+def export(parser: argparse.ArgumentParser, args: argparse.Namespace, *, downloads: Path) -> None:
+    """Check the flags, load the checkpoint (downloaded into `downloads` from a URI), export."""
     if args.quantize and args.max_quality_drop is None:
         parser.error("--quantize int8 needs --max-quality-drop (e.g. 0.01 for accuracy)")
     if args.max_quality_drop is not None and not args.quantize:
         parser.error("--max-quality-drop applies only with --quantize int8")
-    path = args.checkpoint / "checkpoint.pt" if args.checkpoint.is_dir() else args.checkpoint
+    path = Path(args.checkpoint)
+    if is_uri(args.checkpoint):
+        try:
+            path = fetch_checkpoint(args.checkpoint, into=downloads)
+        except (OSError, ValueError) as e:  # no such object, bucket or credentials
+            parser.error(f"--checkpoint: {e}")
+    elif path.is_dir():
+        path = path / "checkpoint.pt"
     if not path.is_file():
         parser.error(f"--checkpoint: no checkpoint at {path}")
     try:

@@ -33,6 +33,7 @@ from ray.train.torch import TorchTrainer
 from trainer.config import TrainConfig
 from trainer.loop import train_loop
 from trainer.resume import atomic_save
+from trainer.storage import filesystem_and_path
 from trainer.tasks import get_task
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -85,6 +86,24 @@ def _train_worker(config: dict[str, Any]) -> None:
     )
 
 
+def scaling_config(cfg: TrainConfig) -> ScalingConfig:
+    """`cfg.workers` workers of one CPU (and one GPU with `use_gpu`) each.
+
+    CPU workers are spread over the nodes (SPREAD): on KubeRay a node is a pod, and workers
+    packed into one pod would share its CPU limit (each rank's intra-op threads expect the
+    pod's cores to themselves) while the other pods of the worker group idle. SPREAD, unlike
+    STRICT_SPREAD, still starts every worker when there are fewer nodes than workers (one
+    laptop, a cluster short of a pod) instead of waiting. GPU workers are packed (PACK, Ray's
+    default): ranks on one multi-GPU node all-reduce over NVLink instead of the network.
+    """
+    return ScalingConfig(
+        num_workers=cfg.workers,
+        use_gpu=cfg.use_gpu,
+        resources_per_worker={"CPU": 1, "GPU": 1} if cfg.use_gpu else {"CPU": 1},
+        placement_strategy="PACK" if cfg.use_gpu else "SPREAD",
+    )
+
+
 def _load(checkpoint: Checkpoint) -> dict[str, Any]:
     with checkpoint.as_directory() as directory:
         loaded: dict[str, Any] = torch.load(
@@ -109,18 +128,16 @@ def train_with_ray(
             ray.init(runtime_env=runtime_env)
         else:
             ray.init(num_cpus=max(cfg.workers, 2), include_dashboard=False, runtime_env=runtime_env)
+    filesystem, storage_path = filesystem_and_path(cfg.run_dir)  # a local path or a URI
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"cfg": cfg.__dict__, "tokenizer": tokenizer_json},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": 1, "GPU": 1} if cfg.use_gpu else {"CPU": 1},
-        ),
+        scaling_config=scaling_config(cfg),
         # Relaunching with the same name resumes from the latest checkpoint; a failed worker
         # group is restarted from it up to `max_failures` times.
         run_config=RunConfig(
-            storage_path=str(Path(cfg.run_dir).resolve()),
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
             name=run_name,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(
