@@ -60,6 +60,8 @@ _HELP = {
     "popular_max_queries": "autocomplete: the bundle's popular-query index keeps the N most "
     "frequent training queries (0: no index, model-only suggestions)",
     "beam_size": "translation: also report BLEU of beam search with this width (0/1: greedy only)",
+    "fit_decoding_pairs": "translation: validation pairs the served beam width and length penalty "
+    "are fit on, recorded in the bundle (0: not fit)",
 }
 
 
@@ -182,7 +184,8 @@ def run(cfg: TrainConfig) -> Path | None:
             files = sorted(p.name for p in bundle.iterdir())
             print(f"[{cfg.task}] dry run: exported and verified {files}")
         return None
-    bundle = export_checkpoint(checkpoint, out=Path(cfg.out), name=cfg.model_name)
+    bundle = export_checkpoint(checkpoint, out=Path(cfg.out), name=cfg.model_name,
+                               fit_decoding=True)  # fmt: skip
     shown = " ".join(f"{k}={v:.4g}" for k, v in checkpoint["metrics"].items())
     print(f"[{cfg.task}] exported {bundle} ({shown})", flush=True)
     return bundle

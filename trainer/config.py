@@ -70,6 +70,7 @@ class TrainConfig:
     eval_completions: int = 200  # autocomplete: validation queries completed for MRR@10; 0: off
     popular_max_queries: int = 1_000_000  # autocomplete: popular-query index size; 0: no index
     beam_size: int = 0  # translation: > 1 also reports BLEU of beam search of this width
+    fit_decoding_pairs: int = 500  # translation: validation pairs beam defaults are fit on; 0: off
     patience: int = 0  # early stopping: validations without improvement; 0: off
     seed: int = 0
     workers: int = 2  # data-parallel Ray Train workers; 0 trains in-process without Ray
@@ -176,7 +177,7 @@ _CHOICES = {
 _NON_NEGATIVE = (
     "workers", "epochs", "clip_norm", "clip_value", "bptt", "diagnose_every", "patience",
     "max_train_examples", "max_valid_examples", "eval_completions", "popular_max_queries",
-    "beam_size", "checkpoint_every_steps", "keep_checkpoints", "vocab_size",
+    "beam_size", "fit_decoding_pairs", "checkpoint_every_steps", "keep_checkpoints", "vocab_size",
 )  # fmt: skip
 
 

@@ -8,6 +8,8 @@ and tokenizer (not the PyTorch model), so they measure what the service serves.
 |              | each text's tokens, P in 25, 50, 75, 100 (what the stream shows there)    |
 | translation  | `bleu` (sacreBLEU, 13a), `exact_match`: greedy, encoder + decoder_step;   |
 |              | with `beam_size` > 1 also `bleu_beam` (beam search, `trainer.decoding`'s) |
+|              | with fitted decoding defaults: `bleu_default`, `length_ratio_default` (the |
+|              | service's beam search with them) and `bleu_unpenalized`, ... (penalty 0)  |
 | autocomplete | `nats_per_token`, `perplexity`, `bits_per_char` (character-level), `mrr_at_10` |
 |              | with a popular-query index: the QAC report of `trainer/ranking.py` (MRR@10,  |
 |              | success@1/@10 of the ranked system, the model alone and MPC, by prefix class)  |
@@ -214,6 +216,10 @@ def translation_metrics(
         "exact_match": exact / max(len(rows), 1),
         "examples": float(len(rows)),
     }
+    if model.manifest.HasField("decoding"):
+        from trainer.beam_defaults import served_metrics
+
+        result |= served_metrics(model, examples)
     if beam_size > 1:
         beamed = [
             beam_translate(model, s, beam=beam_size, max_len=2 * len(s) + 10) for s, _, _ in rows

@@ -252,8 +252,12 @@ def export_checkpoint(
     tolerance: float = TOLERANCE,
     quantize: str = "",
     max_quality_drop: float = 0.0,
+    fit_decoding: bool = False,
 ) -> Path:
     """Export `checkpoint` to `out/name/<next version>/` and return that directory.
+
+    An autocomplete bundle gets the popular-query index of its run's training log and ranking
+    weights fit on its validation queries (`trainer.ranking`; `--popular-max-queries 0`: none).
 
     Args:
         checkpoint: a checkpoint written by the trainer.
@@ -263,6 +267,8 @@ def export_checkpoint(
         quantize: "int8" to add int8 dynamically quantized copies of the graphs; "" for none.
         max_quality_drop: with `quantize`, the largest accepted drop of the task's validation
             metric (`trainer.evaluate.HEADLINE`) from the fp32 graphs to the int8 graphs.
+        fit_decoding: translation: fit the served beam width and length penalty on the run's
+            validation pairs (`trainer.beam_defaults`, `--fit-decoding-pairs`) and record them.
 
     Raises:
         ExportError: a graph's ONNX Runtime outputs differ from PyTorch beyond `tolerance`, or
@@ -282,6 +288,14 @@ def export_checkpoint(
             from trainer.ranking import add_popular_index
 
             add_popular_index(staging, manifest, checkpoint)
+        if (
+            fit_decoding
+            and checkpoint["task"] == "translation"
+            and _config(checkpoint, "fit_decoding_pairs")
+        ):
+            from trainer.beam_defaults import add_decoding_defaults
+
+            add_decoding_defaults(staging, manifest, checkpoint)
         if quantize:
             quantize_or_refuse(
                 staging, manifest, graphs, checkpoint, max_quality_drop=max_quality_drop
