@@ -117,3 +117,28 @@ def test_metrics_by_prefix_share_through_onnx(tmp_path: Path) -> None:
             pooled = running_pool(out["logits"], model.manifest.pooling)[0, -1]
             right += int(pooled.argmax()) == label
         assert got[f"accuracy_at_{share}"] == pytest.approx(right / len(examples)), share
+
+
+@pytest.mark.slow
+def test_the_demo_model_is_uncertain_after_not(tmp_path: Path) -> None:
+    """The demo's sentiment run (built-in corpus, one epoch) trained with every prefix scored:
+    after "not" its running label estimates P(positive | the text starts with "not"), which the
+    training split gives (about one half: "not" opens good and bad reviews alike), and "not good"
+    ends negative."""
+    from tests.conftest import tiny_config
+    from trainer.cli import run
+    from trainer.completions import log_softmax
+    from trainer.data.builtin import sentiment_reviews
+
+    opening = [label for text, label in sentiment_reviews(seed=0).train
+               if text.split()[0] == "not"]  # fmt: skip
+    expected = sum(opening) / len(opening)
+    cfg = tiny_config("sentiment", tmp_path, prefix_loss="linear", embed_dim=64,
+                      hidden_size=128, max_train_examples=0)  # fmt: skip
+    model = OrtBundle.load(run(cfg))  # type: ignore[arg-type]
+    ids = model.tokenizer.encode("not good").ids
+    out = model.run("classifier_step", {"tokens": np.array([ids]), **model.zero_state(1)})
+    probs = np.exp(log_softmax(running_pool(out["logits"], model.manifest.pooling)[0]))  # (T, C)
+    positive = list(model.manifest.labels).index("positive")
+    assert abs(probs[0, positive] - expected) <= 0.15, (probs[0], expected)
+    assert probs[-1].argmax() != positive
