@@ -8,7 +8,7 @@ DEV_STAMP     := $(VENV)/.setup-dev
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup setup-dev demo test test-slow bench lint format protos clean audit
+.PHONY: setup setup-dev demo test test-slow bench lint format protos clean audit images
 
 # Idempotent: reruns only when the dependency files change. Exact versions come from constraints.txt.
 # `setup` is what the demo runs (train + serve + client + plots); `setup-dev` adds the test and
@@ -55,6 +55,12 @@ format: setup-dev
 
 protos: setup-dev
 	$(PY) scripts/gen_protos.py
+
+# The serving and training images (deploy/docker): Docker where an engine answers, else buildah
+# (installed with apt-get when run as root), on a local Debian base (debootstrap) where no registry
+# serves the official ones; it says which. IMAGES=serve or IMAGES=train builds one.
+images:
+	scripts/images.sh $(IMAGES)
 
 clean:
 	rm -rf models runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,6 @@
 """The Dockerfiles, without a Docker engine: a lint of their bases, users and entrypoints, and the
 serving image's install replayed into a fresh virtual environment that must serve without torch/ray.
+(test_images_build.py builds and runs the real images.)
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
 CONSTRAINTS = (ROOT / "constraints.txt").read_text().split()
 RAY_VERSION = next(line.split("==")[1] for line in CONSTRAINTS if line.startswith("ray=="))
+# What pip prints when it cannot reach an index (as opposed to a pin that does not exist).
+OFFLINE = (
+    r"NewConnectionError|Failed to establish a new connection|Temporary failure in name resolution"
+    r"|Name or service not known|ConnectTimeoutError|Network is unreachable|ProxyError"
+)
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -44,7 +50,7 @@ def args_of(dockerfile: Path, instruction: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "image, base, user, entrypoint, extra",
+    "image, base, user, entrypoint, extras",
     [
         ("serve", r"python:3\.11\.\d+-slim-\w+", "10001", "recur-serve", "serve"),
         (
@@ -52,19 +58,23 @@ def args_of(dockerfile: Path, instruction: str) -> list[str]:
             rf"rayproject/ray:{re.escape(RAY_VERSION)}-py311",
             "1000",
             "recur-train",
-            "train",
+            "train,cluster",
         ),
     ],
 )
-def test_dockerfile_lint(image: str, base: str, user: str, entrypoint: str, extra: str) -> None:
+def test_dockerfile_lint(image: str, base: str, user: str, entrypoint: str, extras: str) -> None:
     dockerfile = DOCKER / f"{image}.Dockerfile"
+    # The base is a build argument (scripts/images.sh may pass a local one); its default is the
+    # official image, at an exact tag.
     (from_,) = args_of(dockerfile, "FROM")
-    assert re.fullmatch(base, from_), f"{image}: base {from_!r} is not an exact pinned tag"
+    assert from_ == "${BASE_IMAGE}"
+    (default,) = [a.split("=", 1)[1] for a in args_of(dockerfile, "ARG") if a.startswith("BASE_")]
+    assert re.fullmatch(base, default), f"{image}: base {default!r} is not an exact pinned tag"
     assert args_of(dockerfile, "USER")[-1] == user, "the last USER must be the non-root uid"
     assert json.loads(args_of(dockerfile, "ENTRYPOINT")[-1]) == [entrypoint]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert entrypoint in scripts
-    assert pip_installs(dockerfile) == [["-c", "constraints.txt", f".[{extra}]"]]
+    assert pip_installs(dockerfile) == [["-c", "constraints.txt", f".[{extras}]"]]
     for copy in args_of(dockerfile, "COPY"):
         *sources, _ = [a for a in shlex.split(copy) if not a.startswith("--")]
         assert all((ROOT / s).exists() for s in sources), copy
@@ -126,8 +136,11 @@ def test_serve_image_install_serves_without_torch_or_ray(tiny_models: Path, tmp_
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
     (install,) = pip_installs(dockerfile)
-    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *install]
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+           "--retries", "2", *install]  # fmt: skip
     result = subprocess.run(pip, cwd=context, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0 and re.search(OFFLINE, result.stderr):
+        pytest.skip("the package index is unreachable (offline): cannot replay the image's install")
     assert result.returncode == 0, result.stderr[-3000:]
     probe = "import importlib.util as u; print([m for m in ('torch', 'ray') if u.find_spec(m)])"
     absent = subprocess.run(
