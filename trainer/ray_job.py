@@ -66,11 +66,15 @@ def _train_worker(config: dict[str, Any]) -> None:
     task = get_task(cfg.task)
     data = task.prepare(cfg, tokenizer_json=config["tokenizer"])
     resume = None
+    rank = ray.train.get_context().get_world_rank()
     if (latest := ray.train.get_checkpoint()) is not None:  # a relaunch or a restarted worker
         with latest.as_directory() as directory:
             resume = torch.load(
                 Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
             )["resume"]
+        if rank == 0:  # which of the stored checkpoints a restarted worker group continues from
+            print(f"[{cfg.task}] restored {latest.path}: epoch {resume['epoch']} done, "
+                  f"batch {resume['batch']} of the next", flush=True)  # fmt: skip
     train_loop(
         task,
         data,
@@ -79,7 +83,7 @@ def _train_worker(config: dict[str, Any]) -> None:
         # The loop's loaders bring their own distributed samplers (EpochSampler, TokenBatches).
         wrap_loader=partial(ray.train.torch.prepare_data_loader, add_dist_sampler=False),
         report=partial(_report, monitor=task.monitor, mode=task.mode),
-        rank=ray.train.get_context().get_world_rank(),
+        rank=rank,
         world_size=ray.train.get_context().get_world_size(),
         device=ray.train.torch.get_device(),
         resume=resume,
