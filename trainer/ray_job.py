@@ -10,13 +10,13 @@ schedule, counters, data position, per-rank random state), so a relaunch with th
 `--run-name`, or a restart after a worker failure, continues where the latest one was taken.
 
 Ray keeps `--keep-checkpoints` of them ranked by `checkpoint_score`: the monitored validation
-metric (negated where lower is better) for an epoch's checkpoint, -inf for one inside an epoch,
-which has not been validated. The latest is always kept, so the best and the latest survive.
+metric (negated where lower is better) for an epoch's checkpoint, `UNSCORED` for one inside an
+epoch, which has not been validated. The latest is always kept, so the best and the latest
+survive.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from functools import partial
@@ -38,12 +38,15 @@ from trainer.tasks import get_task
 
 CHECKPOINT_FILE = "checkpoint.pt"
 SCORE = "checkpoint_score"  # higher is better; what Ray ranks checkpoints by
+# Below any metric, and finite: Ray's checkpoint-manager snapshot (JSON in the run's storage)
+# writes -inf as null, and a relaunched run could not rank its checkpoints again.
+UNSCORED = -1e30
 
 
 def checkpoint_score(metrics: dict[str, float], *, monitor: str, mode: str) -> float:
-    """The monitored metric, negated when lower is better; -inf before any validation."""
+    """The monitored metric, negated when lower is better; `UNSCORED` before any validation."""
     if monitor not in metrics:
-        return -math.inf
+        return UNSCORED
     return metrics[monitor] if mode == "max" else -metrics[monitor]
 
 

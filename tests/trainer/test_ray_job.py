@@ -51,3 +51,14 @@ def kept_positions(run_dir: Path) -> list[tuple[int, int]]:
         resume = torch.load(directory / "checkpoint.pt", weights_only=False)["resume"]
         positions.append((resume["epoch"], resume["batch"]))
     return sorted(positions)
+
+
+def test_unvalidated_checkpoints_rank_last_with_a_score_json_keeps() -> None:
+    """Ray stores the scores of kept checkpoints as JSON in the run's storage and reads them back
+    when the run is relaunched: -inf would come back as null."""
+    from trainer.ray_job import checkpoint_score
+
+    inside = checkpoint_score({"steps": 10.0}, monitor="valid_loss", mode="min")
+    worst = checkpoint_score({"valid_loss": 1e6}, monitor="valid_loss", mode="min")
+    assert inside < worst and json.loads(json.dumps(inside, allow_nan=False)) == inside
+    assert checkpoint_score({"valid_accuracy": 0.9}, monitor="valid_accuracy", mode="max") == 0.9
