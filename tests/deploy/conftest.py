@@ -18,7 +18,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 # Every kustomization a user applies (deploy/README.md), by its path under deploy/k8s.
-KUSTOMIZATIONS = ("base", "overlays/dev", "overlays/prod", "training", "training/interactive")
+KUSTOMIZATIONS = ("base", "overlays/dev", "overlays/prod", "training", "training/interactive",
+                  "training/object-storage")  # fmt: skip
 
 
 def _tool(name: str, how: str) -> str:

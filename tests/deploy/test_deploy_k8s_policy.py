@@ -3,6 +3,7 @@ with each other and with the code (flags, env variables, health service names, p
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from dataclasses import fields
@@ -15,6 +16,7 @@ from services.config import ServeConfig
 from services.server import SERVICES
 from trainer.cli import build_parser
 from trainer.config import resolve
+from trainer.storage import is_uri
 
 CONSTRAINTS = Path(__file__).resolve().parents[2] / "constraints.txt"
 OVERLAYS = ["overlays/dev", "overlays/prod"]
@@ -37,7 +39,10 @@ def pod_specs(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return specs
 
 
-@pytest.mark.parametrize("name", ["base", *OVERLAYS, "training", "training/interactive"])
+TRAINING = ["training", "training/interactive", "training/object-storage"]
+
+
+@pytest.mark.parametrize("name", ["base", *OVERLAYS, *TRAINING])
 def test_containers_have_pinned_images_limits_and_run_as_non_root(
     rendered: dict[str, list[dict[str, Any]]], name: str
 ) -> None:
@@ -163,7 +168,35 @@ def test_rayjob_runs_the_trainer_into_the_serving_volume(
     assert workers >= cfg.workers
 
 
-@pytest.mark.parametrize("name", ["training", "training/interactive"])
+def test_object_storage_rayjob_differs_from_the_volume_one_only_in_run_storage(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The two training jobs are alternatives: the same job but for where Ray Train's storage is."""
+    (volume,) = rendered["training"]
+    (bucket,) = rendered["training/object-storage"]
+    args = build_parser().parse_args(shlex.split(bucket["spec"]["entrypoint"])[3:])
+    run_dir = resolve(vars(args), environ={}).run_dir
+    assert is_uri(run_dir) and run_dir.startswith("s3://"), run_dir
+    for spec in pod_specs([bucket]):
+        claims = {v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", [])}
+        assert "recur-runs" not in claims
+        (container,) = spec["containers"]
+        assert container["envFrom"] == [{"secretRef": {"name": "recur-run-storage"}}]
+
+    def storage_free(job: dict[str, Any]) -> dict[str, Any]:
+        job = json.loads(json.dumps(job))
+        job["spec"]["entrypoint"] = re.sub(r"--run-dir \S+", "", job["spec"]["entrypoint"])
+        for spec in pod_specs([job]):
+            spec["volumes"] = [v for v in spec.get("volumes", []) if v["name"] != "runs"]
+            for c in spec["containers"]:
+                c.pop("envFrom", None)
+                c["volumeMounts"] = [m for m in c.get("volumeMounts", []) if m["name"] != "runs"]
+        return job
+
+    assert storage_free(bucket) == storage_free(volume)
+
+
+@pytest.mark.parametrize("name", TRAINING)
 def test_ray_version_matches_image_tags_and_constraints(
     rendered: dict[str, list[dict[str, Any]]], name: str
 ) -> None:

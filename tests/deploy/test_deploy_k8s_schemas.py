@@ -38,6 +38,7 @@ def test_every_kustomization_renders(rendered: dict[str, list[dict[str, Any]]]) 
     kinds = {name: sorted({o["kind"] for o in objs}) for name, objs in rendered.items()}
     assert kinds["training"] == ["RayJob"]
     assert kinds["training/interactive"] == ["RayCluster"]
+    assert kinds["training/object-storage"] == ["RayJob"]
     for overlay in ("overlays/dev", "overlays/prod"):
         assert kinds[overlay] == [
             "ConfigMap", "Deployment", "GRPCRoute", "Gateway", "HorizontalPodAutoscaler",
@@ -93,7 +94,7 @@ def test_crd_schemas_catch_mistakes(
         jsonschema.validate(broken, schema)
 
 
-@pytest.mark.parametrize("name", ["training", "training/interactive"])
+@pytest.mark.parametrize("name", ["training", "training/interactive", "training/object-storage"])
 def test_ray_pod_templates_validate_as_pod_templates(
     rendered: dict[str, list[dict[str, Any]]], name: str
 ) -> None:
