@@ -10,6 +10,7 @@
 #   RECUR_IMAGE_TOOL=auto|docker|buildah     auto: docker if `docker info` answers, else buildah
 #   RECUR_IMAGE_BASE=auto|official|local     auto: official if it can be pulled, else local
 #   RECUR_IMAGES_CACHE=DIR                   the local base's work folder (outside the repository)
+#   RECUR_IMAGE_NO_CACHE=1                   rebuild every step (the base stays if already made)
 #   DEBIAN_MIRROR=URL                        debootstrap's mirror (default deb.debian.org)
 # With buildah, the host's pip settings (index, extra indexes, find-links, CA bundle: `pip config
 # list` and PIP_*) are lent to the build's RUN steps read-only under /run/recur-build, so a build
@@ -141,6 +142,7 @@ build() {  # name base
     base=docker.io/$base
   fi
   local args=(-f "deploy/docker/$name.Dockerfile" --build-arg "BASE_IMAGE=$base" -t "${TAG[$name]}")
+  [ "${RECUR_IMAGE_NO_CACHE:-0}" = 0 ] || args+=(--no-cache)
   say "building ${TAG[$name]} on $base"
   if [ "$TOOL" = docker ]; then
     nice -n 10 docker build "${args[@]}" .

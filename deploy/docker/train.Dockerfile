@@ -21,9 +21,14 @@ ENV PYTHONUNBUFFERED=1 \
 USER root
 # The Ray image's unprivileged user (uid 1000, group users), which KubeRay expects; other bases
 # get one of the same name and ids. The trainer writes its runs under the working directory.
+# KubeRay's probes run `bash -c "wget ... | grep success"` in every Ray pod: the Ray image has
+# wget, other (Debian) bases get it from apt.
 RUN (id -u 1000 >/dev/null 2>&1 \
     || useradd --uid 1000 --gid 100 --create-home --home-dir /home/ray --shell /bin/bash ray) \
-    && install -d -o 1000 -g 100 /home/ray/recur
+    && install -d -o 1000 -g 100 /home/ray/recur \
+    && (command -v wget >/dev/null || (apt-get update -qq \
+        && apt-get install -y -qq --no-install-recommends wget \
+        && apt-get clean && rm -rf /var/lib/apt/lists/*))
 WORKDIR /home/ray/recur
 COPY --chown=1000:100 pyproject.toml constraints.txt README.md ./
 COPY --chown=1000:100 protos/ protos/

@@ -193,6 +193,9 @@ def test_train_image_runs_the_trainer_dry_run(
         constraints = (ROOT / "constraints.txt").read_text().split()
         assert f"ray=={ray}" in constraints
         assert f"torch=={torch.split('+')[0]}" in constraints
+        # KubeRay's command and probes: the venv's `ray`, and wget.
+        assert f"version {ray}" in run_in(container, "ray", "--version", user="1000")
+        run_in(container, "wget", "--version", user="1000")
         for task in ("translation", "sentiment", "autocomplete"):
             out = run_in(container, "python", "-m", "trainer", "--dry-run", "--task", task,
                          user="1000", timeout=900)  # fmt: skip
