@@ -72,6 +72,7 @@ pull() {  # quiet; fails fast where no registry resolves
 # (no apt lists or caches, docs, man pages or locales), imported as $LOCAL_BASE.
 make_local_base() {
   has_image "$LOCAL_BASE" && { say "local base $LOCAL_BASE already here"; return 0; }
+  local start=$SECONDS
   [ "$(id -u)" -eq 0 ] || die "debootstrap needs root to make the local base"
   command -v debootstrap >/dev/null || install_tools
   local rootfs="$CACHE/rootfs"
@@ -87,6 +88,7 @@ make_local_base() {
   if [ "$TOOL" = docker ]; then tar -C "$rootfs" -c . | docker import "${changes[@]}" - "$LOCAL_BASE"
   else tar -C "$rootfs" -c . | podman import -q "${changes[@]}" - "$LOCAL_BASE"; fi >/dev/null
   rm -rf "$rootfs"
+  say "made $LOCAL_BASE in $((SECONDS - start)) s: $(megabytes "$LOCAL_BASE") MB"
 }
 
 # buildah -v arguments that lend the host's pip settings to RUN steps (see the header).
@@ -152,10 +154,14 @@ build() {  # name base
     nice -n 10 buildah bud --isolation chroot --layers \
       --ignorefile "deploy/docker/$name.Dockerfile.dockerignore" "${mounts[@]}" "${args[@]}" .
   fi
+  say "built ${TAG[$name]} on $base in $((SECONDS - start)) s: $(megabytes "${TAG[$name]}") MB"
+}
+
+megabytes() {  # an image's uncompressed size, in MB (10^6 bytes)
   local bytes
-  if [ "$TOOL" = docker ]; then bytes=$(docker image inspect -f '{{.Size}}' "${TAG[$name]}")
-  else bytes=$(podman image inspect -f '{{.Size}}' "localhost/${TAG[$name]}"); fi
-  say "built ${TAG[$name]} on $base in $((SECONDS - start)) s: $((bytes / 1000000)) MB"
+  if [ "$TOOL" = docker ]; then bytes=$(docker image inspect -f '{{.Size}}' "$1")
+  else bytes=$(podman image inspect -f '{{.Size}}' "$1"); fi
+  echo $((bytes / 1000000))
 }
 
 main() {
