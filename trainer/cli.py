@@ -33,7 +33,7 @@ _HELP = {
     "input_feeding": "translation: feed the previous attentional vector to the decoder",
     "pooling": "sentiment: label from the last, mean or max of the per-token logits",
     "prefix_loss": "sentiment: none scores the whole text's label only; linear also scores every "
-    "prefix's running label, weighted by its length (trainer/tasks/sentiment.py); '': none",
+    "prefix's running label, weighted by its length (trainer/tasks/sentiment.py); '': linear",
     "tie_embeddings": "autocomplete: share the embedding with the output layer (E == H)",
     "tokenizer": "char, word or bpe, trained on the training split (default: the task's)",
     "vocab_size": "vocabulary size (0: 8000 for bpe, 30000 for char and word)",
@@ -177,7 +177,8 @@ def run(cfg: TrainConfig) -> Path | None:
         checkpoint["metrics"] = {**checkpoint["metrics"], **evaluate_test(task, test, checkpoint)}
     torch.save(checkpoint, run_dir / "checkpoint.pt")  # the best checkpoint, for re-export
     write_run_artifacts(latest, run_dir, test=checkpoint["metrics"])  # the whole run's history
-    publish(run_dir, cfg.run_dir, run_name)
+    if (published := publish(run_dir, cfg.run_dir, run_name)) != str(run_dir):
+        print(f"[{cfg.task}] run files copied to {published}", flush=True)
     if cfg.dry_run:
         with tempfile.TemporaryDirectory() as tmp:
             bundle = export_checkpoint(checkpoint, out=Path(tmp), name=cfg.model_name)
