@@ -45,7 +45,7 @@ class TrainConfig:
     attention: str = "general"  # translation: dot, general or additive
     input_feeding: bool = False  # translation: the previous attentional vector feeds the decoder
     pooling: str = "last"  # sentiment: last, mean or max over the per-token logits
-    prefix_loss: str = ""  # sentiment: none (final label only) or linear (every prefix); "": none
+    prefix_loss: str = ""  # sentiment: none (final label only) or linear (every prefix); "": linear
     tie_embeddings: bool = False  # autocomplete: output layer shares the embedding (E == H)
     tokenizer: str = ""  # char, word or bpe; empty: the task's (char for autocomplete, else word)
     vocab_size: int = 0  # 0: 8000 for bpe, 30000 for char and word

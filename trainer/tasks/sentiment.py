@@ -6,13 +6,17 @@ logits after token t (the pool of positions 1..t, `Classifier.running`) are z_t:
 
 | `--prefix-loss`    | loss of one text                                                     |
 |--------------------|----------------------------------------------------------------------|
-| `none` (default)   | CE(z_L, y): the whole text's label only (many-to-one)                |
-| `linear`           | ½·CE(z_L, y) + ½·Σ_t w_t·CE(z_t, y), w_t = t / (L(L+1)/2), t = 1..L  |
+| `none`             | CE(z_L, y): the whole text's label only (many-to-one)                |
+| `linear` (default) | ½·CE(z_L, y) + ½·Σ_t w_t·CE(z_t, y), w_t = t / (L(L+1)/2), t = 1..L  |
 
 `linear` scores every prefix against the sentence's label with weights that grow with the prefix
 (a prefix of a few words says less about the label, and an early word should not be forced to
 decide it), and keeps half of each text's loss on its final label so that the final accuracy
 holds. The batch loss is the mean over texts.
+
+Measured on SST-2 dev with the README's run (docs/quality/sst2-prefix-loss.json): `linear` kept
+the final accuracy (0.852 against 0.842 with `none`) and lowered the calibration error of the
+running label after half of each sentence's tokens from 0.142 to 0.121, hence the default.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from trainer.tasks.base import (
 MAX_TOKENS = 128
 EVAL_BATCH = 256
 PREFIX_LOSSES = ("none", "linear")
-DEFAULT_PREFIX_LOSS = "none"
+DEFAULT_PREFIX_LOSS = "linear"
 
 
 class SentimentTask(Task):
