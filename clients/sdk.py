@@ -28,12 +28,14 @@ the answers of a session depend on everything sent on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeAlias
+from typing import Any, Self, TypeAlias, TypeVar
 
+import grpc
 from grpc import aio
 
 from clients import health_wire
@@ -42,6 +44,7 @@ from clients.channel import Connection
 from protos.recur.v1 import inference_pb2, inference_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+T = TypeVar("T")
 
 TranslateEvent: TypeAlias = inference_pb2.TranslateResponse
 SentimentEvent: TypeAlias = inference_pb2.SentimentResponse
@@ -71,6 +74,8 @@ class Session:
         self._model = model
         self._max_tokens = max_tokens
         self._num_suggestions = num_suggestions
+        self._status: RecurError | None = None  # the server's status, once the call ends
+        call.add_done_callback(self._ended)
 
     async def send_text(self, text: str) -> None:
         """Sends the full text typed so far; the server diffs it against the previous revision."""
@@ -90,11 +95,30 @@ class Session:
         return self
 
     async def __anext__(self) -> inference_pb2.SessionResponse:
-        with recur_errors():
+        with self._errors():
             response = await self._call.read()
         if isinstance(response, inference_pb2.SessionResponse):
             return response
         raise StopAsyncIteration
+
+    def _ended(self, call: Any) -> None:
+        """Keeps the first status the call ended with. grpcio (grpc/grpc#36066) replaces the
+        server's status with a made-up INTERNAL when a write was in flight as the server ended
+        the call; the status the server sent is the one to report."""
+        code = _settled(call.code())
+        details = _settled(call.details())
+        if self._status is None and not _made_up(code, details):
+            self._status = RecurError(code, details or "")
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            with recur_errors():
+                yield
+        except RecurError as error:
+            if self._status is not None and _made_up(error.code, error.details):
+                raise self._status from error
+            raise
 
     async def _write(self, request: inference_pb2.SessionRequest) -> None:
         # The server reads `model` from the first message only; sending it on every one is harmless.
@@ -102,13 +126,15 @@ class Session:
         request.max_tokens = self._max_tokens
         request.num_suggestions = self._num_suggestions
         try:
-            with recur_errors():
+            with self._errors():
                 await self._call.write(request)
         except asyncio.InvalidStateError:
             if not self._call.done():
                 raise  # written after close(): the caller's mistake, said as grpc says it
             # The server already ended the session (refused it, expired it, drained): say why.
-            raise RecurError(await self._call.code(), await self._call.details() or "") from None
+            raise self._status or RecurError(
+                await self._call.code(), await self._call.details() or ""
+            ) from None
 
 
 class RecurClient:
@@ -351,3 +377,19 @@ class RecurClient:
         if self._channel is None:
             raise RuntimeError("RecurClient is not open; use `async with RecurClient(...)`")
         return self._channel
+
+
+def _settled(pending: Coroutine[Any, Any, T]) -> T:
+    """The value of a call's `code()` or `details()` once the call has ended: they return
+    without suspending then, so a done callback can read them."""
+    try:
+        pending.send(None)
+    except StopIteration as finished:
+        return finished.value  # type: ignore[no-any-return]
+    pending.close()
+    raise RuntimeError("the call has not ended")
+
+
+def _made_up(code: grpc.StatusCode, details: str | None) -> bool:
+    """grpcio's own INTERNAL for a write that failed because the call had ended."""
+    return code == grpc.StatusCode.INTERNAL and details == "Internal error from Core"

@@ -6,6 +6,8 @@ becomes INTERNAL with a generic message, and its traceback goes to the log, not 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -36,6 +38,7 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Context: TypeAlias = "aio.ServicerContext[Any, Any]"
 CALL_INFO: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("recur_call_info")
 RETRY_AFTER_MS = 100  # the hint sent with RESOURCE_EXHAUSTED
+ABORT_SECONDS = 1.0  # the most an expired call waits for its status to leave
 _CODES: dict[type[ServiceError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
@@ -55,7 +58,7 @@ def _start_call(rpc: str, context: Context) -> CallInfo:
     trailing metadata and into the log lines about the call."""
     metadata = dict(context.invocation_metadata() or ())
     request_id = str(metadata.get("x-request-id", ""))[:128] or uuid.uuid4().hex
-    info = CallInfo(rpc=rpc, request_id=request_id)
+    info = CallInfo(rpc=rpc, request_id=request_id, handler=asyncio.current_task())
     CALL_INFO.set(info)
     _trailing(context, info)
     return info
@@ -64,6 +67,14 @@ def _start_call(rpc: str, context: Context) -> CallInfo:
 def current_call() -> CallInfo:
     """The CallInfo of the running call (a throwaway one outside an intercepted call)."""
     return CALL_INFO.get(CallInfo(rpc=""))
+
+
+def expire(info: CallInfo, error: Expired) -> None:
+    """End the streaming call `info` with DEADLINE_EXCEEDED and `error`'s message, wherever its
+    handler is: waiting on the engine, or blocked in a write to a client that stopped reading."""
+    if info.handler is not None and not info.handler.done() and info.expired is None:
+        info.expired = error
+        info.handler.cancel()
 
 
 class _Undecodable:
@@ -176,7 +187,13 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
         await context.abort(code, message)
 
     def _wrap_stream(self, rpc: str, behavior: Callable[..., Any]) -> Any:
-        async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
+        """A streaming handler in gRPC's reader/writer form: the handler writes each response
+        itself, so a cancellation (client gone, deadline, `expire`) always lands in these frames
+        and every per-call resource (admission place, streams gauge, the stream's generators and
+        their state slots) is given back at once, not whenever garbage collection closes a
+        generator that gRPC stopped driving at a `yield`."""
+
+        async def handler(request: Any, context: Context) -> None:
             info = _start_call(rpc, context)
             tasks = scope.open_scope()
 
@@ -189,21 +206,38 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
                 self._authenticate(context)
                 request = _decoded(request)
                 with self.admission.admit():
-                    async for response in behavior(request, context):
-                        yield response
+                    async with contextlib.aclosing(behavior(request, context)) as responses:
+                        async for response in responses:
+                            await context.write(response)
             except aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
+            except asyncio.CancelledError:
+                if info.expired is None:  # cancelled by the client or by shutdown
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+                await self._abort_expired(context, info.expired)
             except Exception as error:
                 code = status_for(error)[0]
                 await self._abort(context, error)
-            except BaseException:  # cancelled by the client or by shutdown
+            except BaseException:
                 code = grpc.StatusCode.CANCELLED
                 raise
             finally:
                 self._finish(info, started, code)
 
-        return wrapper
+        return handler
+
+    async def _abort_expired(self, context: Context, error: Expired) -> None:
+        """End an expired call with DEADLINE_EXCEEDED; if the status cannot leave within a
+        second (the client stopped reading and its flow-control window is full), drop the call,
+        which gRPC then cancels."""
+        try:
+            async with asyncio.timeout(ABORT_SECONDS):
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
+        except TimeoutError:
+            raise asyncio.CancelledError from None
 
     def _wrap_unary(self, rpc: str, behavior: Callable[..., Awaitable[Any]]) -> Any:
         async def wrapper(request: Any, context: Context) -> Any:

@@ -6,14 +6,17 @@ since one RNN step is well under a millisecond.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.errors import Expired
 from services.events import Event, Finished, RunningLabel, TokenEvent
 
 if TYPE_CHECKING:  # the engine's modules import numpy and ONNX Runtime; metrics need neither
@@ -34,6 +37,8 @@ class CallInfo:
     model: str = ""
     version: str = ""
     task: str = ""
+    handler: asyncio.Task[Any] | None = None  # the task running the call's handler
+    expired: Expired | None = None  # why the server ended the call (see interceptors.expire)
 
 
 class ServerMetrics:
@@ -133,7 +138,7 @@ class ServerMetrics:
         labels = (info.model, info.version, info.task, info.rpc)
         last: float | None = None
         with self.streaming(info):
-            async for event in events:
+            async for event in _closing(events):
                 now = time.perf_counter()
                 if isinstance(event, TokenEvent | RunningLabel):
                     if last is not None:
@@ -145,3 +150,11 @@ class ServerMetrics:
                     self.ttft.labels(*labels).observe(event.time_to_first_token_seconds)
                     self.input_tokens.labels(*labels).inc(event.input_tokens)
                 yield event
+
+
+async def _closing(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """`events`, closed as soon as this generator is (Python leaves an async generator that is
+    closed mid-iteration to garbage collection; a stream's holds state slots)."""
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        async for event in events:
+            yield event

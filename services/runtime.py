@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -107,7 +107,7 @@ class _End:
     pass
 
 
-async def pump(events: AsyncIterator[T], *, depth: int = 16) -> AsyncIterator[T]:
+async def pump(events: AsyncIterator[T], *, depth: int = 16) -> AsyncGenerator[T, None]:
     """Iterate `events` in a task of its own, at most `depth` items ahead of the consumer."""
     queue: asyncio.Queue[T | _End | BaseException] = asyncio.Queue(depth)
 
@@ -129,5 +129,9 @@ async def pump(events: AsyncIterator[T], *, depth: int = 16) -> AsyncIterator[T]
             yield item
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the consumer itself was cancelled: not the producer's ending to absorb

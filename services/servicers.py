@@ -9,12 +9,13 @@ from protos.recur.v1 import inference_pb2 as pb
 from protos.recur.v1 import inference_pb2_grpc as pb_grpc
 from services import validation
 from services.engine import Engine
+from services.errors import Expired
 from services.events import Event, Finished, FinishReason, RunningLabel, TokenEvent
-from services.interceptors import Context, current_call
+from services.interceptors import Context, current_call, expire
 from services.metrics import ServerMetrics
 from services.model import LoadedModel
 from services.requests import CompleteParams, TranslateParams
-from services.session import Edit, SessionInput, run_session
+from services.session import Edit, IdleTimer, SessionInput, run_session
 
 _REASONS = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
@@ -177,26 +178,34 @@ class Servicers(
             suggestions=validation.suggestions(first.num_suggestions, self.limits),
         )
         model = self._model(first.model, "autocomplete")
+        info = current_call()
+        idle = IdleTimer(self.session_ttl, lambda: expire(info, self._idle_error()))
 
         async def inputs() -> AsyncIterator[SessionInput]:
             yield self._session_input(first)
             async for request in request_iterator:
+                idle.touch()
                 yield self._session_input(request)
 
         answers = run_session(
-            self.engine,
-            model,
-            inputs(),
-            params=params,
-            max_chars=self.limits.max_input_chars,
-            ttl=self.session_ttl,
+            self.engine, model, inputs(), params=params, max_chars=self.limits.max_input_chars
         )
-        with self.metrics.streaming(current_call()):  # an open session is a stream in progress
-            async for revision, event in answers:
-                if isinstance(event, TokenEvent):
-                    yield pb.SessionResponse(revision=revision, token=token(event))
-                elif isinstance(event, Finished):
-                    yield pb.SessionResponse(revision=revision, final=complete_final(event))
+        try:
+            with self.metrics.streaming(info):  # an open session is a stream in progress
+                async for revision, event in answers:
+                    if isinstance(event, TokenEvent):
+                        yield pb.SessionResponse(revision=revision, token=token(event))
+                    elif isinstance(event, Finished):
+                        idle.touch()
+                        yield pb.SessionResponse(revision=revision, final=complete_final(event))
+        finally:
+            idle.cancel()
+
+    def _idle_error(self) -> Expired:
+        return Expired(
+            f"session idle for more than {self.session_ttl:g} s (--session-ttl-seconds); "
+            "open a new one"
+        )
 
     def _session_input(self, request: pb.SessionRequest) -> SessionInput:
         arrived = time.perf_counter()

@@ -4,8 +4,9 @@ The session keeps the language model's state after every token of the current te
 snapshots). When the text changes, it keeps the snapshots of the longest common token prefix,
 restores the last of them into its slot and steps only the new tokens, so typing one more
 character costs one model step however long the text is. A newer message abandons the
-suggestion being generated for older text (FINISH_REASON_SUPERSEDED), and a session with no
-message for `ttl` seconds ends with DEADLINE_EXCEEDED, giving its slot and snapshots back.
+suggestion being generated for older text (FINISH_REASON_SUPERSEDED). A session that neither
+side has moved for `ttl` seconds (no client message, no answer finished) is expired by an
+`IdleTimer`, whatever its handler is doing (see `interceptors.expire`).
 At most `BACKLOG` messages wait to be answered: beyond them the server stops reading the
 client (HTTP/2 flow control then holds the writer back), so a client that writes and never
 reads cannot make the server buffer without bound.
@@ -16,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from services.engine import Clock, Engine
-from services.errors import Expired, InvalidArgument
+from services.errors import InvalidArgument
 from services.events import Event, FinishReason
 from services.model import Arrays, LoadedModel
 from services.requests import CompleteParams
@@ -102,7 +103,6 @@ async def run_session(
     *,
     params: CompleteParams,
     max_chars: int,
-    ttl: float,
 ) -> AsyncIterator[tuple[int, Event]]:
     """Answer every client message with a suggestion: `(revision, event)` pairs, revision from 1.
 
@@ -110,8 +110,11 @@ async def run_session(
     ends as superseded, and messages that queued up meanwhile are answered with an immediate
     superseded final before the latest one is served.
     """
-    async for answer in pump(_session(engine, model, inputs, params, max_chars, ttl)):
-        yield answer
+    async with contextlib.aclosing(
+        pump(_session(engine, model, inputs, params, max_chars))
+    ) as answers:
+        async for answer in answers:
+            yield answer
 
 
 async def _session(
@@ -120,7 +123,6 @@ async def _session(
     inputs: AsyncIterator[SessionInput],
     params: CompleteParams,
     max_chars: int,
-    ttl: float,
 ) -> AsyncIterator[tuple[int, Event]]:
     queue: asyncio.Queue[SessionInput | BaseException | None] = asyncio.Queue(BACKLOG)
     received = 0  # client messages read so far
@@ -141,7 +143,7 @@ async def _session(
     try:
         with runtime.lease() as slots:
             typed = TypedText(runtime, slots)
-            while (item := await _next(queue, ttl)) is not None:
+            while (item := await _next(queue)) is not None:
                 revision += 1
                 text = item.edit.apply(text) if item.edit is not None else item.text or ""
                 if len(text) > max_chars:
@@ -175,18 +177,32 @@ async def _session(
             await reader
 
 
-async def _next(
-    queue: asyncio.Queue[SessionInput | BaseException | None], ttl: float
-) -> SessionInput | None:
-    try:
-        item = await asyncio.wait_for(queue.get(), ttl)
-    except TimeoutError:
-        raise Expired(
-            f"session idle for more than {ttl:g} s (--session-ttl-seconds); open a new one"
-        ) from None
+async def _next(queue: asyncio.Queue[SessionInput | BaseException | None]) -> SessionInput | None:
+    # A plain `get`: Python 3.11's `asyncio.wait_for` returns the item instead of raising when
+    # the task is cancelled just as the item arrives, which kept cancelled sessions alive.
+    item = await queue.get()
     if isinstance(item, BaseException):
         raise item
     return item
+
+
+class IdleTimer:
+    """Calls `expire` once `touch` has not been called for `ttl` seconds."""
+
+    def __init__(self, ttl: float, expire: Callable[[], None]) -> None:
+        self.ttl = ttl
+        self.expire = expire
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = None
+        self.touch()
+
+    def touch(self) -> None:
+        self.cancel()
+        self._handle = self._loop.call_later(self.ttl, self.expire)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 def _superseded(clock: Clock, model: LoadedModel) -> Event:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from services.engine import Engine
+from services.events import Finished
 from services.model import ModelRegistry
-from services.session import Edit, TypedText
+from services.requests import CompleteParams
+from services.session import Edit, SessionInput, TypedText, run_session
 
 
 @pytest.mark.parametrize(
@@ -71,3 +74,42 @@ def test_bad_edits_name_the_field(edit: Edit, field: str, reason: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         edit.apply("abcdef")
     assert info.value.field == field, reason
+
+
+def test_a_session_cancelled_as_a_message_arrives_gives_its_slot_back(tiny_models: Path) -> None:
+    """The cancel and the next message land in the same event-loop turn, the interleaving in
+    which Python 3.11's `asyncio.wait_for` returned the message and dropped the cancel: the
+    session then went on answering into a queue nobody read, holding its slot forever."""
+    engine = Engine(ModelRegistry.load(tiny_models))
+    model = engine.registry.resolve("", "autocomplete")
+    runtime = engine.runtime(model)
+    params = CompleteParams(max_tokens=4)
+
+    async def go() -> list[int]:
+        held = []  # slots in use after each session closed
+        for turn in range(30):
+            messages: asyncio.Queue[SessionInput] = asyncio.Queue()
+
+            async def inputs(queue: asyncio.Queue[SessionInput] = messages) -> Any:
+                while True:
+                    yield await queue.get()
+
+            answers = run_session(engine, model, inputs(), params=params, max_chars=100)
+            messages.put_nowait(SessionInput(text="how"))
+            async for _, event in answers:  # the first answer: then it waits for the next message
+                if isinstance(event, Finished):
+                    break
+            messages.put_nowait(SessionInput(text="how t"))
+            for _ in range(turn % 6):  # the message travels a few turns towards the session
+                await asyncio.sleep(0)
+            closing = asyncio.create_task(answers.aclose())
+            await asyncio.wait({closing}, timeout=5)  # the leak: a close that never ends
+            for _ in range(100):  # a step already running frees its slot when it lands
+                if runtime.pool.used == 0 or not closing.done():
+                    break
+                await asyncio.sleep(0.01)
+            held.append(runtime.pool.used)
+            closing.cancel()
+        return held
+
+    assert asyncio.run(go()) == [0] * 30
