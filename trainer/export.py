@@ -288,7 +288,11 @@ def export_checkpoint(
             from trainer.ranking import add_popular_index
 
             add_popular_index(staging, manifest, checkpoint)
-        if (
+        if quantize:
+            quantize_or_refuse(
+                staging, manifest, graphs, checkpoint, max_quality_drop=max_quality_drop
+            )
+        if (  # after quantization, whose gate need not measure the defaults
             fit_decoding
             and checkpoint["task"] == "translation"
             and _config(checkpoint, "fit_decoding_pairs")
@@ -296,10 +300,6 @@ def export_checkpoint(
             from trainer.beam_defaults import add_decoding_defaults
 
             add_decoding_defaults(staging, manifest, checkpoint)
-        if quantize:
-            quantize_or_refuse(
-                staging, manifest, graphs, checkpoint, max_quality_drop=max_quality_drop
-            )
         if checkpoint.get("history"):
             from trainer import plots
 
