@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -64,9 +66,96 @@ def test_typing_scenario_writes_latencies_and_its_target(tiny_models: Path, tmp_
     for row in data["rows"]:
         assert row["session_ms"] > 0 and row["complete_ms"] > 0 and row["samples"] == 20
     (target,) = data["targets"]
-    assert target["goal"] == "<= 1.5x" and target["value"] > 0 and target["met"] in (True, False)
+    assert target["goal"] == "<= 1.5x" and target["value"] > 0 and not target["failed"]
+    assert target["met"] is (target["value"] <= target["threshold"])  # the verdict is the value's
     assert len(data["forward_typing_ms"]) == 199  # keys 1 … 199, typed before the 200th
     assert "target session key-to-first-event" in result.stdout
+
+
+def test_metrics_scenario_switches_recording_off_and_checks_it(
+    tiny_models: Path, tmp_path: Path
+) -> None:
+    from scripts.bench import serving
+
+    result, out = bench(tmp_path, tiny_models, "--only", "metrics")
+    assert result.returncode == 0, result.stderr
+    data = read(out, "metrics")
+    if not serving.has_flag("--no-metrics"):
+        assert data["status"] == "skipped" and "--no-metrics" in data["reason"]
+        return
+    check_common(data, "metrics")
+    assert [(r["metrics"], r["round"]) for r in data["rows"]] == [
+        ("on", 1), ("no endpoint", 1), ("off", 1), ("off", 2), ("no endpoint", 2), ("on", 2)
+    ]  # fmt: skip
+    assert data["problems"] == []  # recording really off, the same tokens, no failed request
+    assert all(r["scrapes"] == 0 for r in data["rows"] if r["metrics"] != "on")
+    (target,) = data["targets"]
+    assert target["value"] == pytest.approx(abs(data["ratios"]["on/off"] - 1))
+    assert target["met"] is (target["value"] <= 0.05)
+
+
+def test_a_target_beside_errors_or_different_outputs_is_missed_whatever_its_value(
+    tmp_path: Path,
+) -> None:
+    from scripts.bench import report
+    from scripts.bench.common import Result, Target, write
+
+    good = Target("tokens/s ratio", ">= 2x", 9.0, 2.0)
+    assert good.met is True
+    result = Result("peer", "Peer", targets=[good, Target("latency", "<= 1x", 0.1, 1.0, False)])
+    result.fail_targets([])
+    assert [t.met for t in result.targets] == [True, True]
+    result.fail_targets(["recur c=64 round 1: 3 failed requests (UNAVAILABLE 3)"])
+    assert [t.met for t in result.targets] == [False, False]
+    write(result, tmp_path)
+    lines = "\n".join(report.render("peer", report.load(tmp_path / "peer.json")))
+    assert "MISSED" in lines and "does not count: recur c=64 round 1" in lines
+    assert "MISSED (does not count" in report.targets_table(tmp_path)
+    redraw = [sys.executable, "-m", "scripts.bench", "--report-only", "--out", str(tmp_path)]
+    done = subprocess.run(redraw, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "**missed** (does not count: recur c=64" in (tmp_path / "SUMMARY.md").read_text()
+
+
+def test_side_by_side_helpers_alternate_count_errors_and_find_different_tokens() -> None:
+    from scripts.bench import serving
+    from scripts.bench.common import alternated
+
+    assert [alternated(["recur", "ray"], i) for i in range(3)] == [
+        ["recur", "ray"], ["ray", "recur"], ["recur", "ray"]
+    ]  # fmt: skip
+    runs = [
+        {"server": "recur", "round": 1, "errors": {}, "failed_with_warmup": 0},
+        {"server": "ray", "round": 1, "errors": {"UNAVAILABLE": 2}, "failed_with_warmup": 2},
+        {"server": "ray", "round": 2, "errors": {}, "failed_with_warmup": 1},
+    ]
+    assert serving.run_errors(runs, "server", "round") == [
+        "server=ray round=1: 2 failed requests (UNAVAILABLE 2)",
+        "server=ray round=2: 1 failed requests (in warm-up)",
+    ]
+    same = [[5, 6]] * len(serving.payloads("autocomplete"))
+    other = [*same[:-1], [5, 7]]
+    assert serving.differences({"a": same, "b": same}, "autocomplete") == []
+    (line,) = serving.differences({"a": same, "b": same, "c": other}, "autocomplete")
+    assert line.endswith("a [5, 6] vs c [5, 7]")
+    assert serving.briefly(["1", "2", "3", "4", "5"]) == ["1", "2", "3", "and 2 more"]
+
+
+def test_server_flags_are_read_from_its_help() -> None:
+    from scripts.bench import serving
+
+    text = """options:
+  --executor-workers EXECUTOR_WORKERS
+                        (default: 3)
+  --metrics, --no-metrics
+                        record Prometheus metrics (default: True)
+"""
+    assert serving.flag_default("--executor-workers", text) == "3"
+    assert serving.flag_default("--max-batch-size", text) is None
+    assert serving.has_flag("--no-metrics", text)
+    assert not serving.has_flag("--no-metrics", text.replace("--no-metrics", "--no-metric"))
+    assert not serving.has_flag("--metrics-port", text)
+    assert serving.flag_default("--executor-workers") is not None  # the real server's help
 
 
 def test_gpu_scenario_records_a_skip_without_cuda_and_fails_under_gpu(

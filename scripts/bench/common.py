@@ -18,12 +18,13 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 PACKAGES = ("onnxruntime", "onnx", "torch", "ray", "grpcio", "numpy", "protobuf", "tokenizers")
 
 
@@ -66,9 +67,12 @@ class Target:
     higher_is_better: bool = True
     detail: str = ""
     unit: str = "x"  # "x": a ratio shown as 2.50x; "%": a share shown as 42.0%
+    failed: str = ""  # why it cannot count (errors, different outputs): missed, whatever the value
 
     @property
     def met(self) -> bool | None:
+        if self.failed:
+            return False
         if self.value is None or math.isnan(self.value):
             return None
         if self.higher_is_better:
@@ -84,6 +88,7 @@ class Target:
             "met": self.met,
             "detail": self.detail,
             "unit": self.unit,
+            "failed": self.failed,
         }
 
 
@@ -101,6 +106,13 @@ class Result:
     reason: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+
+    def fail_targets(self, reasons: list[str]) -> None:
+        """Any error in a scenario fails every one of its targets: a figure measured beside
+        errors, or beside outputs that differ, does not count."""
+        if reasons:
+            for target in self.targets:
+                target.failed = "; ".join(reasons)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -192,6 +204,12 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def alternated(items: Sequence[T], index: int) -> list[T]:
+    """`items` in order for an even `index` (a round, a pair), reversed for an odd one: each
+    side of a side-by-side comparison goes first as often as the other."""
+    return list(items) if index % 2 == 0 else list(reversed(items))
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:

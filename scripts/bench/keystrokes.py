@@ -6,7 +6,8 @@ A keystroke's latency runs from sending the text to the first event of its sugge
 tokens; a suggestion can end early at end-of-sequence, so its length, and the time to its final
 event, depend on the text: both are reported, the target uses the first event). The next key
 waits for the final event. Between keystrokes the same text is sent whole to `Complete` (same
-limit), as a client without sessions would, so both see the same machine. The session steps
+limit), as a client without sessions would, so both see the same machine (the re-send goes
+after the keystroke, then before it, alternately). The session steps
 only the new character, so its cost should stay flat while the re-send reads everything. The
 forward typing of the longest text is kept too, one latency per length, for the plot.
 """
@@ -84,9 +85,12 @@ async def at_length(target: str, text: str, samples: int) -> dict[str, list[Any]
         for length in range(1, len(text)):
             found["forward"].append((await typist.key(text[:length]))[0])
         await resend(client, text)  # warm
-        for _ in range(samples):
+        for sample in range(samples):  # which way goes first alternates from one key to the next
+            if sample % 2:
+                found["complete"].append(await resend(client, text))
             found["session"].append(await typist.key(text))
-            found["complete"].append(await resend(client, text))
+            if not sample % 2:
+                found["complete"].append(await resend(client, text))
             await typist.key(text[:-1])  # backspace: the next key is typed again
         await typist.session.close()
     return found

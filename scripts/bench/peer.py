@@ -10,6 +10,10 @@ One deployment behind Ray Serve's gRPC ingress with Recur's own proto (`Autocomp
   batched ONNX Runtime call per token, each step yielding every request's next message; a
   request whose decoding ends yields `StopIteration`. A batch runs until its longest request ends
   (static batching: later requests wait for the next batch);
+- as many batches in flight (`max_concurrent_batches`) as `recur-serve` has executor threads
+  (`--executor-workers`), each ONNX Runtime call on a thread of a pool of that size while
+  another batch is in flight (inline otherwise, as `recur-serve` runs short steps inline), so
+  the batches in flight use the cores as Recur's threads do;
 - greedy decoding with the same stopping rules as Recur (end-of-sequence, `max_tokens`, and for
   translation `2 * source tokens + 10`), so both stream the same tokens.
 
@@ -18,8 +22,10 @@ This module is imported by the Ray Serve replica; `peer_bench.py` starts it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +101,26 @@ class Graphs:
 class RecurPeer:
     """`AutocompleteService.Complete` and `TranslationService.Translate` over Ray Serve."""
 
-    def __init__(self, autocomplete: str, translation: str) -> None:
+    def __init__(self, autocomplete: str, translation: str, concurrent_batches: int = 1) -> None:
         self.lm = Graphs(autocomplete)
         self.mt = Graphs(translation)
+        self.in_flight = 0  # batches being decoded
+        self.pool = ThreadPoolExecutor(concurrent_batches, thread_name_prefix="peer-ort")
+        batch = serve.batch(
+            max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S,
+            max_concurrent_batches=concurrent_batches,
+        )  # fmt: skip
+        # Made per replica, not by decorating the methods: the number of batches in flight is
+        # the deployment's argument (what recur-serve runs with), not a constant of this module.
+        self._complete: Any = batch(self._complete_batch)  # type: ignore[arg-type]
+        self._translate: Any = batch(self._translate_batch)  # type: ignore[arg-type]
+
+    async def _run(self, graphs: Graphs, role: str, feeds: dict[str, np.ndarray]) -> Any:
+        """One ONNX Runtime call: on the pool while another batch is in flight, else inline."""
+        if self.in_flight <= 1:
+            return graphs.run(role, feeds)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, graphs.run, role, feeds)
 
     async def Complete(self, request: pb.CompleteRequest) -> AsyncIterator[pb.CompleteResponse]:
         async for response in self._complete(request):
@@ -107,13 +130,21 @@ class RecurPeer:
         async for response in self._translate(request):
             yield response
 
-    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
-    async def _complete(self, requests: list[pb.CompleteRequest]) -> AsyncIterator[list[Any]]:
+    async def _complete_batch(self, requests: list[pb.CompleteRequest]) -> AsyncIterator[list[Any]]:
+        self.in_flight += 1
+        try:
+            async for messages in self._complete_steps(requests):
+                yield messages
+        finally:
+            self.in_flight -= 1
+
+    async def _complete_steps(self, requests: list[pb.CompleteRequest]) -> AsyncIterator[list[Any]]:
         lm = self.lm
         states, logits = [], []
         for request in requests:  # prefill, one prompt at a time (they differ in length)
             ids = [lm.bos, *lm.tokenizer.encode(request.text).ids]
-            out = lm.run("lm_step", {"tokens": np.array([ids], dtype=np.int64), **lm.zero_state(1)})
+            feeds = {"tokens": np.array([ids], dtype=np.int64), **lm.zero_state(1)}
+            out = await self._run(lm, "lm_step", feeds)
             states.append(lm.next_state(out))
             logits.append(out["logits"][0, -1])
         state, last = lm.stack(states), np.stack(logits)  # (B, V)
@@ -123,20 +154,32 @@ class RecurPeer:
             yield decoding.step(index, tokens, last, _complete_token, _complete_final)
             if decoding.finished or index + 1 == decoding.longest:
                 break
-            out = lm.run("lm_step", {"tokens": tokens[:, None].astype(np.int64), **state})
+            feeds = {"tokens": tokens[:, None].astype(np.int64), **state}
+            out = await self._run(lm, "lm_step", feeds)
             state, last = lm.next_state(out), out["logits"][:, -1]
         if not decoding.finished:
             yield decoding.close(_complete_final)
 
-    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
-    async def _translate(self, requests: list[pb.TranslateRequest]) -> AsyncIterator[list[Any]]:
+    async def _translate_batch(
+        self, requests: list[pb.TranslateRequest]
+    ) -> AsyncIterator[list[Any]]:
+        self.in_flight += 1
+        try:
+            async for messages in self._translate_steps(requests):
+                yield messages
+        finally:
+            self.in_flight -= 1
+
+    async def _translate_steps(
+        self, requests: list[pb.TranslateRequest]
+    ) -> AsyncIterator[list[Any]]:
         mt = self.mt
         sources = [mt.tokenizer.encode(r.text).ids for r in requests]
         lengths = np.array([len(s) for s in sources], dtype=np.int64)
         src = np.full((len(requests), int(lengths.max())), mt.pad, dtype=np.int64)
         for row, ids in enumerate(sources):
             src[row, : len(ids)] = ids
-        encoded = mt.run("encoder", {"src": src, "src_len": lengths})
+        encoded = await self._run(mt, "encoder", {"src": src, "src_len": lengths})
         memory = encoded["memory"]  # (B, S, E), one encoder call for the batch
         state = {name: encoded[f"{name}_init"] for name, _, _ in mt.state}
         mask = np.arange(src.shape[1])[None, :] < lengths[:, None]
@@ -146,7 +189,7 @@ class RecurPeer:
         prev = np.full((len(requests), 1), mt.bos, dtype=np.int64)
         for index in range(decoding.longest):
             feeds = {"prev": prev, "memory": memory, "src_mask": mask, **state}
-            out = mt.run("decoder_step", feeds)
+            out = await self._run(mt, "decoder_step", feeds)
             state, tokens = mt.next_state(out), out["logits"].argmax(axis=-1)
             yield decoding.step(index, tokens, out["logits"], _translate_token, _translate_final)
             if decoding.finished:

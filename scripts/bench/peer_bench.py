@@ -1,12 +1,17 @@
 """Scenario 3, the peer: Recur against the same graphs served with Ray Serve (`peer.py`).
 
 Both run at once (Ray with `num_cpus=2`, no dashboard; an idle Ray takes more CPU than an idle
-Recur, so this leans against Recur) and each round loads Recur then Ray Serve with the same load
-generator at concurrency 1 and 64 (two rounds in the full run; the targets are medians of the
-paired ratios). Before measuring, both are asked for the same completions and translations,
-which must match token for token (greedy decoding of the same graphs). A py-spy profile of Recur
-at concurrency 1 says where its inter-token latency goes. Targets: Recur >= 3x Ray Serve's
-tokens/s at concurrency 64, and <= 0.5x its p50 inter-token latency at concurrency 1.
+Recur, so this leans against Recur), and Ray Serve's replica has as many batches in flight
+(`max_concurrent_batches`) as `recur-serve` has executor threads (`--executor-workers`, read
+from its help). Each round loads both with the same load generator at concurrency 1 and 64,
+Recur first in odd rounds and Ray Serve first in even ones (two rounds; the targets are
+medians of the paired ratios). Before and after measuring, both are asked for the payloads the
+load generator sends, one at a time and all at once (batched): every answer must be the same
+tokens on both servers (greedy decoding of the same graphs). A target counts only when the
+tokens matched and no request failed on either server, warm-up included; otherwise it is
+missed, whatever its ratio. A py-spy profile of Recur at concurrency 1 (full run) says where
+its inter-token latency goes. Targets: Recur >= 3x Ray Serve's tokens/s at concurrency 64,
+and <= 0.5x its p50 inter-token latency at concurrency 1.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from typing import Any
 from clients.calls import NO_RETRIES, RecurError
 from clients.sdk import RecurClient
 from scripts.bench import batching, serving
-from scripts.bench.common import Context, Result, Target, free_port, ray_env
+from scripts.bench.common import Context, Result, Target, alternated, free_port, ray_env
 from scripts.bench.models import bench_models, bundle_for
 
 LEVELS = (1, 64)
+ROUNDS = 2  # each server goes first once, in the quick run too
 TARGET_THROUGHPUT = 3.0
 TARGET_LATENCY = 0.5
 SERVICERS = [
@@ -46,7 +52,7 @@ def ray_serve_missing() -> str | None:
 
 
 @contextlib.contextmanager
-def ray_peer(models: Path) -> Iterator[str]:
+def ray_peer(models: Path, concurrent_batches: int) -> Iterator[str]:
     """Ray Serve with the peer deployment on a gRPC port; yields its `host:port`."""
     import ray
     from ray import serve
@@ -66,7 +72,9 @@ def ray_peer(models: Path) -> Iterator[str]:
             grpc_options=gRPCOptions(port=port, grpc_servicer_functions=SERVICERS),
         )
         app = RecurPeer.bind(
-            str(bundle_for(models, "autocomplete")), str(bundle_for(models, "translation"))
+            str(bundle_for(models, "autocomplete")),
+            str(bundle_for(models, "translation")),
+            concurrent_batches,
         )
         serve.run(app, name="recur-peer", route_prefix="/recur-peer")
         target = f"127.0.0.1:{port}"
@@ -82,7 +90,7 @@ def _wait_ready(target: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            asyncio.run(_answers(target, ("ready",), "autocomplete"))
+            asyncio.run(_ready(target))
             return
         except RecurError:
             if time.monotonic() > deadline:
@@ -90,26 +98,25 @@ def _wait_ready(target: str, timeout: float = 120.0) -> None:
             time.sleep(1.0)
 
 
-async def _answers(target: str, texts: tuple[str, ...], task: str) -> list[list[int]]:
-    """The token ids each text is answered with (greedy, default limits)."""
-    found = []
+async def _ready(target: str) -> None:
     async with RecurClient(target, timeout=60.0, retry=NO_RETRIES) as client:
-        for text in texts:
-            if task == "translation":
-                events = client.translate(text)
-            else:
-                events = client.complete(text, max_tokens=serving.MAX_TOKENS)
-            found.append([e.token.id async for e in events if e.HasField("token")])
-    return found
+        async for _ in client.complete("ready", max_tokens=1):
+            pass
+
+
+def concurrent_batches() -> int:
+    """Recur's executor threads (its `--executor-workers` default), the peer's batches in flight."""
+    found = serving.flag_default("--executor-workers")
+    return int(found) if found and found.isdigit() else 1
 
 
 def measure(ctx: Context, servers: dict[str, str], tasks: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Each level, Recur then Ray Serve in every round; one row per run."""
+    """Each level, both servers in every round, alternating which goes first; one row per run."""
     runs = []
     for task in tasks:
         for concurrency in LEVELS:
-            for round_ in range(1 if ctx.quick else 2):
-                for server, target in servers.items():
+            for round_ in range(ROUNDS):
+                for server, target in alternated(list(servers.items()), round_):
                     report = serving.load(
                         target, task, concurrency=concurrency,
                         duration=ctx.seconds(8.0, 3.0), warmup=ctx.warmup(),
@@ -121,7 +128,7 @@ def measure(ctx: Context, servers: dict[str, str], tasks: tuple[str, ...]) -> li
                         f"  {server:<10} {task:<12} c={concurrency:<3} "
                         f"{run['tokens_per_second']:>8,.0f} tokens/s  itl p50 "
                         f"{run['itl_p50_ms']:6.2f} ms  ttft p50 {run['ttft_p50_ms']:7.2f} ms  "
-                        f"errors {sum(run['errors'].values())}",
+                        f"errors {run['failed_with_warmup']}",
                         flush=True,
                     )
     return runs
@@ -133,67 +140,81 @@ def run(ctx: Context) -> Result:
     title = "Peer: Recur vs the same ONNX graphs on Ray Serve (gRPC ingress, @serve.batch)"
     if (missing := ray_serve_missing()) is not None:
         return Result("peer", title, status="skipped", reason=missing)
-    answers: dict[str, dict[str, list[list[int]]]] = {}
-    with serving.served(models) as server, ray_peer(models) as peer_target:
+    batches = concurrent_batches()
+    with serving.served(models) as server, ray_peer(models, batches) as peer_target:
         servers = {"recur": server.target, "ray_serve": peer_target}
-        for name, target in servers.items():
-            answers[name] = {t: asyncio.run(_answers(target, serving.payloads(t), t))
-                             for t in tasks}  # fmt: skip
+        same_before, problems = serving.compare_answers(servers, tasks, "before the loads")
         runs = measure(ctx, servers, tasks)
+        same_after, later = serving.compare_answers(servers, tasks, "after the loads")
+    problems += later + serving.run_errors(runs, "server", "task", "concurrency", "round")
     profiles = {} if ctx.quick else {"on": batching.profiled(ctx, models, "on", concurrency=1)}
     rows = serving.medians(runs, ("server", "task", "concurrency"))
-    same = {t: answers["recur"][t] == answers["ray_serve"][t] for t in tasks}
-    targets = []
-    for task in tasks:
-        at = {(r["server"], r["concurrency"]): r for r in rows if r["task"] == task}
-        fast = at[("recur", 64)]["tokens_per_second"]
-        slow = at[("ray_serve", 64)]["tokens_per_second"]
-        mine, theirs = at[("recur", 1)]["itl_p50_ms"], at[("ray_serve", 1)]["itl_p50_ms"]
-        pair = {"by": "server", "top": "recur", "bottom": "ray_serve", "task": task}
-        targets.append(Target(
+    same = {t: same_before[t] and same_after[t] for t in tasks}
+    result = Result(
+        scenario="peer",
+        title=title,
+        settings=settings(ctx, tasks, batches),
+        rows=rows,
+        targets=[t for task in tasks for t in targets(runs, rows, task)],
+        extra={"same_tokens": same, "problems": problems, "profiles": profiles, "runs": runs},
+        notes=[f"Recur and Ray Serve streamed the same tokens for every payload, one at a time "
+               f"and all at once, before and after the loads: {same}"],
+    )  # fmt: skip
+    result.fail_targets(problems)
+    for line in problems:
+        print(f"  does not count: {line}", flush=True)
+    return result
+
+
+def targets(runs: list[dict[str, Any]], rows: list[dict[str, Any]], task: str) -> list[Target]:
+    at = {(r["server"], r["concurrency"]): r for r in rows if r["task"] == task}
+    fast = at[("recur", 64)]["tokens_per_second"]
+    slow = at[("ray_serve", 64)]["tokens_per_second"]
+    mine, theirs = at[("recur", 1)]["itl_p50_ms"], at[("ray_serve", 1)]["itl_p50_ms"]
+    pair = {"by": "server", "top": "recur", "bottom": "ray_serve", "task": task}
+    return [
+        Target(
             f"{task}: Recur / Ray Serve tokens/s at concurrency 64", f">= {TARGET_THROUGHPUT:g}x",
             serving.paired_ratio(runs, "tokens_per_second", concurrency=64, **pair),
             TARGET_THROUGHPUT,
             detail=f"median of paired rounds; medians Recur {fast:,.0f} vs Ray Serve {slow:,.0f} "
             "tokens/s",
-        ))  # fmt: skip
-        targets.append(Target(
+        ),
+        Target(
             f"{task}: Recur / Ray Serve p50 inter-token latency at c=1",
             f"<= {TARGET_LATENCY:g}x",
             serving.paired_ratio(runs, "itl_p50_ms", concurrency=1, **pair), TARGET_LATENCY,
             higher_is_better=False,
             detail=f"median of paired rounds; medians Recur {mine:.3f} ms vs Ray Serve "
             f"{theirs:.3f} ms",
-        ))  # fmt: skip
+        ),
+    ]  # fmt: skip
+
+
+def settings(ctx: Context, tasks: tuple[str, ...], batches: int) -> dict[str, Any]:
     from scripts.bench import peer
 
-    return Result(
-        scenario="peer",
-        title=title,
-        settings={
-            "levels": list(LEVELS),
-            "tasks": list(tasks),
-            "seconds": ctx.seconds(8.0, 3.0),
-            "rounds": 1 if ctx.quick else 2,
-            "order": "both servers up; in each round Recur, then Ray Serve",
-            "recur_flags": list(serving.DEFAULT_FLAGS),
-            "ray": {
-                "num_cpus": 2,
-                "include_dashboard": False,
-                "replicas": 1,
-                "replica_num_cpus": 1,
-                "max_batch_size": peer.MAX_BATCH_SIZE,
-                "batch_wait_timeout_s": peer.BATCH_WAIT_TIMEOUT_S,
-                "max_ongoing_requests": peer.MAX_ONGOING_REQUESTS,
-                "ort_intra_op_threads": 1,
-                "worker_niceness": 0,
-            },
+    return {
+        "levels": list(LEVELS),
+        "tasks": list(tasks),
+        "seconds": ctx.seconds(8.0, 3.0),
+        "rounds": ROUNDS,
+        "order": "both servers up; Recur first in odd rounds, Ray Serve first in even ones",
+        "recur_flags": list(serving.DEFAULT_FLAGS),
+        "recur_executor_workers": serving.flag_default("--executor-workers"),
+        "ray": {
+            "num_cpus": 2,
+            "include_dashboard": False,
+            "replicas": 1,
+            "replica_num_cpus": 1,
+            "max_batch_size": peer.MAX_BATCH_SIZE,
+            "max_concurrent_batches": batches,
+            "batch_wait_timeout_s": peer.BATCH_WAIT_TIMEOUT_S,
+            "max_ongoing_requests": peer.MAX_ONGOING_REQUESTS,
+            "ort_intra_op_threads": 1,
+            "worker_niceness": 0,
         },
-        rows=rows,
-        targets=targets,
-        extra={"same_tokens": same, "profiles": profiles, "runs": runs},
-        notes=[f"Recur and Ray Serve streamed the same tokens: {same}"],
-    )
+    }
 
 
 def render(data: dict[str, Any]) -> list[str]:

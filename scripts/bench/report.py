@@ -57,6 +57,8 @@ def target_lines(data: dict[str, Any]) -> list[str]:
     for t in data.get("targets", []):
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         lines.append(f"- target {t['name']}: {fmt_target(t)} (goal {t['goal']}) — {verdict}")
+        if t.get("failed"):
+            lines.append(f"  does not count: {t['failed']}")
         if t.get("detail"):
             lines.append(f"  {t['detail']}")
     return lines
@@ -129,6 +131,7 @@ def targets_table(out: Path) -> str:
             lines.append(f"{name:<10} {data['status'] + ': ' + data['reason']:<80.80}")
         for t in data.get("targets", []):
             verdict = {True: "met", False: "MISSED", None: "-"}[t["met"]]
+            verdict += " (does not count: errors or different outputs)" if t.get("failed") else ""
             lines.append(
                 f"{name:<10} {t['name']:<58.58} {fmt_target(t):>10} {t['goal']:>9}  {verdict}"
             )
@@ -166,6 +169,8 @@ def write_summary(out: Path, *, mode: str, argv: Sequence[str]) -> Path:
             lines.append(f"| {name} | {data['status']}: {data['reason']} | | | |")
         for t in data.get("targets", []):
             verdict = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
+            if t.get("failed"):
+                verdict += f" (does not count: {t['failed']})"
             lines.append(f"| {name} | {t['name']} | {fmt_target(t)} | {t['goal']} | {verdict} |")
     for name, data in results:
         lines += ["", f"## {data['title']}", ""]

@@ -7,20 +7,24 @@ runs one closed-loop test with the load generator of `clients/bench.py` and retu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import re
 import signal
 import statistics
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from clients import bench, bench_report
+from clients.calls import NO_RETRIES, RecurError
 from clients.channel import Connection
+from clients.sdk import RecurClient
 from scripts.bench.common import ROOT, free_port
 
 # Room for 1,000 sessions and concurrency 256 without admission refusing anyone.
@@ -104,9 +108,11 @@ def load(
         timeout=120.0,
         seed=seed,
     )
-    samples = bench.run(config, counters=bench.new_counters(1))
+    counters = bench.new_counters(1)
+    samples = bench.run(config, counters=counters)
     report = bench_report.build(samples, config=config.describe())
     report.pop("timeline")
+    report["requests"]["failed_with_warmup"] = int(counters[2])  # the measured `errors` + warm-up's
     return report
 
 
@@ -125,6 +131,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "e2e_p50_ms": latency["end_to_end"]["p50"],
         "requests": requests["measured"],
         "errors": requests["errors"],
+        "failed_with_warmup": requests.get("failed_with_warmup", 0),
         "generator_cpu_utilization": max(
             report["generator"]["cpu_utilization_per_process"], default=0.0
         ),
@@ -168,3 +175,96 @@ def paired_ratio(
         pair = {r[by]: r[field] for r in chosen if r["round"] == round_}
         ratios.append(pair[top] / pair[bottom])
     return statistics.median(ratios)
+
+
+def run_errors(runs: list[dict[str, Any]], *keys: str) -> list[str]:
+    """One line per load run that had failed requests (warm-up included), named by `keys`."""
+    found = []
+    for run in runs:
+        codes = dict(run.get("errors") or {})
+        failed = max(sum(codes.values()), run.get("failed_with_warmup", 0))
+        if failed:
+            name = " ".join(f"{k}={run[k]}" for k in keys if k in run)
+            shown = ", ".join(f"{code} {n}" for code, n in codes.items()) or "in warm-up"
+            found.append(f"{name}: {failed} failed requests ({shown})")
+    return found
+
+
+@functools.cache
+def server_help() -> str:
+    """`recur-serve --help` as this checkout prints it."""
+    command = [sys.executable, "-m", "services.server", "--help"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
+    return done.stdout
+
+
+def has_flag(flag: str, help_text: str | None = None) -> bool:
+    """Whether `recur-serve` takes `flag` (by its help)."""
+    text = server_help() if help_text is None else help_text
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text) is not None
+
+
+def flag_default(flag: str, help_text: str | None = None) -> str | None:
+    """The `(default: ...)` that `recur-serve --help` gives `flag`; None without the flag."""
+    text = server_help() if help_text is None else help_text
+    entry = re.search(rf"^\s+{re.escape(flag)}\b.*?\(default: ([^)]*)\)", text, re.M | re.S)
+    return entry.group(1) if entry else None
+
+
+async def answers(target: str, task: str, *, concurrent: bool = False) -> list[list[int]]:
+    """The token ids `target` streams for each of the task's payloads, asked as the load
+    generator asks (greedy, `MAX_TOKENS`): one at a time, or all at once (batched together)."""
+    async with RecurClient(target, timeout=60.0, retry=NO_RETRIES) as client:
+
+        async def one(text: str) -> list[int]:
+            events: AsyncIterator[Any]
+            if task == "translation":
+                events = client.translate(text, max_tokens=MAX_TOKENS)
+            else:
+                events = client.complete(text, max_tokens=MAX_TOKENS)
+            # Ids, not texts: how a token's text is detokenized is each server's own choice.
+            return [e.token.id async for e in events if e.HasField("token")]
+
+        if concurrent:
+            return list(await asyncio.gather(*(one(text) for text in payloads(task))))
+        return [await one(text) for text in payloads(task)]
+
+
+def compare_answers(
+    servers: dict[str, str], tasks: tuple[str, ...], when: str
+) -> tuple[dict[str, bool], list[str]]:
+    """Every server's tokens for every payload, asked one at a time and all at once: whether
+    they are all the same, per task, and the differences (or failures) found."""
+    same: dict[str, bool] = {}
+    problems: list[str] = []
+    for task in tasks:
+        found: dict[str, list[list[int]]] = {}
+        try:
+            for name, target in servers.items():
+                found[f"{name} (one at a time)"] = asyncio.run(answers(target, task))
+                found[f"{name} (all at once)"] = asyncio.run(answers(target, task, concurrent=True))
+        except RecurError as error:
+            problems.append(f"{task} answers {when}: {error}")
+            same[task] = False
+            continue
+        unlike = differences(found, task)
+        same[task] = not unlike
+        problems += [f"{when}: {line}" for line in briefly(unlike)]
+    return same, problems
+
+
+def differences(found: dict[str, list[list[int]]], task: str) -> list[str]:
+    """Where the answers in `found` (name: `answers`) differ from the first one's, by payload."""
+    (first, expected), *others = found.items()
+    lines = []
+    for name, got in others:
+        for text, want, have in zip(payloads(task), expected, got, strict=True):
+            if want != have:
+                lines.append(f"{task} {text!r}: {first} {want} vs {name} {have}")
+    return lines
+
+
+def briefly(lines: list[str], limit: int = 3) -> list[str]:
+    """The first `limit` lines, and how many more there were."""
+    more = [f"and {len(lines) - limit} more"] if len(lines) > limit else []
+    return lines[:limit] + more

@@ -1,20 +1,25 @@
-"""Scenario 6, training throughput: the plain PyTorch loop vs Ray Train with 1 and 2 workers.
+"""Scenario 6, training throughput: the plain PyTorch loop against Ray Train as it really runs.
 
 The same model (the autocomplete language model at the benchmark's serving size: GRU, embedding
-64, hidden 256), the same data (the first N queries of the embedded corpus), batch 64 per
-worker, the same `trainer.loop.train_loop`. The plain loop gets identity wrappers; under Ray
-Train's `TorchTrainer` it gets `prepare_model` (DDP over gloo with 2 workers) and
-`prepare_data_loader`, as `trainer/ray_job.py` does. Every worker has one CPU, and Ray gives it
-one intra-op thread (`OMP_NUM_THREADS=1`), so the plain loop runs with
-`torch.set_num_threads(1)` too: the 1-worker comparison is the same compute budget.
+64, hidden 256), the same data (the first N queries of the embedded corpus), the same seed,
+batch 64 per worker, the same `trainer.loop.train_loop`, run the two ways `recur-train` runs it:
 
-tokens/s = the epoch's tokens (every worker's shard together) / the seconds between the reports
-of the first and the last epoch (epoch 1 warms up and is not counted; validation on 64 examples
-is). Checkpoints are not written in either mode. The plain loop runs in a fresh process, as a
-Ray worker does, while Ray is down, before and after each Ray session; each 1-worker run is
-compared with the mean of the plain runs around it (the full run has two such runs, the target
-is their median; the quick run has one and no 2-worker run). Ray's start-up (`ray.init`, and
-each `fit` from call to return: worker group, data, training) is reported apart.
+- `--workers 0` (the plain loop): in-process, identity wrappers, and trainer/cli.py's report
+  (`save_each_epoch`: it prints and writes the checkpoint of every epoch);
+- `--workers 2` (Ray Train): `TorchTrainer` with trainer/ray_job.py's scaling (2 workers of
+  one CPU, one intra-op thread each) and wrappers (`prepare_model`: DDP over gloo;
+  `prepare_data_loader` keeping the loop's own sampler), and its report: `ray.train.report` on
+  every rank with rank 0's checkpoint of every epoch, kept as ray_job's `CheckpointConfig` says.
+
+Both get the same cores: the plain loop runs with as many torch threads as Ray has workers.
+tokens/s = the epoch's tokens (every worker's shard together) / the seconds between the first
+and the last epoch's report returning (epoch 1 warms up and is not counted; validation on 64
+examples and each epoch's checkpoint are). The plain loop runs in a fresh process, as a Ray
+worker does, while Ray is down, before and after each Ray session; each Ray run is compared
+with the mean of the plain runs around it (the full run has two such runs, the target is their
+median). A run that fails, or that did not checkpoint every epoch, fails the target. Ray's
+start-up (`ray.init`, and each `fit` from call to return: worker group, data, training) is
+reported apart.
 """
 
 from __future__ import annotations
@@ -30,14 +35,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from scripts.bench.common import ROOT, Context, Result, Target, ray_env
 
 TARGET_OVERHEAD = 0.10
+WORKERS = 2
 SETTINGS = {"task": "autocomplete", "cell": "gru", "embed_dim": 64, "hidden_size": 256}
+Report = Callable[[dict[str, float], Any], None]
 
 
 def config(ctx: Context, workers: int) -> Any:
@@ -46,36 +54,45 @@ def config(ctx: Context, workers: int) -> Any:
     examples, epochs = (1536, 2) if ctx.quick else (4096, 3)
     flags = {**SETTINGS, "workers": workers, "epochs": epochs, "max_train_examples": examples}
     flags |= {"max_valid_examples": 64, "eval_completions": 0, "diagnose_every": 0}
-    flags |= {"log_every": 10**6, "batch_size": 64}
+    flags |= {"log_every": 10**6, "batch_size": 64, "seed": 0}
     return resolve(flags, environ={})
 
 
-def measure_loop(task: Any, data: Any, cfg: Any, **wrappers: Any) -> dict[str, float]:
-    """Run `train_loop`; seconds from the first epoch's report to the last one's."""
+def measure_loop(task: Any, data: Any, cfg: Any, report: Report, **wrappers: Any) -> dict[str, Any]:
+    """Run `train_loop` with `report` (the mode's own); seconds from the first epoch's report
+    returning to the last one's, and the checkpoints this rank handed to its report."""
     import torch
 
     from trainer.loop import train_loop
 
     marks: list[float] = []
+    checkpoints = 0
 
-    def report(metrics: dict[str, float], checkpoint: Any) -> None:
+    def timed(metrics: dict[str, float], checkpoint: Any) -> None:
+        nonlocal checkpoints
+        report(metrics, checkpoint)
         if "batch" not in metrics:  # an epoch's end (not a checkpoint inside one)
             marks.append(time.perf_counter())
+            checkpoints += checkpoint is not None
 
-    train_loop(task, data, cfg, report=report, **wrappers)
+    result = train_loop(task, data, cfg, report=timed, **wrappers)
     return {
         "measured_seconds": marks[-1] - marks[0],
         "measured_epochs": len(marks) - 1,
+        "epochs": len(marks),
+        "checkpoints": checkpoints,
+        "final_metric": float(result.metrics.get(task.monitor, math.nan)),
         "torch_threads": torch.get_num_threads(),
     }
 
 
 def _ray_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker: the plain loop with Ray's wrappers, timed like the plain run;
-    rank 0 writes its timing to `config["out"]` (the driver's machine: a local cluster)."""
+    """One Ray Train worker as trainer/ray_job.py's `_train_worker` runs (no resume), timed like
+    the plain run; rank 0 writes its timing to `config["out"]` (a local cluster: this machine)."""
     import ray.train
     import ray.train.torch
 
+    from trainer import ray_job
     from trainer.config import TrainConfig
     from trainer.tasks import get_task
 
@@ -84,9 +101,9 @@ def _ray_worker(config: dict[str, Any]) -> None:
     data = task.prepare(cfg, tokenizer_json=config["tokenizer"])
     context = ray.train.get_context()
     timing = measure_loop(
-        task, data, cfg,
+        task, data, cfg, partial(ray_job._report, monitor=task.monitor, mode=task.mode),
         wrap_model=ray.train.torch.prepare_model,
-        wrap_loader=ray.train.torch.prepare_data_loader,
+        wrap_loader=partial(ray.train.torch.prepare_data_loader, add_dist_sampler=False),
         rank=context.get_world_rank(), world_size=context.get_world_size(),
         device=ray.train.torch.get_device(),
     )  # fmt: skip
@@ -95,20 +112,24 @@ def _ray_worker(config: dict[str, Any]) -> None:
 
 
 def plain(quick: bool) -> dict[str, Any]:
-    """The plain loop, in this process, with one intra-op thread."""
+    """The plain loop (`recur-train --workers 0`), in this process, on as many threads as Ray
+    has workers, writing its checkpoint every epoch as trainer/cli.py does."""
     import torch
 
+    from trainer.cli import save_each_epoch
     from trainer.tasks import get_task
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(WORKERS)
     cfg = config(Context(out=Path("."), quick=quick), 0)
     task = get_task(cfg.task)
     data = task.prepare(cfg)
-    return measure_loop(task, data, cfg) | {"tokens_per_epoch": sum(len(x) for x in data.train)}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
+        timing = measure_loop(task, data, cfg, partial(save_each_epoch, Path(tmp) / "last.pt"))
+    return timing | {"tokens_per_epoch": sum(len(x) for x in data.train)}
 
 
 def run_plain(ctx: Context) -> dict[str, Any]:
-    """The plain loop in a fresh process, as fresh as a Ray worker's (last stdout line: JSON)."""
+    """The plain loop in a fresh process, as fresh as a Ray worker's (stdout: its JSON)."""
     command = [sys.executable, "-m", "scripts.bench.training", "--plain"]
     command += ["--quick"] if ctx.quick else []
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
@@ -117,10 +138,12 @@ def run_plain(ctx: Context) -> dict[str, Any]:
 
 
 def run_ray(ctx: Context, workers: int) -> dict[str, Any]:
-    """One `TorchTrainer.fit` on the running Ray cluster; the timing rank 0 wrote."""
-    from ray.train import RunConfig, ScalingConfig
+    """One `TorchTrainer.fit` on the running Ray cluster, configured as trainer/ray_job.py
+    configures it; the timing rank 0 wrote, and the checkpoints Ray kept."""
+    from ray.train import CheckpointConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
+    from trainer import ray_job
     from trainer.tasks import get_task
 
     cfg = config(ctx, workers)
@@ -132,11 +155,18 @@ def run_ray(ctx: Context, workers: int) -> dict[str, Any]:
         trainer = TorchTrainer(
             _ray_worker,
             train_loop_config=loop_config | {"out": str(out)},
-            scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
-            run_config=RunConfig(storage_path=storage, name=f"bench-{workers}"),
-        )
-        trainer.fit()
+            scaling_config=ray_job.scaling_config(cfg),
+            run_config=RunConfig(
+                storage_path=storage, name=f"bench-{workers}",
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=cfg.keep_checkpoints or None,
+                    checkpoint_score_attribute=ray_job.SCORE, checkpoint_score_order="max",
+                ),
+            ),
+        )  # fmt: skip
+        result = trainer.fit()
         timing: dict[str, Any] = json.loads(out.read_text())
+        timing["checkpoints_kept"] = len(result.best_checkpoints or [])
     timing["fit_seconds"] = time.perf_counter() - started
     return timing | {"tokens_per_epoch": sum(len(x) for x in data.train)}
 
@@ -149,7 +179,8 @@ def ray_cluster() -> Iterator[float]:
     started = time.perf_counter()
     os.environ.update(ray_env())  # read by the raylet that ray.init starts (worker niceness)
     ray.init(
-        num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+        num_cpus=WORKERS, include_dashboard=False, logging_level=logging.WARNING,
+        log_to_driver=False,
         runtime_env={"env_vars": {**ray_env(), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
     )  # fmt: skip
     try:
@@ -167,55 +198,78 @@ def _row(mode: str, timing: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def problems_of(mode: str, timing: dict[str, Any]) -> list[str]:
+    """What makes a run not count: an epoch without its checkpoint, a loss that is not finite."""
+    found = []
+    if timing["checkpoints"] != timing["epochs"]:
+        found.append(f"{mode}: {timing['checkpoints']} checkpoints in {timing['epochs']} epochs")
+    if "checkpoints_kept" in timing and timing["checkpoints_kept"] != timing["epochs"]:
+        found.append(f"{mode}: Ray kept {timing['checkpoints_kept']} checkpoints, not one an epoch")
+    if not math.isfinite(timing["final_metric"]):
+        found.append(f"{mode}: the last validation is {timing['final_metric']}")
+    return found
+
+
 def run(ctx: Context) -> Result:
-    rows = [_row("plain loop", run_plain(ctx))]
+    ray_mode = f"Ray Train, {WORKERS} workers"
+    timings = [("plain loop", run_plain(ctx))]
+    rows = [_row(*timings[0])]
     ray_starts = []
     # Ray is down while the plain loop runs (an idle Ray would slow it, flattering Ray).
-    for workers in [(1,)] if ctx.quick else [(1, 2), (1,)]:
+    for _ in range(1 if ctx.quick else 2):
         with ray_cluster() as started:
             ray_starts.append(started)
-            for n in workers:
-                rows.append(_row(f"Ray Train, {n} worker{'s' if n > 1 else ''}", run_ray(ctx, n)))
-        rows.append(_row("plain loop", run_plain(ctx)))
+            timings.append((ray_mode, run_ray(ctx, WORKERS)))
+            rows.append(_row(*timings[-1]))
+        timings.append(("plain loop", run_plain(ctx)))
+        rows.append(_row(*timings[-1]))
+    problems = [line for mode, timing in timings for line in problems_of(mode, timing)]
     overheads, plains = [], []
     for index, row in enumerate(rows):
         if row["mode"] == "plain loop":
             plains.append(row["tokens_per_second"])
-        elif row["mode"].endswith(" 1 worker"):  # against the plain runs just before and after
-            before = next(r for r in reversed(rows[:index]) if r["mode"] == "plain loop")
-            after = next(r for r in rows[index:] if r["mode"] == "plain loop")
-            around = (before["tokens_per_second"] + after["tokens_per_second"]) / 2
+        else:  # against the plain runs just before and after
+            around = (
+                rows[index - 1]["tokens_per_second"] + rows[index + 1]["tokens_per_second"]
+            ) / 2
             overheads.append(1 - row["tokens_per_second"] / around)
     plain = statistics.median(plains)
-    one = statistics.median(r["tokens_per_second"] for r in rows if r["mode"].endswith("1 worker"))
-    two = next((r["tokens_per_second"] for r in rows if r["mode"].endswith("2 workers")), None)
-    scaling = f", 2 workers {two:,.0f}: 2 workers / plain = {two / plain:.2f}x" if two else ""
+    ray = statistics.median(r["tokens_per_second"] for r in rows if r["mode"] == ray_mode)
     target = Target(
-        "Ray Train 1-worker overhead vs the plain loop (1 - ray/plain)",
+        f"Ray Train ({WORKERS} workers, DDP, a checkpoint every epoch) overhead vs the plain "
+        "loop (1 - ray/plain)",
         f"<= {TARGET_OVERHEAD:.0%}", statistics.median(overheads), TARGET_OVERHEAD,
         higher_is_better=False, unit="%",
-        detail=f"each 1-worker run against the mean of the plain runs around it "
-        f"({', '.join(f'{o:.1%}' for o in overheads)}); medians plain {plain:,.0f}, Ray 1 worker "
-        f"{one:,.0f} tokens/s{scaling}",
+        detail=f"each Ray run against the mean of the plain runs around it "
+        f"({', '.join(f'{o:.1%}' for o in overheads)}); medians plain {plain:,.0f}, Ray "
+        f"{ray:,.0f} tokens/s, both on {WORKERS} cores",
     )  # fmt: skip
     cfg = config(ctx, 0)
-    return Result(
+    result = Result(
         scenario="training",
-        title="Training throughput: plain PyTorch loop vs Ray Train with 1 and 2 workers",
+        title=f"Training throughput: plain PyTorch loop vs Ray Train with {WORKERS} workers",
         settings={
             **SETTINGS,
             "examples": cfg.max_train_examples,
             "epochs": cfg.epochs,
+            "seed": cfg.seed,
             "batch_size_per_worker": cfg.batch_size,
+            "ray_workers": WORKERS,
             "torch_threads_per_worker": 1,
-            "ray_num_cpus": 2,
+            "plain_torch_threads": WORKERS,
+            "ray_num_cpus": WORKERS,
             "ray_worker_niceness": 0,
-            "checkpoints": "not written",
+            "checkpoints": "every epoch, both ways (plain: save_each_epoch; Ray: ray.train.report)",
         },
         rows=rows,
         targets=[target],
-        extra={"plain_tokens_per_second": plain, "ray_init_seconds": ray_starts},
-    )
+        extra={"plain_tokens_per_second": plain, "ray_init_seconds": ray_starts,
+               "problems": problems},
+    )  # fmt: skip
+    result.fail_targets(problems)
+    for line in problems:
+        print(f"  does not count: {line}", flush=True)
+    return result
 
 
 def render(data: dict[str, Any]) -> list[str]:
@@ -225,7 +279,8 @@ def render(data: dict[str, Any]) -> list[str]:
         data["rows"],
         [("mode", "mode"), ("tokens_per_second", "tokens/s"),
          ("measured_seconds", "seconds measured"), ("measured_epochs", "epochs measured"),
-         ("torch_threads", "torch threads"), ("fit_seconds", "TorchTrainer.fit s")],
+         ("torch_threads", "torch threads"), ("checkpoints", "checkpoints"),
+         ("final_metric", "last validation"), ("fit_seconds", "TorchTrainer.fit s")],
     )  # fmt: skip
 
 
@@ -235,7 +290,7 @@ def plot(data: dict[str, Any], plt: Any) -> Any:
     axis.barh(labels, [r["tokens_per_second"] for r in data["rows"]])
     axis.axvline(data["plain_tokens_per_second"] * (1 - TARGET_OVERHEAD), color="red",
                  linestyle="--", label="plain - 10%")  # fmt: skip
-    axis.set(xlabel="training tokens/s", title="Training throughput (one thread per worker)")
+    axis.set(xlabel="training tokens/s", title=f"Training throughput ({WORKERS} cores each way)")
     axis.invert_yaxis()
     axis.legend()
     return figure
