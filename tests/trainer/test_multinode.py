@@ -114,11 +114,23 @@ def test_two_nodes_train_as_one_node_does(
     assert_same_run(outcome(bundle, tmp_path / "runs" / "two-nodes"), single_node)
 
 
+def latest_registered_checkpoint(run_dir: Path) -> str | None:
+    """The newest checkpoint Ray Train's controller has registered, from its snapshot in the
+    run's storage (a checkpoint directory can be written before it is registered; a restart
+    continues only from a registered one)."""
+    try:
+        state = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):  # not written yet, or being written
+        return None
+    latest = state.get("latest_checkpoint_result")
+    return None if latest is None else str(latest["checkpoint_dir_name"])
+
+
 def test_a_lost_node_is_replaced_and_the_run_ends_as_if_uninterrupted(
     cluster: Any, single_node: tuple[list[Any], dict[str, Any]], tmp_path: Path
 ) -> None:
     """The run trains in a thread; this one (Ray starts nodes from the main thread only) waits
-    for its first checkpoint in storage, SIGKILLs one worker node (raylet and all), and starts
+    for its first registered checkpoint, SIGKILLs one worker node (raylet and all), and starts
     a replacement node for the worker group to come back on."""
     from trainer.cli import run
 
@@ -134,7 +146,7 @@ def test_a_lost_node_is_replaced_and_the_run_ends_as_if_uninterrupted(
     trainer = threading.Thread(target=train, daemon=True)
     trainer.start()
     deadline = time.monotonic() + 600
-    while not list(run_dir.glob("checkpoint_2*")) and trainer.is_alive():
+    while (registered := latest_registered_checkpoint(run_dir)) is None and trainer.is_alive():
         assert time.monotonic() < deadline, "no checkpoint in 10 minutes"
         time.sleep(0.02)
     victim = sorted(cluster.worker_nodes, key=lambda n: n.node_id)[0]
@@ -153,6 +165,7 @@ def test_a_lost_node_is_replaced_and_the_run_ends_as_if_uninterrupted(
     logs = Path(cluster.head_node.get_session_dir_path()) / "logs"
     lines = [line for f in logs.glob("worker-*.out") for line in f.read_text().splitlines()]
     (restored,) = [m.groups() for m in map(RESTORED.search, lines) if m]  # one restart
-    path, epochs_done, batch = restored[0], int(restored[1]), int(restored[2])
-    assert Path(path).parent == run_dir and epochs_done == 0 and 0 < batch < 125, restored
+    path, epochs_done, batch = Path(restored[0]), int(restored[1]), int(restored[2])
+    assert path.parent == run_dir and path.name >= str(registered), (restored, registered)
+    assert epochs_done == 0 and 0 < batch < 125, restored
     assert_same_run(outcome(bundle, run_dir), single_node)
