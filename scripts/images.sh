@@ -14,7 +14,7 @@
 #   DEBIAN_MIRROR=URL                        debootstrap's mirror (default deb.debian.org)
 # With buildah, the host's pip settings (index, extra indexes, find-links, CA bundle: `pip config
 # list` and PIP_*) are lent to the build's RUN steps read-only under /run/recur-build, so a build
-# behind a proxy or a local mirror installs what the host would; nothing of them stays in an image.
+# behind a proxy or a local mirror installs what the host would; only empty mount points stay.
 # `--install-tools` only installs buildah, podman and debootstrap (root and apt-get), then exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
