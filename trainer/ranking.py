@@ -39,8 +39,8 @@ from trainer.ort_bundle import OrtBundle
 INDEX_FILE = "popular.npz"
 CANDIDATES = 10  # suggestions taken from the index and from the beam for each prefix
 K = 10
-POPULARITY_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
-UNSEEN_OFFSETS = (0.0, -1.0, -2.0, -4.0, -6.0, -8.0, -12.0, -16.0)  # below ln(1 / total)
+POPULARITY_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0)
+UNSEEN_OFFSETS = (0.0, -1.0, -2.0, -4.0, -6.0, -8.0, -12.0, -16.0, -24.0, -32.0)  # below ln(1/N)
 LENGTHS = (("len_1_3", 1, 3), ("len_4_8", 4, 8), ("len_9_plus", 9, math.inf))
 
 
