@@ -125,6 +125,24 @@ class _Attempts:
         raise RecurError(code, error.details() or "") from error
 
 
+def one_per_token(response: _Response) -> list[_Response]:
+    """A response carrying several tokens (its `tokens` event) as one response per token (a
+    `token` event each, the other fields kept); any other response as itself. The server packs
+    the tokens that a stream produced while its previous message was being written."""
+    descriptor = getattr(response, "DESCRIPTOR", None)
+    if descriptor is None or "event" not in descriptor.oneofs_by_name:
+        return [response]
+    if response.WhichOneof("event") != "tokens":  # type: ignore[attr-defined]
+        return [response]
+    singles = []
+    for item in response.tokens.tokens:  # type: ignore[attr-defined]
+        single = type(response)()
+        single.CopyFrom(response)  # type: ignore[attr-defined]
+        single.token.CopyFrom(item)  # type: ignore[attr-defined]  # clears `tokens`
+        singles.append(single)
+    return singles
+
+
 async def stream_call(
     start: Callable[[float], aio.UnaryStreamCall[Any, _Response]],
     *,
@@ -150,7 +168,8 @@ async def stream_call(
         try:
             async for response in call:
                 produced = True
-                yield response
+                for event in one_per_token(response):
+                    yield event
             return
         except aio.AioRpcError as error:
             if produced:

@@ -39,7 +39,14 @@ import grpc
 from grpc import aio
 
 from clients import health_wire
-from clients.calls import RecurError, RetryPolicy, recur_errors, stream_call, unary_call
+from clients.calls import (
+    RecurError,
+    RetryPolicy,
+    one_per_token,
+    recur_errors,
+    stream_call,
+    unary_call,
+)
 from clients.channel import Connection
 from protos.recur.v1 import inference_pb2, inference_pb2_grpc
 
@@ -75,6 +82,7 @@ class Session:
         self._max_tokens = max_tokens
         self._num_suggestions = num_suggestions
         self._status: RecurError | None = None  # the server's status, once the call ends
+        self._pending: list[inference_pb2.SessionResponse] = []  # the rest of a packed message
         call.add_done_callback(self._ended)
 
     async def send_text(self, text: str) -> None:
@@ -95,10 +103,13 @@ class Session:
         return self
 
     async def __anext__(self) -> inference_pb2.SessionResponse:
+        if self._pending:
+            return self._pending.pop(0)
         with self._errors():
             response = await self._call.read()
         if isinstance(response, inference_pb2.SessionResponse):
-            return response
+            self._pending = one_per_token(response)
+            return self._pending.pop(0)
         raise StopAsyncIteration
 
     def _ended(self, call: Any) -> None:

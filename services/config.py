@@ -41,6 +41,8 @@ class ServeConfig:
     max_message_bytes: int = 1 << 20  # largest request or response message
     keepalive_seconds: float = 30.0  # server pings an idle connection this often
     keepalive_timeout_seconds: float = 10.0  # and closes it when the ping is not answered
+    stream_interval: int = 1  # tokens per response message after the first, at least
+    metrics: bool = True  # record Prometheus metrics (--no-metrics: measure what they cost)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -69,7 +71,21 @@ _HELP = {
     "health_port": "plaintext port serving only grpc.health.v1, for probes when TLS is on "
     "(-1: off)",
     "max_message_bytes": "largest request or response message",
+    "stream_interval": "tokens per response message after the first, at least (a request's "
+    "stream_interval overrides it); what a stream produced while its previous message was being "
+    "written always goes out together",
+    "metrics": "record Prometheus metrics (--no-metrics turns recording off, to measure its cost)",
 }
+_KINDS: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _from_env(kind: Any, raw: str) -> Any:
+    if kind is not bool:
+        return kind(raw)
+    if raw.lower() in _TRUE + _FALSE:
+        return raw.lower() in _TRUE
+    raise ValueError(raw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,9 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every flag can also be set as RECUR_<FLAG> in the environment (flags win).",
     )
     for f in fields(ServeConfig):
-        kind: Any = {"int": int, "float": float, "str": str}[str(f.type)]
+        kind: Any = _KINDS[str(f.type)]
         help_text = _HELP.get(f.name, "") + f" (default: {f.default})"
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, help=help_text)
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, help=help_text)
     return parser
 
 
@@ -92,11 +112,11 @@ def resolve(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
     args = vars(parser.parse_args(argv))
     values: dict[str, Any] = {}
     for f in fields(ServeConfig):
-        kind = {"int": int, "float": float, "str": str}[str(f.type)]
+        kind = _KINDS[str(f.type)]
         env_name = f"RECUR_{f.name.upper()}"
         if env_name in environ:
             try:
-                values[f.name] = kind(environ[env_name])
+                values[f.name] = _from_env(kind, environ[env_name])
             except ValueError:
                 parser.error(f"{env_name}={environ[env_name]!r} is not a valid {kind.__name__}")
         if args[f.name] is not None:
@@ -113,6 +133,7 @@ def resolve(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
         "prefill_chunk",
         "max_beam_size",
         "max_message_bytes",
+        "stream_interval",
     )
     above_zero = ("session_ttl_seconds", "keepalive_seconds", "keepalive_timeout_seconds")
     for name in ("port", "reload_seconds", "grace_seconds", "inline_step_ms", *positive,

@@ -15,12 +15,13 @@ from dataclasses import replace
 
 import numpy as np
 
+from services.collector import collect
 from services.decoding import BeamSearch, Hypothesis, Sampler, greedy, log_softmax
 from services.errors import InvalidArgument, Unavailable
 from services.events import Event, Finished, FinishReason, RunningLabel, Suggestion, TokenEvent
 from services.model import Arrays, LoadedModel, ModelRegistry
 from services.requests import CompleteParams, TranslateParams
-from services.runtime import EngineConfig, Runtime, pump
+from services.runtime import EngineConfig, Runtime
 from services.scheduler import BatchObserver
 
 
@@ -174,20 +175,39 @@ class Engine:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def translate(
-        self, model: LoadedModel, text: str, params: TranslateParams, *, arrived: float
-    ) -> AsyncIterator[Event]:
-        """Translation, one event per target token (beam search: the best, once found)."""
-        return pump(self._translate(model, text, params, arrived))
+        self,
+        model: LoadedModel,
+        text: str,
+        params: TranslateParams,
+        *,
+        arrived: float,
+        interval: int = 1,
+    ) -> AsyncIterator[list[Event]]:
+        """Translation, one event per target token (beam search: the best, once found), handed
+        over in messages of at least `interval` tokens after the first (see `collector`)."""
+        return collect(
+            self._translate(model, text, params, arrived), interval=interval, counts=_token
+        )
 
-    def analyze(self, model: LoadedModel, text: str, *, arrived: float) -> AsyncIterator[Event]:
+    def analyze(
+        self, model: LoadedModel, text: str, *, arrived: float, interval: int = 1
+    ) -> AsyncIterator[list[Event]]:
         """Running sentiment: the label and probabilities after every input token."""
-        return pump(self._analyze(model, text, arrived))
+        return collect(self._analyze(model, text, arrived), interval=interval, counts=_token)
 
     def complete(
-        self, model: LoadedModel, text: str, params: CompleteParams, *, arrived: float
-    ) -> AsyncIterator[Event]:
+        self,
+        model: LoadedModel,
+        text: str,
+        params: CompleteParams,
+        *,
+        arrived: float,
+        interval: int = 1,
+    ) -> AsyncIterator[list[Event]]:
         """Completion of a prefix: greedy or sampled tokens, then suggestions by beam search."""
-        return pump(self._complete(model, text, params, arrived))
+        return collect(
+            self._complete(model, text, params, arrived), interval=interval, counts=_token
+        )
 
     async def _translate(
         self, model: LoadedModel, text: str, params: TranslateParams, arrived: float
@@ -409,3 +429,7 @@ class Engine:
             Suggestion(model.tokenizer.decode([*prefix, *h.tokens])[start:], h.logprob)
             for h in found
         )
+
+
+def _token(event: Event) -> bool:
+    return not isinstance(event, Finished)

@@ -171,6 +171,8 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
         return handler
 
     def _finish(self, info: CallInfo, started: float, code: grpc.StatusCode) -> None:
+        if not self.metrics.recording:
+            return
         labels = (info.model, info.version, info.task, info.rpc)
         self.metrics.requests.labels(*labels, code.name).inc()
         self.metrics.duration.labels(*labels).observe(time.perf_counter() - started)

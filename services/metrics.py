@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the engine's modules import numpy and ONNX Runtime; metrics
 LATENCY_BUCKETS = (*(5e-5 * 2**i for i in range(18)), 15.0, 30.0, 60.0)  # 50 µs … 60 s
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 MODEL_LABELS = ("model", "version", "task")
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,8 +45,9 @@ class CallInfo:
 class ServerMetrics:
     """Every metric the server exports."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, recording: bool = True) -> None:
         self.registry = registry
+        self.recording = recording  # False: record nothing (to measure what recording costs)
         labels = (*MODEL_LABELS, "rpc")
         self.requests = Counter(
             "recur_requests",
@@ -72,7 +74,8 @@ class ServerMetrics:
             labels, buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
         self.itl = Histogram(
-            "recur_inter_token_latency_seconds", "Time between consecutive streamed events.",
+            "recur_inter_token_latency_seconds",
+            "Time between consecutive streamed messages (a message may carry several tokens).",
             labels, buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
         self.generated = Counter(
@@ -126,6 +129,9 @@ class ServerMetrics:
     @contextmanager
     def streaming(self, info: CallInfo) -> Iterator[None]:
         """Count the call in `recur_streams_active` while the block runs."""
+        if not self.recording:
+            yield
+            return
         gauge = self.active.labels(info.model, info.version, info.task)
         gauge.inc()
         try:
@@ -133,28 +139,37 @@ class ServerMetrics:
         finally:
             gauge.dec()
 
-    async def observe(self, events: AsyncIterator[Event], info: CallInfo) -> AsyncIterator[Event]:
-        """Pass `events` through, timing the first and every following streamed event."""
+    async def observe(
+        self, batches: AsyncIterator[list[Event]], info: CallInfo
+    ) -> AsyncIterator[list[Event]]:
+        """Pass a stream's messages through, counting their tokens and timing the gaps between
+        messages (a message may carry several tokens: the inter-token latency is per message)."""
+        if not self.recording:
+            async for batch in _closing(batches):
+                yield batch
+            return
         labels = (info.model, info.version, info.task, info.rpc)
         last: float | None = None
         with self.streaming(info):
-            async for event in _closing(events):
+            async for batch in _closing(batches):
                 now = time.perf_counter()
-                if isinstance(event, TokenEvent | RunningLabel):
+                tokens = sum(isinstance(e, TokenEvent | RunningLabel) for e in batch)
+                if tokens:
                     if last is not None:
                         self.itl.labels(*labels).observe(now - last)
                     last = now
-                    self.generated.labels(*labels).inc()
-                elif isinstance(event, Finished):
-                    self.queue.labels(*labels).observe(event.queue_seconds)
-                    self.ttft.labels(*labels).observe(event.time_to_first_token_seconds)
-                    self.input_tokens.labels(*labels).inc(event.input_tokens)
-                yield event
+                    self.generated.labels(*labels).inc(tokens)
+                for event in batch:
+                    if isinstance(event, Finished):
+                        self.queue.labels(*labels).observe(event.queue_seconds)
+                        self.ttft.labels(*labels).observe(event.time_to_first_token_seconds)
+                        self.input_tokens.labels(*labels).inc(event.input_tokens)
+                yield batch
 
 
-async def _closing(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
-    """`events`, closed as soon as this generator is (Python leaves an async generator that is
+async def _closing(batches: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`batches`, closed as soon as this generator is (Python leaves an async generator that is
     closed mid-iteration to garbage collection; a stream's holds state slots)."""
-    async with contextlib.aclosing(events):  # type: ignore[type-var]
-        async for event in events:
-            yield event
+    async with contextlib.aclosing(batches):  # type: ignore[type-var]
+        async for batch in batches:
+            yield batch

@@ -1,24 +1,19 @@
 """What a loaded model needs to serve streams: its slot pool, its scheduler, leases on slots.
 
 `Runtime.lease(n)` gives a stream its slots for as long as it lives and takes them back however
-the stream ends (finished, failed, cancelled, deadline). `pump` runs a stream's decoding as its
-own task feeding a small bounded queue, so the model steps of all streams are not paced by each
-client's network writes (they would scatter the streams over many batches) and a client that
-stops reading holds at most `depth` events before its stream pauses.
+the stream ends (finished, failed, cancelled, deadline).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 
-from services import scope
 from services.model import Arrays, LoadedModel
 from services.scheduler import BatchObserver, Scheduler
 from services.slots import SlotPool
@@ -101,37 +96,3 @@ class Runtime:
     def _changed(self) -> None:
         if self.on_slots is not None:
             self.on_slots(self)
-
-
-class _End:
-    pass
-
-
-async def pump(events: AsyncIterator[T], *, depth: int = 16) -> AsyncGenerator[T, None]:
-    """Iterate `events` in a task of its own, at most `depth` items ahead of the consumer."""
-    queue: asyncio.Queue[T | _End | BaseException] = asyncio.Queue(depth)
-
-    async def produce() -> None:
-        try:
-            async with contextlib.aclosing(events):  # type: ignore[type-var]
-                async for event in events:
-                    await queue.put(event)
-            await queue.put(_End())
-        except Exception as error:
-            await queue.put(error)
-
-    task = asyncio.create_task(produce())
-    scope.adopt(task)  # cancelled with its call even if nobody closes this generator
-    try:
-        while not isinstance(item := await queue.get(), _End):
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # the consumer itself was cancelled: not the producer's ending to absorb

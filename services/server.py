@@ -110,8 +110,8 @@ async def build_server(
         registry,
         engine_cfg,
         workers=cfg.executor_workers,
-        observe=metrics.observe_batch,
-        on_slots=metrics.observe_slots,
+        observe=metrics.observe_batch if metrics.recording else None,
+        on_slots=metrics.observe_slots if metrics.recording else None,
     )
     engine.ready = False
     auth = BearerToken.configured(cfg.auth_token_file)
@@ -124,6 +124,7 @@ async def build_server(
         limits,
         default_max_tokens=cfg.default_max_tokens,
         session_ttl=cfg.session_ttl_seconds,
+        stream_interval=cfg.stream_interval,
     )
     pb_grpc.add_TranslationServiceServicer_to_server(servicers, server)
     pb_grpc.add_SentimentServiceServicer_to_server(servicers, server)
@@ -191,7 +192,7 @@ async def drain(running: Running, grace: float) -> None:
 
 async def serve(cfg: ServeConfig) -> None:
     """Bind, load and warm the repository, serve until SIGTERM/SIGINT, then drain."""
-    metrics = ServerMetrics(CollectorRegistry())
+    metrics = ServerMetrics(CollectorRegistry(), recording=cfg.metrics)
     metrics_port = None
     if cfg.metrics_port >= 0:
         httpd, _ = start_http_server(

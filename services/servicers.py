@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 from protos.recur.v1 import inference_pb2 as pb
 from protos.recur.v1 import inference_pb2_grpc as pb_grpc
@@ -58,13 +59,53 @@ def complete_final(event: Finished) -> pb.CompleteFinal:
     )
 
 
+def _runs(batch: list[Event]) -> list[list[Event]]:
+    """A message batch split into runs of token events and single final events, in order: each
+    run becomes one response message."""
+    runs: list[list[Event]] = []
+    for event in batch:
+        if runs and not isinstance(event, Finished) and not isinstance(runs[-1][-1], Finished):
+            runs[-1].append(event)
+        else:
+            runs.append([event])
+    return runs
+
+
+R = TypeVar("R", pb.TranslateResponse, pb.CompleteResponse, pb.SessionResponse)
+
+
+def _generated(response: R, run: list[Event]) -> R:
+    """`response` carrying `run`: in its `token` field (one token) or `tokens` (several)."""
+    tokens = [token(e) for e in run if isinstance(e, TokenEvent)]
+    if len(tokens) == 1:
+        response.token.CopyFrom(tokens[0])
+    else:
+        response.tokens.tokens.extend(tokens)
+    return response
+
+
+def _running(event: RunningLabel) -> pb.SentimentToken:
+    return pb.SentimentToken(
+        index=event.index,
+        id=event.id,
+        text=event.text,
+        label=event.label,
+        probabilities=event.probabilities,
+    )
+
+
 class Servicers(
     pb_grpc.TranslationServiceServicer,
     pb_grpc.SentimentServiceServicer,
     pb_grpc.AutocompleteServiceServicer,
     pb_grpc.ModelServiceServicer,
 ):
-    """Every Recur service on one engine."""
+    """Every Recur service on one engine.
+
+    The engine hands a stream's events over in batches (everything produced while the previous
+    message was being written; see `collector`); each batch becomes one message of tokens, and
+    the final event one message of its own.
+    """
 
     def __init__(
         self,
@@ -74,12 +115,14 @@ class Servicers(
         *,
         default_max_tokens: int,
         session_ttl: float = 300.0,
+        stream_interval: int = 1,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.limits = limits
         self.default_max_tokens = default_max_tokens
         self.session_ttl = session_ttl
+        self.stream_interval = stream_interval
 
     def _model(self, name: str, task: str) -> LoadedModel:
         model = self.engine.resolve(validation.model_name(name), task)
@@ -87,8 +130,11 @@ class Servicers(
         info.model, info.version, info.task = model.name, str(model.version), model.task
         return model
 
-    def _observe(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
-        return self.metrics.observe(events, current_call())
+    def _interval(self, requested: int) -> int:
+        return validation.stream_interval(requested, self.limits, default=self.stream_interval)
+
+    def _observe(self, batches: AsyncIterator[list[Event]]) -> AsyncIterator[list[Event]]:
+        return self.metrics.observe(batches, current_call())
 
     async def Translate(
         self, request: pb.TranslateRequest, context: Context
@@ -106,42 +152,44 @@ class Servicers(
             include_attention=request.include_attention,
             cap=self.limits.max_tokens_limit,
         )
+        interval = self._interval(request.stream_interval)
         model = self._model(request.model, "translation")
-        events = self.engine.translate(model, text, params, arrived=arrived)
-        async for event in self._observe(events):
-            if isinstance(event, TokenEvent):
-                yield pb.TranslateResponse(token=token(event))
-            elif isinstance(event, Finished):
-                final = pb.TranslateFinal(
-                    text=event.text, source_tokens=event.source_tokens, summary=summary(event)
-                )
-                yield pb.TranslateResponse(final=final)
+        batches = self.engine.translate(model, text, params, arrived=arrived, interval=interval)
+        async for batch in self._observe(batches):
+            for run in _runs(batch):
+                event = run[0]
+                if isinstance(event, Finished):
+                    final = pb.TranslateFinal(
+                        text=event.text, source_tokens=event.source_tokens, summary=summary(event)
+                    )
+                    yield pb.TranslateResponse(final=final)
+                else:
+                    yield _generated(pb.TranslateResponse(), run)
 
     async def Analyze(
         self, request: pb.SentimentRequest, context: Context
     ) -> AsyncIterator[pb.SentimentResponse]:
         arrived = time.perf_counter()
         text = validation.text(request.text, self.limits)
+        interval = self._interval(request.stream_interval)
         model = self._model(request.model, "sentiment")
-        async for event in self._observe(self.engine.analyze(model, text, arrived=arrived)):
-            if isinstance(event, RunningLabel):
-                yield pb.SentimentResponse(
-                    token=pb.SentimentToken(
-                        index=event.index,
-                        id=event.id,
-                        text=event.text,
-                        label=event.label,
+        batches = self.engine.analyze(model, text, arrived=arrived, interval=interval)
+        async for batch in self._observe(batches):
+            for run in _runs(batch):
+                event = run[0]
+                if isinstance(event, Finished):
+                    final = pb.SentimentFinal(
+                        label=event.text,
                         probabilities=event.probabilities,
+                        labels=event.labels,
+                        summary=summary(event),
                     )
-                )
-            elif isinstance(event, Finished):
-                final = pb.SentimentFinal(
-                    label=event.text,
-                    probabilities=event.probabilities,
-                    labels=event.labels,
-                    summary=summary(event),
-                )
-                yield pb.SentimentResponse(final=final)
+                    yield pb.SentimentResponse(final=final)
+                elif len(run) == 1 and isinstance(event, RunningLabel):
+                    yield pb.SentimentResponse(token=_running(event))
+                else:
+                    labels = [_running(e) for e in run if isinstance(e, RunningLabel)]
+                    yield pb.SentimentResponse(tokens=pb.SentimentTokens(tokens=labels))
 
     async def Complete(
         self, request: pb.CompleteRequest, context: Context
@@ -157,13 +205,16 @@ class Servicers(
             stop=validation.stop_strings(list(request.stop)),
             suggestions=validation.suggestions(request.num_suggestions, self.limits),
         )
+        interval = self._interval(request.stream_interval)
         model = self._model(request.model, "autocomplete")
-        events = self.engine.complete(model, text, params, arrived=arrived)
-        async for event in self._observe(events):
-            if isinstance(event, TokenEvent):
-                yield pb.CompleteResponse(token=token(event))
-            elif isinstance(event, Finished):
-                yield pb.CompleteResponse(final=complete_final(event))
+        batches = self.engine.complete(model, text, params, arrived=arrived, interval=interval)
+        async for batch in self._observe(batches):
+            for run in _runs(batch):
+                event = run[0]
+                if isinstance(event, Finished):
+                    yield pb.CompleteResponse(final=complete_final(event))
+                else:
+                    yield _generated(pb.CompleteResponse(), run)
 
     async def Session(
         self, request_iterator: AsyncIterator[pb.SessionRequest], context: Context
@@ -177,6 +228,7 @@ class Servicers(
             ),
             suggestions=validation.suggestions(first.num_suggestions, self.limits),
         )
+        interval = self._interval(first.stream_interval)
         model = self._model(first.model, "autocomplete")
         info = current_call()
         idle = IdleTimer(self.session_ttl, lambda: expire(info, self._idle_error()))
@@ -188,16 +240,24 @@ class Servicers(
                 yield self._session_input(request)
 
         answers = run_session(
-            self.engine, model, inputs(), params=params, max_chars=self.limits.max_input_chars
+            self.engine,
+            model,
+            inputs(),
+            params=params,
+            max_chars=self.limits.max_input_chars,
+            interval=interval,
         )
         try:
             with self.metrics.streaming(info):  # an open session is a stream in progress
-                async for revision, event in answers:
-                    if isinstance(event, TokenEvent):
-                        yield pb.SessionResponse(revision=revision, token=token(event))
-                    elif isinstance(event, Finished):
-                        idle.touch()
-                        yield pb.SessionResponse(revision=revision, final=complete_final(event))
+                async for batch in answers:
+                    for revision, run in _revisions(batch):
+                        event = run[0]
+                        if isinstance(event, Finished):
+                            idle.touch()
+                            final = complete_final(event)
+                            yield pb.SessionResponse(revision=revision, final=final)
+                        else:
+                            yield _generated(pb.SessionResponse(revision=revision), run)
         finally:
             idle.cancel()
 
@@ -238,3 +298,14 @@ class Servicers(
                 for m in sorted(registry.models.values(), key=lambda m: (m.name, m.version))
             ]
         )
+
+
+def _revisions(batch: list[tuple[int, Event]]) -> list[tuple[int, list[Event]]]:
+    """A session's message batch as `(revision, run)` pairs: `_runs` within each revision."""
+    out: list[tuple[int, list[Event]]] = []
+    start = 0
+    for end in range(1, len(batch) + 1):
+        if end == len(batch) or batch[end][0] != batch[start][0]:
+            out += [(batch[start][0], run) for run in _runs([e for _, e in batch[start:end]])]
+            start = end
+    return out

@@ -22,15 +22,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.collector import collect
 from services.engine import Clock, Engine
 from services.errors import InvalidArgument
-from services.events import Event, FinishReason
+from services.events import Event, Finished, FinishReason
 from services.model import Arrays, LoadedModel
 from services.requests import CompleteParams
-from services.runtime import Runtime, pump
+from services.runtime import Runtime
 from services.slots import SlotPool
 
 BACKLOG = 32  # client messages read ahead of the one being answered
+PENDING = 64  # events of answers waiting to be written before the session pauses
 
 
 @dataclass(frozen=True)
@@ -103,18 +105,26 @@ async def run_session(
     *,
     params: CompleteParams,
     max_chars: int,
-) -> AsyncIterator[tuple[int, Event]]:
-    """Answer every client message with a suggestion: `(revision, event)` pairs, revision from 1.
+    interval: int = 1,
+) -> AsyncIterator[list[tuple[int, Event]]]:
+    """Answer every client message with a suggestion: `(revision, event)` pairs, revision from 1,
+    handed over in messages (see `collector`).
 
     Messages are read concurrently with generation; when one arrives, the suggestion in progress
     ends as superseded, and messages that queued up meanwhile are answered with an immediate
-    superseded final before the latest one is served.
+    superseded final before the latest one is served. At most `PENDING` events wait to be
+    written: beyond them the session stops stepping (and so, soon, reading).
     """
+    answers = _session(engine, model, inputs, params, max_chars)
     async with contextlib.aclosing(
-        pump(_session(engine, model, inputs, params, max_chars))
-    ) as answers:
-        async for answer in answers:
-            yield answer
+        collect(answers, interval=interval, limit=PENDING, counts=_is_token)
+    ) as batches:
+        async for batch in batches:
+            yield batch
+
+
+def _is_token(answer: tuple[int, Event]) -> bool:
+    return not isinstance(answer[1], Finished)
 
 
 async def _session(

@@ -44,6 +44,18 @@ def max_tokens(value: int, limits: Limits, *, default: int) -> int:
     return value
 
 
+def stream_interval(value: int, limits: Limits, *, default: int) -> int:
+    """Tokens per message after the first: 0 selects `default`; otherwise within [1, limit]."""
+    if value == 0:
+        return default
+    if not 1 <= value <= limits.max_tokens_limit:
+        raise InvalidArgument(
+            "stream_interval",
+            f"must be in [1, {limits.max_tokens_limit}] (or 0 for the server's), got {value}",
+        )
+    return value
+
+
 def model_name(value: str) -> str:
     if len(value) > 200 or any(c in value for c in "/\\\x00"):
         raise InvalidArgument("model", f"is not a valid model name: {value[:40]!r}")

@@ -53,7 +53,7 @@ def test_serving_side_loads_without_torch_or_ray(package: str) -> None:
 @pytest.mark.parametrize(
     ("package", "forbidden", "reason"),
     [
-        ("trainer", ("services", "clients"), "trainer meets services only at the bundle"),
+        ("trainer", ("clients",), "the trainer never talks to a server"),
         ("services", ("trainer", "torch", "ray"), "the serving image has no torch"),
         ("clients", ("trainer", "services", "torch", "ray", "numpy"), "clients need grpc only"),
     ],
@@ -62,6 +62,28 @@ def test_import_rules(package: str, forbidden: tuple[str, ...], reason: str) -> 
     for path in (ROOT / package).rglob("*.py"):
         bad = {n for n in imported_names(path) if n.split(".")[0] in forbidden}
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}: {reason}"
+
+
+def test_trainer_uses_only_the_server_free_part_of_services() -> None:
+    """DESIGN §1: the trainer may import services' bundle loading, engine and decoding (so that
+    recur-eval measures the code that serves), never anything that needs gRPC or a server."""
+    used = sorted(
+        {
+            n if n in modules("services") else n.rsplit(".", 1)[0]
+            for path in (ROOT / "trainer").rglob("*.py")
+            for n in imported_names(path)
+            if n.split(".")[0] == "services"
+        }
+    )
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {used!r}: importlib.import_module(name)\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'grpc')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert json.loads(result.stdout) == [], f"{used} load gRPC"
 
 
 def test_trainer_never_imports_grpc_stubs() -> None:

@@ -30,6 +30,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from clients.calls import one_per_token
 from protos.recur.v1 import inference_pb2 as pb
 from protos.recur.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import Server, start_server, stop_server
@@ -218,7 +219,8 @@ class Answer:
 def call(stream: Iterable[Any]) -> Answer:
     events: list[Any] = []
     try:
-        events.extend(stream)
+        for response in stream:
+            events.extend(one_per_token(response))
     except grpc.RpcError as error:
         return Answer(error.code(), error.details() or "", events)
     return Answer(grpc.StatusCode.OK, "", events)

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc import aio
 
+from clients.calls import one_per_token
 from protos.recur.v1 import inference_pb2 as pb
 from protos.recur.v1 import inference_pb2_grpc as pb_grpc
 from services.engine import Engine
@@ -31,7 +32,54 @@ def server(tiny_models: Path) -> Iterator[Server]:
 
 
 async def _events(call: Any) -> list[Any]:
-    return [event async for event in call]
+    """The call's responses, one per token (as the SDK yields them)."""
+    return [event async for response in call for event in one_per_token(response)]
+
+
+async def _messages(call: Any) -> list[Any]:
+    return [response async for response in call]
+
+
+@pytest.mark.parametrize(
+    ("interval", "reason"),
+    [
+        (1, "as produced: what accumulated during a write goes together"),
+        (3, "at least three tokens per message after the first"),
+        (512, "everything after the first token in one message"),
+    ],
+)
+def test_packing_changes_the_messages_not_the_tokens(
+    server: Server, interval: int, reason: str
+) -> None:
+    """The same greedy requests (a completion, a running sentiment), packed differently: token
+    for token the same answers; the
+    first token alone in the first message; later messages hold `interval` tokens or more
+    (only the last one fewer)."""
+
+    async def go(stream_interval: int) -> list[list[Any]]:
+        async with aio.insecure_channel(server.target) as channel:
+            completion = pb_grpc.AutocompleteServiceStub(channel)
+            sentiment = pb_grpc.SentimentServiceStub(channel)
+            return [
+                await _messages(completion.Complete(pb.CompleteRequest(
+                    text="how to", max_tokens=24, stream_interval=stream_interval), timeout=30)),
+                await _messages(sentiment.Analyze(pb.SentimentRequest(
+                    text="the acting was good but the plot was not and the music was loud",
+                    stream_interval=stream_interval), timeout=30)),
+            ]  # fmt: skip
+
+    unpacked, packed = asyncio.run(go(1)), asyncio.run(go(interval))
+    for single, several in zip(unpacked, packed, strict=True):
+        tokens = [e for m in several for e in one_per_token(m) if m.WhichOneof("event") != "final"]
+        expected = [e for m in single for e in one_per_token(m) if m.WhichOneof("event") != "final"]
+        assert [(t.token.id, t.token.text) for t in tokens] == [
+            (t.token.id, t.token.text) for t in expected
+        ], reason
+        assert len(tokens) > 1, "the answer must have tokens to pack"
+        assert several[0].WhichOneof("event") == "token", "the first token goes alone"
+        sizes = [len(one_per_token(m)) for m in several[1:-1]]
+        assert all(size >= interval for size in sizes[:-1]), (sizes, reason)
+        assert several[-1].WhichOneof("event") == "final"
 
 
 def complete(target: str, **fields: Any) -> list[pb.CompleteResponse]:
@@ -58,7 +106,8 @@ def test_beam_translation_over_the_wire_equals_the_engines(
         engine = Engine(ModelRegistry.load(tiny_models))
         model = engine.registry.resolve("", "translation")
         params = TranslateParams(beam_size=4, length_penalty=0.6)
-        return [e async for e in engine.translate(model, text, params, arrived=0.0)]
+        stream = engine.translate(model, text, params, arrived=0.0)
+        return [e async for batch in stream for e in batch]
 
     wire, local = asyncio.run(over_the_wire()), asyncio.run(in_process())
     assert [e.token.id for e in wire[:-1]] == [e.id for e in local[:-1]]

@@ -21,7 +21,7 @@ from trainer.models.seq2seq import greedy_decode
 
 
 async def collect(stream: Any) -> list[Any]:
-    return [event async for event in stream]
+    return [event async for batch in stream for event in batch]
 
 
 @pytest.fixture(scope="module", params=["lstm", "jordan", "elman"])

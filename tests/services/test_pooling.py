@@ -33,7 +33,7 @@ def test_running_label_follows_the_pooling(pooling: str, tmp_path: Path) -> None
     text = "the acting was good but the plot was terrible"
 
     async def collect() -> list[object]:
-        return [e async for e in engine.analyze(served, text, arrived=0.0)]
+        return [e async for batch in engine.analyze(served, text, arrived=0.0) for e in batch]
 
     events = asyncio.run(collect())
     running = [e.probabilities for e in events if isinstance(e, RunningLabel)]

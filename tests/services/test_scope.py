@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from services import scope
-from services.runtime import pump
+from services.collector import collect
 
 
 def test_an_abandoned_stream_task_is_cancelled_with_its_call() -> None:
@@ -20,8 +20,8 @@ def test_an_abandoned_stream_task_is_cancelled_with_its_call() -> None:
 
     async def call() -> tuple[int, int]:
         tasks = scope.open_scope()
-        events = pump(stream(), depth=2)
-        assert await anext(events) == "event"  # then the client goes away: nobody closes `events`
+        events = collect(stream(), limit=2)
+        assert await anext(events) == ["event"]  # then the client goes away: nobody closes it
         adopted = len(tasks)
         scope.cancel(tasks)  # what the interceptor's done callback does
         await asyncio.sleep(0.01)

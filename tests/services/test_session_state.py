@@ -96,8 +96,8 @@ def test_a_session_cancelled_as_a_message_arrives_gives_its_slot_back(tiny_model
 
             answers = run_session(engine, model, inputs(), params=params, max_chars=100)
             messages.put_nowait(SessionInput(text="how"))
-            async for _, event in answers:  # the first answer: then it waits for the next message
-                if isinstance(event, Finished):
+            async for batch in answers:  # the first answer: then it waits for the next message
+                if any(isinstance(event, Finished) for _, event in batch):
                     break
             messages.put_nowait(SessionInput(text="how t"))
             for _ in range(turn % 6):  # the message travels a few turns towards the session

@@ -171,6 +171,30 @@ class GeneratedToken(_message.Message):
 Global___GeneratedToken: _TypeAlias = GeneratedToken  # noqa: Y015
 
 @_typing.final
+class GeneratedTokens(_message.Message):
+    """Consecutive generated tokens sent in one message, in order (`index` keeps counting)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___GeneratedToken]:
+        """The tokens, in the order they were generated."""
+
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[Global___GeneratedToken] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GeneratedTokens: _TypeAlias = GeneratedTokens  # noqa: Y015
+
+@_typing.final
 class TranslateRequest(_message.Message):
     """---------------------------------------------------------------------------------------------
     Translation
@@ -187,6 +211,7 @@ class TranslateRequest(_message.Message):
     BEAM_SIZE_FIELD_NUMBER: _builtins.int
     LENGTH_PENALTY_FIELD_NUMBER: _builtins.int
     MAX_LENGTH_RATIO_FIELD_NUMBER: _builtins.int
+    STREAM_INTERVAL_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The source text. Required, non-empty."""
     model: _builtins.str
@@ -205,6 +230,12 @@ class TranslateRequest(_message.Message):
     """GNMT length normalization alpha for beam search, in [0, 2]; 0 ranks by total log-probability."""
     max_length_ratio: _builtins.float
     """With max_tokens = 0: at most max_length_ratio * source tokens + 10 target tokens; 0 selects 2."""
+    stream_interval: _builtins.int
+    """Tokens per response message after the first: at least this many (fewer only in the last
+    messages); 0 selects the server's `--stream-interval`. Whatever the stream produced while
+    its previous message was being written goes out together in the next one, so a message may
+    carry more. The first token is always sent alone, at once.
+    """
     def __init__(
         self,
         *,
@@ -215,10 +246,11 @@ class TranslateRequest(_message.Message):
         beam_size: _builtins.int = ...,
         length_penalty: _builtins.float = ...,
         max_length_ratio: _builtins.float = ...,
+        stream_interval: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beam_size", b"beam_size", "include_attention", b"include_attention", "length_penalty", b"length_penalty", "max_length_ratio", b"max_length_ratio", "max_tokens", b"max_tokens", "model", b"model", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beam_size", b"beam_size", "include_attention", b"include_attention", "length_penalty", b"length_penalty", "max_length_ratio", b"max_length_ratio", "max_tokens", b"max_tokens", "model", b"model", "stream_interval", b"stream_interval", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -266,6 +298,7 @@ class TranslateResponse(_message.Message):
 
     TOKEN_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def token(self) -> Global___GeneratedToken:
         """A target token."""
@@ -274,17 +307,22 @@ class TranslateResponse(_message.Message):
     def final(self) -> Global___TranslateFinal:
         """The last event."""
 
+    @_builtins.property
+    def tokens(self) -> Global___GeneratedTokens:
+        """Several consecutive target tokens in one message (see `stream_interval`)."""
+
     def __init__(
         self,
         *,
         token: Global___GeneratedToken | None = ...,
         final: Global___TranslateFinal | None = ...,
+        tokens: Global___GeneratedTokens | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "token", b"token"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "token", b"token", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "token", b"token", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["token", "final"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["token", "final", "tokens"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -302,21 +340,29 @@ class SentimentRequest(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    STREAM_INTERVAL_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The text to classify. Required, non-empty."""
     model: _builtins.str
     """The model to use (`name`, or `name@version` to pin a loaded version); empty selects the
     server's default sentiment model.
     """
+    stream_interval: _builtins.int
+    """Tokens per response message after the first: at least this many (fewer only in the last
+    messages); 0 selects the server's `--stream-interval`. Whatever the stream produced while
+    its previous message was being written goes out together in the next one, so a message may
+    carry more. The first token is always sent alone, at once.
+    """
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         model: _builtins.str = ...,
+        stream_interval: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "stream_interval", b"stream_interval", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -361,6 +407,30 @@ class SentimentToken(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SentimentToken: _TypeAlias = SentimentToken  # noqa: Y015
+
+@_typing.final
+class SentimentTokens(_message.Message):
+    """Running results of consecutive input tokens sent in one message, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___SentimentToken]:
+        """The running results, in input order."""
+
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[Global___SentimentToken] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SentimentTokens: _TypeAlias = SentimentTokens  # noqa: Y015
 
 @_typing.final
 class SentimentFinal(_message.Message):
@@ -410,6 +480,7 @@ class SentimentResponse(_message.Message):
 
     TOKEN_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def token(self) -> Global___SentimentToken:
         """The running sentiment after one input token."""
@@ -418,17 +489,22 @@ class SentimentResponse(_message.Message):
     def final(self) -> Global___SentimentFinal:
         """The last event, with the label."""
 
+    @_builtins.property
+    def tokens(self) -> Global___SentimentTokens:
+        """The running sentiment after each of several consecutive input tokens."""
+
     def __init__(
         self,
         *,
         token: Global___SentimentToken | None = ...,
         final: Global___SentimentFinal | None = ...,
+        tokens: Global___SentimentTokens | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "token", b"token"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "token", b"token", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "token", b"token", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["token", "final"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["token", "final", "tokens"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -453,6 +529,7 @@ class CompleteRequest(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
     NUM_SUGGESTIONS_FIELD_NUMBER: _builtins.int
+    STREAM_INTERVAL_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The prefix typed so far. Required, non-empty."""
     model: _builtins.str
@@ -473,6 +550,12 @@ class CompleteRequest(_message.Message):
     """Seeds the sampler, so the same request samples the same tokens; unset draws a fresh seed."""
     num_suggestions: _builtins.int
     """How many alternative completions, found by beam search, the final event lists (0 to 8)."""
+    stream_interval: _builtins.int
+    """Tokens per response message after the first: at least this many (fewer only in the last
+    messages); 0 selects the server's `--stream-interval`. Whatever the stream produced while
+    its previous message was being written goes out together in the next one, so a message may
+    carry more. The first token is always sent alone, at once.
+    """
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The completion ends after a token that makes it end with one of these strings (at most 8)."""
@@ -489,10 +572,11 @@ class CompleteRequest(_message.Message):
         seed: _builtins.int | None = ...,
         stop: _abc.Iterable[_builtins.str] | None = ...,
         num_suggestions: _builtins.int = ...,
+        stream_interval: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "max_tokens", b"max_tokens", "model", b"model", "num_suggestions", b"num_suggestions", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "text", b"text", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "max_tokens", b"max_tokens", "model", b"model", "num_suggestions", b"num_suggestions", "seed", b"seed", "stop", b"stop", "stream_interval", b"stream_interval", "temperature", b"temperature", "text", b"text", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -568,6 +652,7 @@ class CompleteResponse(_message.Message):
 
     TOKEN_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def token(self) -> Global___GeneratedToken:
         """A token of the completion."""
@@ -576,17 +661,22 @@ class CompleteResponse(_message.Message):
     def final(self) -> Global___CompleteFinal:
         """The last event."""
 
+    @_builtins.property
+    def tokens(self) -> Global___GeneratedTokens:
+        """Several consecutive tokens of the completion in one message."""
+
     def __init__(
         self,
         *,
         token: Global___GeneratedToken | None = ...,
         final: Global___CompleteFinal | None = ...,
+        tokens: Global___GeneratedTokens | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "token", b"token"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "token", b"token", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "token", b"token", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["token", "final"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["token", "final", "tokens"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -635,6 +725,7 @@ class SessionRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     NUM_SUGGESTIONS_FIELD_NUMBER: _builtins.int
+    STREAM_INTERVAL_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The full text as typed so far; the server diffs it against the previous one."""
     model: _builtins.str
@@ -643,6 +734,12 @@ class SessionRequest(_message.Message):
     """The most tokens of each suggestion; 0 selects the server default (32)."""
     num_suggestions: _builtins.int
     """Alternative completions by beam search in each final event (0 to 8); first message only."""
+    stream_interval: _builtins.int
+    """Tokens per response message after the first: at least this many (fewer only in the last
+    messages); 0 selects the server's `--stream-interval`; first message only. Whatever the
+    stream produced while its previous message was being written goes out together in the next
+    one, so a message may carry more. The first token of each suggestion is sent alone, at once.
+    """
     @_builtins.property
     def edit(self) -> Global___TextEdit:
         """An edit of the previous text."""
@@ -655,10 +752,11 @@ class SessionRequest(_message.Message):
         model: _builtins.str = ...,
         max_tokens: _builtins.int = ...,
         num_suggestions: _builtins.int = ...,
+        stream_interval: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["edit", b"edit", "input", b"input", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["edit", b"edit", "input", b"input", "max_tokens", b"max_tokens", "model", b"model", "num_suggestions", b"num_suggestions", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edit", b"edit", "input", b"input", "max_tokens", b"max_tokens", "model", b"model", "num_suggestions", b"num_suggestions", "stream_interval", b"stream_interval", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["text", "edit"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
@@ -675,6 +773,7 @@ class SessionResponse(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """Which client message (counting from 1) this suggestion answers."""
     @_builtins.property
@@ -685,18 +784,23 @@ class SessionResponse(_message.Message):
     def final(self) -> Global___CompleteFinal:
         """The end of the suggestion for that revision (FINISH_REASON_SUPERSEDED when a newer edit won)."""
 
+    @_builtins.property
+    def tokens(self) -> Global___GeneratedTokens:
+        """Several consecutive tokens of the suggestion for that revision."""
+
     def __init__(
         self,
         *,
         revision: _builtins.int = ...,
         token: Global___GeneratedToken | None = ...,
         final: Global___CompleteFinal | None = ...,
+        tokens: Global___GeneratedTokens | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "token", b"token"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "token", b"token", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "revision", b"revision", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "final", b"final", "revision", b"revision", "token", b"token", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["token", "final"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["token", "final", "tokens"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

@@ -1,0 +1,123 @@
+"""Between the engine and the transport: a stream's events, handed over in bulk.
+
+A stream's decoding runs as a task of its own that appends each event to the stream's
+`Collector` without waiting for anybody (vLLM V1's per-request output collector). The transport
+drains the collector whenever it is ready to write and sends everything that accumulated while
+its previous write was in flight as one message, so a client that cannot keep up costs one gRPC
+message per write, not one per token, and the engine never waits for the network. The first
+event of a stream is handed over alone and at once (time to first token); later, a stream may ask
+for at least `interval` events per message.
+
+A collector may be bounded (`limit`): its producer then waits while that many events are
+waiting to be written. Token streams are bounded by their `max_tokens` anyway; an autocomplete
+session answers messages for as long as the client sends them, so its collector is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Generic, TypeVar
+
+from services import scope
+
+T = TypeVar("T")
+
+
+class Collector(Generic[T]):
+    """Events a producer appended and the consumer has not taken yet."""
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit  # 0: unbounded
+        self.items: list[T] = []
+        self.closed = False
+        self.error: BaseException | None = None
+        self._ready = asyncio.Event()  # items arrived, or the producer ended
+        self._room = asyncio.Event()  # the consumer took items
+
+    def put(self, item: T) -> None:
+        self.items.append(item)
+        self._ready.set()
+
+    def full(self) -> bool:
+        return 0 < self.limit <= len(self.items)
+
+    async def room(self) -> None:
+        """Wait until the consumer has taken items (a bounded collector's back-pressure)."""
+        while self.full():
+            self._room.clear()
+            await self._room.wait()
+
+    def close(self, error: BaseException | None = None) -> None:
+        self.closed = True
+        self.error = error
+        self._ready.set()
+
+    async def take(self, at_least: int = 1, at_most: int = 0) -> list[T]:
+        """At least `at_least` events (fewer once the producer has ended), at most `at_most`
+        (0: all there are); [] when the producer ended and everything was taken.
+
+        Raises:
+            The producer's exception, once the events before it were taken.
+        """
+        while len(self.items) < at_least and not self.closed:
+            self._ready.clear()
+            await self._ready.wait()
+        count = len(self.items) if at_most <= 0 else min(at_most, len(self.items))
+        taken, self.items = self.items[:count], self.items[count:]
+        self._room.set()
+        if not taken and self.error is not None:
+            raise self.error
+        return taken
+
+
+async def collect(
+    events: AsyncIterator[T],
+    *,
+    interval: int = 1,
+    limit: int = 0,
+    counts: Callable[[T], bool] = lambda _: True,
+) -> AsyncGenerator[list[T], None]:
+    """Run `events` in a task of its own; yield what it produced, one list per message.
+
+    The first list holds the first event alone; every later one holds everything produced
+    since the previous list was taken, and at least `interval` events for which `counts` is true
+    (fewer only at the end). The task is cancelled when this generator is closed, and with its
+    call (`scope`) even if nobody closes it.
+    """
+    collector: Collector[T] = Collector(limit)
+
+    async def produce() -> None:
+        try:
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
+                async for event in events:
+                    collector.put(event)
+                    if collector.full():
+                        await collector.room()
+        except Exception as error:
+            collector.close(error)
+        else:
+            collector.close()
+
+    task = asyncio.create_task(produce())
+    scope.adopt(task)
+    try:
+        first = await collector.take(1, 1)
+        if first:
+            yield first
+        while True:
+            batch = await collector.take(1)
+            if not batch:
+                return
+            while sum(map(counts, batch)) < interval and (collector.items or not collector.closed):
+                batch += await collector.take(1)
+            yield batch
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the consumer itself was cancelled: not the producer's ending to absorb
