@@ -1,6 +1,6 @@
 """Between the engine and the transport: a stream's events, handed over in bulk.
 
-A stream's decoding runs as a task of its own that appends each event to the stream's
+A stream's decoding runs as a task of its own that puts each event into the stream's
 `Collector` without waiting for anybody (vLLM V1's per-request output collector). The transport
 drains the collector whenever it is ready to write and sends everything that accumulated while
 its previous write was in flight as one message, so a client that cannot keep up costs one gRPC
@@ -8,16 +8,16 @@ message per write, not one per token, and the engine never waits for the network
 event of a stream is handed over alone and at once (time to first token); later, a stream may ask
 for at least `interval` events per message.
 
-A collector may be bounded (`limit`): its producer then waits while that many events are
-waiting to be written. Token streams are bounded by their `max_tokens` anyway; an autocomplete
-session answers messages for as long as the client sends them, so its collector is bounded.
+A collector may be bounded (`limit`): a producer that checks `full()` waits (`room()`) while that
+many events wait to be written. Token streams are bounded by their `max_tokens` anyway; an
+autocomplete session answers messages for as long as the client sends them, so it waits for room
+before each answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Generic, TypeVar
 
 from services import scope
@@ -73,28 +73,25 @@ class Collector(Generic[T]):
 
 
 async def collect(
-    events: AsyncIterator[T],
+    stream: Callable[[Collector[T]], Awaitable[None]],
     *,
     interval: int = 1,
     limit: int = 0,
     counts: Callable[[T], bool] = lambda _: True,
 ) -> AsyncGenerator[list[T], None]:
-    """Run `events` in a task of its own; yield what it produced, one list per message.
+    """Run `stream(collector)` in a task of its own; yield what it put, one list per message.
 
     The first list holds the first event alone; every later one holds everything produced
     since the previous list was taken, and at least `interval` events for which `counts` is true
-    (fewer only at the end). The task is cancelled when this generator is closed, and with its
+    (token events), unless it holds an event that ends an answer (one for which `counts` is
+    false) or the stream ended. The task is cancelled when this generator is closed, and with its
     call (`scope`) even if nobody closes it.
     """
     collector: Collector[T] = Collector(limit)
 
     async def produce() -> None:
         try:
-            async with contextlib.aclosing(events):  # type: ignore[type-var]
-                async for event in events:
-                    collector.put(event)
-                    if collector.full():
-                        await collector.room()
+            await stream(collector)
         except Exception as error:
             collector.close(error)
         else:
@@ -110,7 +107,7 @@ async def collect(
             batch = await collector.take(1)
             if not batch:
                 return
-            while sum(map(counts, batch)) < interval and (collector.items or not collector.closed):
+            while _short(batch, interval, counts) and (collector.items or not collector.closed):
                 batch += await collector.take(1)
             yield batch
     finally:
@@ -121,3 +118,9 @@ async def collect(
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # the consumer itself was cancelled: not the producer's ending to absorb
+
+
+def _short(batch: list[T], interval: int, counts: Callable[[T], bool]) -> bool:
+    """Fewer than `interval` token events, and nothing that ends an answer: wait for more."""
+    tokens = sum(map(counts, batch))
+    return tokens == len(batch) and tokens < interval

@@ -1,63 +1,34 @@
 """The serving engine: turns a request into a stream of events by stepping ONNX graphs.
 
-Every stream leases slots in its model's state pool and asks the model's scheduler for steps, so
-the steps of all live streams run as batched ONNX Runtime calls (continuous batching; see
-`scheduler.py`). A stream is an async generator: a cancelled call or an expired deadline stops it
-at its next `await`, and its `with runtime.lease(...)` block gives the slots back.
+Every stream leases slots in its model's state pool and runs as a task of its own (see
+`collector.py`) that puts its events into its collector. It reads its prompt with steps from the
+model's scheduler, which batches the steps of all live streams into ONNX Runtime calls
+(continuous batching; `scheduler.py`), and hands token-by-token generation to the model's decode
+loop (`decoder.py`), which advances every generating stream with one step and processes the whole
+batch's outputs at once. A cancelled call or an expired deadline stops the stream's task at its
+next `await`, and its `with runtime.lease(...)` block gives the slots back.
 """
 
 from __future__ import annotations
 
-import time
+import functools
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
 
-from services.collector import collect
+from services.collector import Collector, collect
+from services.decoder import Generation
 from services.decoding import BeamSearch, Hypothesis, Sampler, greedy, log_softmax
+from services.detokenizer import Detokenizer
 from services.errors import InvalidArgument, Unavailable
 from services.events import Event, Finished, FinishReason, RunningLabel, Suggestion, TokenEvent
 from services.model import Arrays, LoadedModel, ModelRegistry
 from services.requests import CompleteParams, TranslateParams
 from services.runtime import EngineConfig, Runtime
 from services.scheduler import BatchObserver
-
-
-class Clock:
-    """Timings of one stream, measured from the request's arrival."""
-
-    def __init__(self, arrived: float) -> None:
-        self.arrived = arrived
-        self.started: float | None = None
-        self.first: float | None = None
-        self.last: float | None = None
-        self.events = 0
-
-    def start(self) -> None:
-        self.started = time.perf_counter()
-
-    def mark(self) -> None:
-        """An event is about to be streamed."""
-        self.last = time.perf_counter()
-        self.first = self.first or self.last
-        self.events += 1
-
-    def finish(self, model: LoadedModel, **fields: object) -> Finished:
-        now = time.perf_counter()
-        started = self.started or now
-        first = self.first or now
-        gaps = (self.last - first) / (self.events - 1) if self.last and self.events > 1 else 0.0
-        return Finished(
-            model=model.name,
-            version=model.version,
-            queue_seconds=started - self.arrived,
-            time_to_first_token_seconds=first - self.arrived,
-            total_seconds=now - self.arrived,
-            mean_inter_token_seconds=gaps,
-            **fields,  # type: ignore[arg-type]
-        )
+from services.timing import Clock
 
 
 class RunningPool:
@@ -80,56 +51,6 @@ class RunningPool:
         else:
             self.total = np.maximum(self.total, logits)
         return self.total / self.count if self.pooling == "mean" else self.total
-
-
-class Detokenizer:
-    """Incremental detokenization: each token's text is what it adds to the decoded output.
-
-    Decodes a window of the last few tokens, not the whole sequence (a completion's prefix is the
-    whole typed text): a token's piece is `decode(window + token)` minus `decode(window)`, which
-    keeps the spacing rules of every decoder (word-level joins, BPE's `▁`, characters). Recur's
-    tokenizers are not byte-level, so no token ends inside a character. The window holds
-    `WINDOW` to `2 * WINDOW` tokens and slides in jumps: while it stays put, a token's
-    `decode(window)` is the previous token's `decode(window + token)`, so most tokens cost one
-    decode.
-    """
-
-    WINDOW = 6  # tokens of context each decode sees
-
-    def __init__(self, model: LoadedModel, prefix: list[int]) -> None:
-        self.tokenizer = model.tokenizer
-        self.ids = list(prefix)
-        self.text = self.tokenizer.decode(self.ids) if prefix else ""
-        self.start = len(self.text)
-        self.read = len(self.ids)  # tokens whose text is in self.text
-        self.context = max(0, self.read - self.WINDOW)  # where the decoded window starts
-        self._decoded: tuple[int, int, str] | None = None  # (context, read, decode of that span)
-
-    def add(self, token: int) -> str:
-        self.ids.append(token)
-        before = self._decode(self.context, self.read)
-        after = self._decode(self.context, len(self.ids))
-        if len(after) <= len(before):
-            return ""  # a token that adds no text (yet): the window keeps it
-        piece = after[len(before) :]
-        self.text += piece
-        self.read = len(self.ids)
-        if self.read - self.context > 2 * self.WINDOW:  # slide by WINDOW at a time, so that
-            self.context = self.read - self.WINDOW  # most tokens' `before` is the last `after`
-        return piece
-
-    def _decode(self, start: int, end: int) -> str:
-        """`decode(ids[start:end])`; the last call's span again costs nothing (a token's
-        `after` is the next token's `before` until the window slides)."""
-        if self._decoded is not None and self._decoded[:2] == (start, end):
-            return self._decoded[2]
-        text: str = self.tokenizer.decode(self.ids[start:end])
-        self._decoded = (start, end, text)
-        return text
-
-    @property
-    def output(self) -> str:
-        return self.text[self.start :]
 
 
 class Engine:
@@ -185,15 +106,15 @@ class Engine:
     ) -> AsyncIterator[list[Event]]:
         """Translation, one event per target token (beam search: the best, once found), handed
         over in messages of at least `interval` tokens after the first (see `collector`)."""
-        return collect(
-            self._translate(model, text, params, arrived), interval=interval, counts=_token
-        )
+        stream = functools.partial(self._translate, model, text, params, arrived)
+        return collect(stream, interval=interval, counts=_token)
 
     def analyze(
         self, model: LoadedModel, text: str, *, arrived: float, interval: int = 1
     ) -> AsyncIterator[list[Event]]:
         """Running sentiment: the label and probabilities after every input token."""
-        return collect(self._analyze(model, text, arrived), interval=interval, counts=_token)
+        stream = functools.partial(self._analyze, model, text, arrived)
+        return collect(stream, interval=interval, counts=_token)
 
     def complete(
         self,
@@ -205,17 +126,22 @@ class Engine:
         interval: int = 1,
     ) -> AsyncIterator[list[Event]]:
         """Completion of a prefix: greedy or sampled tokens, then suggestions by beam search."""
-        return collect(
-            self._complete(model, text, params, arrived), interval=interval, counts=_token
-        )
+        stream = functools.partial(self._complete, model, text, params, arrived)
+        return collect(stream, interval=interval, counts=_token)
 
     async def _translate(
-        self, model: LoadedModel, text: str, params: TranslateParams, arrived: float
-    ) -> AsyncIterator[Event]:
+        self,
+        model: LoadedModel,
+        text: str,
+        params: TranslateParams,
+        arrived: float,
+        out: Collector[Event],
+    ) -> None:
         encoding = model.tokenizer.encode(text)
         src = np.array([encoding.ids], dtype=np.int64)  # (1, S)
         limit = params.limit(src.shape[1])
         runtime, clock = self.runtime(model), Clock(arrived)
+        detok = Detokenizer(model, [])
         with runtime.lease(params.beam_size) as slots:
             clock.start()
             encoded = await runtime.step(
@@ -239,23 +165,25 @@ class Engine:
                 bos = np.array([[model.bos_id]], dtype=np.int64)
                 first = await runtime.step("decoder_step", slots[:1], feeds(bos))
                 best = (await self._beam(runtime, "decoder_step", beam, slots, first, feeds))[0]
-                events = self._replay(model, best, clock)
+                for index, (token, logprob) in enumerate(
+                    zip(best.tokens, best.token_logprobs, strict=True)
+                ):
+                    clock.mark()
+                    out.put(TokenEvent(index, token, detok.add(token), logprob))
+                reason = FinishReason.STOP if best.finished else FinishReason.LENGTH
             else:
-                events = self._greedy_translation(runtime, slots[:1], feeds, limit, params, clock)
-            pieces, reason = [], FinishReason.LENGTH
-            async for event in events:
-                if isinstance(event, FinishReason):
-                    reason = event
-                    break
-                pieces.append(event.text)
-                yield event
-        yield clock.finish(
-            model,
-            reason=reason,
-            text="".join(pieces),
-            input_tokens=src.shape[1],
-            output_tokens=len(pieces),
-            source_tokens=tuple(encoding.tokens),
+                reason = await self._greedy_translation(
+                    runtime, slots[:1], feeds, limit, params, clock, detok, out
+                )
+        out.put(
+            clock.finish(
+                model,
+                reason=reason,
+                text=detok.text,
+                input_tokens=src.shape[1],
+                output_tokens=len(detok.ids),
+                source_tokens=tuple(encoding.tokens),
+            )
         )
 
     async def _greedy_translation(
@@ -266,33 +194,21 @@ class Engine:
         limit: int,
         params: TranslateParams,
         clock: Clock,
-    ) -> AsyncIterator[TokenEvent | FinishReason]:
+        detok: Detokenizer,
+        out: Collector[Event],
+    ) -> FinishReason:
         model = runtime.model
-        detok = Detokenizer(model, [])
         prev = np.array([[model.bos_id]], dtype=np.int64)
         for index in range(limit):
-            out = await runtime.step("decoder_step", slots, feeds(prev))
-            token, logprob = greedy(out["logits"][0])
+            step = await runtime.step("decoder_step", slots, feeds(prev))
+            token, logprob = greedy(step["logits"][0])
             if token == model.eos_id:
-                yield FinishReason.STOP
-                return
-            attention = tuple(out["attention"][0].tolist()) if params.include_attention else ()
+                return FinishReason.STOP
+            attention = tuple(step["attention"][0].tolist()) if params.include_attention else ()
             clock.mark()
-            yield TokenEvent(index, token, detok.add(token), logprob, attention)
+            out.put(TokenEvent(index, token, detok.add(token), logprob, attention))
             prev = np.array([[token]], dtype=np.int64)
-        yield FinishReason.LENGTH
-
-    async def _replay(
-        self, model: LoadedModel, best: Hypothesis, clock: Clock
-    ) -> AsyncIterator[TokenEvent | FinishReason]:
-        """Stream a finished hypothesis token by token."""
-        detok = Detokenizer(model, [])
-        for index, (token, logprob) in enumerate(
-            zip(best.tokens, best.token_logprobs, strict=True)
-        ):
-            clock.mark()
-            yield TokenEvent(index, token, detok.add(token), logprob)
-        yield FinishReason.STOP if best.finished else FinishReason.LENGTH
+        return FinishReason.LENGTH
 
     async def _beam(
         self,
@@ -318,7 +234,9 @@ class Engine:
             prev = np.array([[h.tokens[-1]] for h in beam.live], dtype=np.int64)
             out = await runtime.step(role, slots[:live], feeds(prev))
 
-    async def _analyze(self, model: LoadedModel, text: str, arrived: float) -> AsyncIterator[Event]:
+    async def _analyze(
+        self, model: LoadedModel, text: str, arrived: float, out: Collector[Event]
+    ) -> None:
         encoding = model.tokenizer.encode(text)
         if not encoding.ids:
             raise InvalidArgument("text", "has no tokens for this model's tokenizer")
@@ -329,40 +247,46 @@ class Engine:
             clock.start()
             for start in range(0, len(ids), chunk):
                 tokens = np.array([ids[start : start + chunk]], dtype=np.int64)
-                out = await runtime.step("classifier_step", slots, {"tokens": tokens})
-                for index, logits in enumerate(out["logits"][0], start):  # (C,) per token
+                step = await runtime.step("classifier_step", slots, {"tokens": tokens})
+                for index, logits in enumerate(step["logits"][0], start):  # (C,) per token
                     p = np.exp(log_softmax(pooled.add(logits)))
                     clock.mark()
                     label = model.labels[int(p.argmax())]
                     piece = encoding.tokens[index]
-                    yield RunningLabel(index, ids[index], piece, label, tuple(p.tolist()))
-        final = p
-        yield clock.finish(
-            model,
-            reason=FinishReason.STOP,
-            text=model.labels[int(final.argmax())],
-            input_tokens=len(encoding.ids),
-            output_tokens=len(encoding.ids),
-            probabilities=tuple(final.tolist()),
-            labels=model.labels,
+                    out.put(RunningLabel(index, ids[index], piece, label, tuple(p.tolist())))
+        out.put(
+            clock.finish(
+                model,
+                reason=FinishReason.STOP,
+                text=model.labels[int(p.argmax())],
+                input_tokens=len(encoding.ids),
+                output_tokens=len(encoding.ids),
+                probabilities=tuple(p.tolist()),
+                labels=model.labels,
+            )
         )
 
     async def _complete(
-        self, model: LoadedModel, text: str, params: CompleteParams, arrived: float
-    ) -> AsyncIterator[Event]:
+        self,
+        model: LoadedModel,
+        text: str,
+        params: CompleteParams,
+        arrived: float,
+        out: Collector[Event],
+    ) -> None:
         prefix = [model.bos_id, *model.tokenizer.encode(text).ids]
         runtime, clock = self.runtime(model), Clock(arrived)
         with runtime.lease() as slots:
             clock.start()
             logits = (await runtime.prefill("lm_step", slots, prefix))[-1][-1]
             state = runtime.pool.read(slots)  # after the prefix, for the suggestions
-            async for event in self.generate(
-                runtime, slots, logits, prefix=prefix, params=params, clock=clock
-            ):
-                if isinstance(event, Finished) and params.suggestions:
-                    found = await self.suggest(runtime, state, logits, prefix, params)
-                    event = replace(event, suggestions=found)
-                yield event
+            final = await self.generate(
+                runtime, slots, logits, prefix=prefix, params=params, clock=clock, emit=out.put
+            )
+            if params.suggestions:
+                found = await self.suggest(runtime, state, logits, prefix, params)
+                final = replace(final, suggestions=found)
+        out.put(final)
 
     async def generate(
         self,
@@ -373,32 +297,28 @@ class Engine:
         prefix: list[int],
         params: CompleteParams,
         clock: Clock,
+        emit: Callable[[Event], None],
         is_stale: Callable[[], bool] = lambda: False,
-    ) -> AsyncIterator[Event]:
-        """Language-model decoding from `logits: (V,)` with the state after `prefix` in `slots`."""
+    ) -> Finished:
+        """Language-model decoding from `logits: (V,)` with the state after `prefix` in
+        `slots`, by the model's decode loop: token events go to `emit` as they are chosen;
+        returns the final event (not emitted)."""
         model = runtime.model
-        sampler = Sampler(params.sampling)
         detok = Detokenizer(model, prefix)
-        reason = FinishReason.LENGTH
-        for index in range(params.max_tokens):
-            if is_stale():
-                reason = FinishReason.SUPERSEDED
-                break
-            token, logprob = sampler.choose(logits)
-            if token == model.eos_id:
-                reason = FinishReason.STOP
-                break
-            clock.mark()
-            yield TokenEvent(index, token, detok.add(token), logprob)
-            if any(detok.output.endswith(s) for s in params.stop):
-                reason = FinishReason.STOP
-                break
-            if index + 1 < params.max_tokens:
-                out = await runtime.step(
-                    "lm_step", slots, {"tokens": np.array([[token]], dtype=np.int64)}
-                )
-                logits = out["logits"][0, -1]
-        yield clock.finish(
+        generation = Generation(
+            slot=int(slots[0]),
+            logits=logits,
+            sampler=Sampler(params.sampling),
+            detok=detok,
+            max_tokens=params.max_tokens,
+            eos_id=model.eos_id,
+            stop=params.stop,
+            emit=emit,
+            clock=clock,
+            is_stale=is_stale,
+        )
+        reason = await runtime.decoder.run(generation)
+        return clock.finish(
             model,
             reason=reason,
             text=detok.output,

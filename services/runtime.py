@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from services.decoder import Decoder
 from services.model import Arrays, LoadedModel
 from services.scheduler import BatchObserver, Scheduler
 from services.slots import SlotPool
@@ -67,6 +68,7 @@ class Runtime:
         self.prefill_chunk = cfg.prefill_chunk
         self.on_slots = on_slots
         self.streams = 0  # streams holding slots
+        self.decoder = Decoder(self)  # the decode loop of language models
 
     @contextlib.contextmanager
     def lease(self, count: int = 1) -> Iterator[np.ndarray]:

@@ -16,20 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from services.collector import collect
-from services.engine import Clock, Engine
+from services.collector import Collector, collect
+from services.engine import Engine
 from services.errors import InvalidArgument
 from services.events import Event, Finished, FinishReason
 from services.model import Arrays, LoadedModel
 from services.requests import CompleteParams
 from services.runtime import Runtime
 from services.slots import SlotPool
+from services.timing import Clock
 
 BACKLOG = 32  # client messages read ahead of the one being answered
 PENDING = 64  # events of answers waiting to be written before the session pauses
@@ -115,7 +117,7 @@ async def run_session(
     superseded final before the latest one is served. At most `PENDING` events wait to be
     written: beyond them the session stops stepping (and so, soon, reading).
     """
-    answers = _session(engine, model, inputs, params, max_chars)
+    answers = functools.partial(_session, engine, model, inputs, params, max_chars)
     async with contextlib.aclosing(
         collect(answers, interval=interval, limit=PENDING, counts=_is_token)
     ) as batches:
@@ -133,7 +135,8 @@ async def _session(
     inputs: AsyncIterator[SessionInput],
     params: CompleteParams,
     max_chars: int,
-) -> AsyncIterator[tuple[int, Event]]:
+    out: Collector[tuple[int, Event]],
+) -> None:
     queue: asyncio.Queue[SessionInput | BaseException | None] = asyncio.Queue(BACKLOG)
     received = 0  # client messages read so far
 
@@ -162,8 +165,9 @@ async def _session(
                     )
                 clock = Clock(item.arrived or time.perf_counter())
                 if received > revision:
-                    yield revision, _superseded(clock, model)
+                    out.put((revision, _superseded(clock, model)))
                     continue
+                await out.room()  # the client reads what is waiting before more is generated
                 clock.start()
                 await typed.advance_to(text)
                 typed.moved = True
@@ -171,16 +175,20 @@ async def _session(
                 def stale(seen: int = revision) -> bool:
                     return received > seen
 
-                async for event in engine.generate(
+                def emit(event: Event, seen: int = revision) -> None:
+                    out.put((seen, event))
+
+                final = await engine.generate(
                     runtime,
                     slots,
                     typed.logits[-1],
                     prefix=list(typed.ids),
                     params=params,
                     clock=clock,
+                    emit=emit,
                     is_stale=stale,
-                ):
-                    yield revision, event
+                )
+                out.put((revision, final))
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):

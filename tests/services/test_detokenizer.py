@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.engine import Detokenizer
+from services.detokenizer import Detokenizer
 from trainer.data.tokenizer import build_tokenizer
 
 TEXTS = [

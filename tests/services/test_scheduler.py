@@ -54,7 +54,7 @@ async def everything(engine: Engine) -> list[list[Any]]:
     ]  # fmt: skip
 
     async def collect(stream: Any) -> list[Any]:
-        return [event async for event in stream]
+        return [event async for batch in stream for event in batch]
 
     return await asyncio.gather(*(collect(s) for s in streams))
 

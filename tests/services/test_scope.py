@@ -5,22 +5,23 @@ from __future__ import annotations
 import asyncio
 
 from services import scope
-from services.collector import collect
+from services.collector import Collector, collect
 
 
 def test_an_abandoned_stream_task_is_cancelled_with_its_call() -> None:
     closed: list[str] = []
 
-    async def stream() -> object:
+    async def stream(out: Collector[str]) -> None:
         try:
             while True:
-                yield "event"
+                out.put("event")
+                await out.room()
         finally:
             closed.append("stream closed")
 
     async def call() -> tuple[int, int]:
         tasks = scope.open_scope()
-        events = collect(stream(), limit=2)
+        events = collect(stream, limit=2)
         assert await anext(events) == ["event"]  # then the client goes away: nobody closes it
         adopted = len(tasks)
         scope.cancel(tasks)  # what the interceptor's done callback does

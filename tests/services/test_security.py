@@ -4,7 +4,6 @@ and the plaintext health port that Kubernetes probes use when TLS is on."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import ipaddress
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from clients.sdk import RecurError, Session
 from protos.recur.v1 import inference_pb2 as pb
 from protos.recur.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import Server, start_server, stop_server
@@ -36,14 +36,23 @@ async def _drain(call: Any) -> None:
 
 
 async def _session(channel: aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
-    """Write from this task, not from a request iterator: when the server refuses the call
-    before reading, gRPC's iterator-consuming task can turn the status into INTERNAL on the
-    client (grpc/grpc#36066); a plain write just fails and the read reports the real status."""
+    """Through the SDK's `Session`: when the server refuses the call while a write is in
+    flight, grpcio's client replaces the server's status with INTERNAL (grpc/grpc#36066); the
+    SDK reports the status the server sent."""
     call = pb_grpc.AutocompleteServiceStub(channel).Session(metadata=metadata)
-    with contextlib.suppress(aio.AioRpcError, asyncio.InvalidStateError):
-        await call.write(pb.SessionRequest(text="how", max_tokens=2))
-        await call.done_writing()
-    await _drain(call)
+    session = Session(call, model="", max_tokens=2)
+    try:
+        await session.send_text("how")
+        await session.close()
+        async for _ in session:
+            pass
+    except RecurError as error:
+        raise Refused(error.code) from error
+
+
+class Refused(Exception):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self.code = code
 
 
 CALLS: dict[str, Call] = {
@@ -93,6 +102,8 @@ def test_every_rpc_needs_the_token(
                 await CALLS[rpc](channel, metadata)
             except aio.AioRpcError as error:
                 return error.code()
+            except Refused as refused:
+                return refused.code
             return grpc.StatusCode.OK
 
     assert asyncio.run(go()) == code, reason
