@@ -15,10 +15,10 @@ with everyone else's decode steps instead of stalling them.
 The next batch is formed one event-loop turn after a request arrives, so the streams woken by the
 previous batch have all queued their next step by then and ride together.
 
-A step that is known to be short (its graph's recent calls at about this batch size averaged
-under `inline_below` seconds) runs on the event-loop thread itself: two thread hand-offs cost
-more than such a call, and the loop is blocked no longer than a hand-off would have taken. Every
-other step, and the first of each graph and size, runs in the executor.
+A step that is known to be short (recent calls of its graph and shape at about this batch size
+averaged under `inline_below` seconds) runs on the event-loop thread itself: two thread
+hand-offs cost more than such a call, and the loop is blocked no longer than a hand-off would
+have taken. Every other step, and the first of each graph, shape and size, runs in the executor.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class Scheduler:
         self.observe = observe
         self.inline_below = inline_below
         self.inline_calls = 0  # steps run on the loop's thread (for tests and curiosity)
-        self._cost: dict[tuple[str, int], float] = {}  # (role, size class) -> mean call seconds
+        self._cost: dict[tuple[object, int], float] = {}  # (key, size class) -> mean call seconds
         self._queue: deque[_Request] = deque()
         self._in_flight = 0
         self._kick_scheduled = False
@@ -105,10 +105,18 @@ class Scheduler:
             The graph's non-state outputs for these rows (batch axis first, source axis trimmed
             to this request's source length).
         """
-        spec = self._specs[role]
+        key, source_len = self._key(role, inputs)
+        future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(role, slots, inputs, key, source_len, future))
+        self._schedule_kick()
+        return await future
+
+    def _key(self, role: str, inputs: Arrays) -> tuple[tuple[object, ...], int]:
+        """The key of requests that can share a call (the graph and every non-padded input
+        dimension), and the length of the padded source axis (0: none)."""
         key: list[object] = [role]
         source_len = 0
-        for tensor in spec.inputs:
+        for tensor in self._specs[role].inputs:
             if tensor.name not in inputs:
                 continue
             dims = list(tensor.shape)
@@ -116,10 +124,7 @@ class Scheduler:
             if "source" in dims:
                 source_len = shape[dims.index("source")]
             key.append(tuple(n for d, n in zip(dims, shape, strict=True) if d not in _PADDED))
-        future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(role, slots, inputs, tuple(key), source_len, future))
-        self._schedule_kick()
-        return await future
+        return tuple(key), source_len
 
     def _schedule_kick(self) -> None:
         if not self._kick_scheduled:
@@ -164,7 +169,7 @@ class Scheduler:
         started, outputs = time.perf_counter(), None
         try:
             feeds = self._feeds(batch, slots)
-            outputs = await self._call(role, len(slots), feeds)
+            outputs = await self._call(batch[0].key, len(slots), feeds)
             self.pool.write(slots, {s: outputs.pop(o) for o, s in self._state_out[role].items()})
         except Exception as error:
             for request in batch:
@@ -179,9 +184,10 @@ class Scheduler:
         if outputs is not None:
             self._deliver(batch, outputs)
 
-    async def _call(self, role: str, rows: int, feeds: Arrays) -> Arrays:
+    async def _call(self, key: tuple[object, ...], rows: int, feeds: Arrays) -> Arrays:
         """One ONNX Runtime call: on this thread when known to be short, else in the executor."""
-        size = (role, rows.bit_length())
+        role = str(key[0])
+        size = (key, rows.bit_length())  # graph, shape and about this many rows
         mean = self._cost.get(size)
         started = time.perf_counter()
         if mean is not None and mean < self.inline_below:
