@@ -33,6 +33,7 @@ test: setup-dev
 
 test-slow: setup-dev
 	$(PIP) -e '.[cluster]'
+	-scripts/images.sh --install-tools  # buildah, podman, debootstrap for the image tests (root)
 	$(PY) -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
 
 # Every scenario of scripts/bench (QUICK=1: the reduced run, GPU=1: the GPU scenario must find CUDA);
