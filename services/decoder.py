@@ -77,29 +77,37 @@ class Decoder:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.live: list[Generation] = []
+        self.live: list[Generation] = []  # their logits are fresh: a token to choose
+        self.ready: list[tuple[Generation, int]] = []  # chosen on joining: a step to take
         self._task: asyncio.Task[None] | None = None
 
     async def run(self, generation: Generation) -> FinishReason:
-        """Decode `generation` to its end; its token events are emitted as they are chosen."""
-        self.live.append(generation)
-        if self._task is None or self._task.done():
+        """Decode `generation` to its end; its token events are emitted as they are chosen.
+
+        Its first token is chosen at once, in the caller's turn (time to first token); the loop
+        takes it from there.
+        """
+        self.ready += self._choose([generation])
+        if self.ready and (self._task is None or self._task.done()):
             self._task = asyncio.create_task(self._loop())
         try:
             return await generation.done
         finally:  # finished, failed or cancelled: it takes no further step
-            if generation in self.live:
-                self.live.remove(generation)
+            self.live = [g for g in self.live if g is not generation]
+            self.ready = [(g, t) for g, t in self.ready if g is not generation]
 
     async def _loop(self) -> None:
-        while self.live:
-            going = self._choose(self.live)
+        while self.live or self.ready:
+            going, self.ready = self.ready + self._choose(self.live), []
             self.live = [g for g, _ in going]  # streams that join during the step come next turn
             if not going:
                 continue
             size = self.runtime.scheduler.max_batch_size  # 1: batching off, a call per stream
-            parts = [going[start : start + size] for start in range(0, len(going), size)]
-            await asyncio.gather(*(self._step(part) for part in parts))
+            if len(going) <= size:
+                await self._step(going)
+            else:
+                parts = [going[start : start + size] for start in range(0, len(going), size)]
+                await asyncio.gather(*(self._step(part) for part in parts))
 
     async def _step(self, going: list[tuple[Generation, int]]) -> None:
         """One batched `lm_step` for `going`: each generation's next logits."""
