@@ -21,9 +21,11 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import pyarrow.fs as pafs  # type: ignore[import-untyped]
+if TYPE_CHECKING:  # imported where a URI needs it: a local run directory needs no pyarrow
+    import pyarrow.fs as pafs  # type: ignore[import-untyped]
 
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -35,6 +37,8 @@ def is_uri(run_dir: str) -> bool:
 
 def s3_filesystem(environ: Mapping[str, str]) -> pafs.S3FileSystem:
     """An S3 filesystem on the endpoint the environment names (none: AWS itself)."""
+    import pyarrow.fs as pafs  # type: ignore[import-untyped]
+
     endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     if not endpoint:
@@ -52,6 +56,8 @@ def filesystem_and_path(
     filesystem and the path on it without the scheme (`s3://bucket/runs` -> `bucket/runs`), as
     `storage_filesystem` wants it.
     """
+    import pyarrow.fs as pafs  # type: ignore[import-untyped]
+
     if not is_uri(run_dir):
         return None, str(Path(run_dir).resolve())
     environ = os.environ if environ is None else environ
@@ -78,6 +84,8 @@ def staging_dir(run_dir: str, run_name: str) -> Path:
 def publish(staged: Path, run_dir: str, run_name: str) -> str:
     """Copy the staged files of a run next to Ray's checkpoints under a URI `--run-dir` and
     remove the staging directory; return where the run lives."""
+    import pyarrow.fs as pafs  # type: ignore[import-untyped]
+
     if not is_uri(run_dir):
         return str(staged)
     filesystem, path = filesystem_and_path(run_dir)
@@ -92,6 +100,8 @@ def publish(staged: Path, run_dir: str, run_name: str) -> str:
 def fetch_checkpoint(uri: str, into: Path) -> Path:
     """Download a run's `checkpoint.pt` (`uri` is the run, or the `.pt` file itself) into the
     directory `into`; FileNotFoundError when there is none."""
+    import pyarrow.fs as pafs  # type: ignore[import-untyped]
+
     filesystem, path = filesystem_and_path(uri)
     assert filesystem is not None
     if not path.endswith(".pt"):
