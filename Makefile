@@ -8,7 +8,7 @@ DEV_STAMP     := $(VENV)/.setup-dev
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup setup-dev demo test test-slow bench lint format protos clean audit images
+.PHONY: setup setup-dev demo test test-slow test-gpu bench lint format protos clean audit images
 
 # Idempotent: reruns only when the dependency files change. Exact versions come from constraints.txt.
 # `setup` is what the demo runs (train + serve + client + plots); `setup-dev` adds the test and
@@ -35,6 +35,10 @@ test-slow: setup-dev
 	$(PIP) -e '.[cluster]'
 	-scripts/images.sh --install-tools  # buildah, podman, debootstrap for the image tests (root)
 	$(PY) -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
+
+# The gpu-marked tests (CUDA needed); scripts/gpu-check.sh runs them on a machine without Ray.
+test-gpu: setup-dev
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
 
 # Every scenario of scripts/bench (QUICK=1: the reduced run, GPU=1: the GPU scenario must find CUDA);
 # results, plots and SUMMARY.md in bench-results/. Adds Ray Serve for the peer scenario.
