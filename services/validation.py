@@ -34,24 +34,21 @@ def text(value: str, limits: Limits, *, field: str = "text", allow_empty: bool =
 
 def max_tokens(value: int, limits: Limits, *, default: int) -> int:
     """0 selects `default`; otherwise within [1, limit]."""
-    if value == 0:
-        return default
-    if not 1 <= value <= limits.max_tokens_limit:
-        raise InvalidArgument(
-            "max_tokens",
-            f"must be in [1, {limits.max_tokens_limit}] (or 0 for the default), got {value}",
-        )
-    return value
+    return _count("max_tokens", value, limits, default=default, zero="the default")
 
 
 def stream_interval(value: int, limits: Limits, *, default: int) -> int:
     """Tokens per message after the first: 0 selects `default`; otherwise within [1, limit]."""
+    return _count("stream_interval", value, limits, default=default, zero="the server's")
+
+
+def _count(field: str, value: int, limits: Limits, *, default: int, zero: str) -> int:
+    """A token count: 0 selects `default` (`zero` says whose); otherwise within [1, limit]."""
     if value == 0:
         return default
     if not 1 <= value <= limits.max_tokens_limit:
         raise InvalidArgument(
-            "stream_interval",
-            f"must be in [1, {limits.max_tokens_limit}] (or 0 for the server's), got {value}",
+            field, f"must be in [1, {limits.max_tokens_limit}] (or 0 for {zero}), got {value}"
         )
     return value
 
