@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -141,7 +141,7 @@ class ServerMetrics:
 
     async def observe(
         self, batches: AsyncIterator[list[Event]], info: CallInfo
-    ) -> AsyncIterator[list[Event]]:
+    ) -> AsyncGenerator[list[Event], None]:
         """Pass a stream's messages through, counting their tokens and timing the gaps between
         messages (a message may carry several tokens: the inter-token latency is per message)."""
         if not self.recording:

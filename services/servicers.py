@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TypeVar
 
 from protos.recur.v1 import inference_pb2 as pb
@@ -133,7 +134,7 @@ class Servicers(
     def _interval(self, requested: int) -> int:
         return validation.stream_interval(requested, self.limits, default=self.stream_interval)
 
-    def _observe(self, batches: AsyncIterator[list[Event]]) -> AsyncIterator[list[Event]]:
+    def _observe(self, batches: AsyncIterator[list[Event]]) -> AsyncGenerator[list[Event], None]:
         return self.metrics.observe(batches, current_call())
 
     async def Translate(
@@ -155,16 +156,19 @@ class Servicers(
         interval = self._interval(request.stream_interval)
         model = self._model(request.model, "translation")
         batches = self.engine.translate(model, text, params, arrived=arrived, interval=interval)
-        async for batch in self._observe(batches):
-            for run in _runs(batch):
-                event = run[0]
-                if isinstance(event, Finished):
-                    final = pb.TranslateFinal(
-                        text=event.text, source_tokens=event.source_tokens, summary=summary(event)
-                    )
-                    yield pb.TranslateResponse(final=final)
-                else:
-                    yield _generated(pb.TranslateResponse(), run)
+        async with contextlib.aclosing(self._observe(batches)) as stream:
+            async for batch in stream:
+                for run in _runs(batch):
+                    event = run[0]
+                    if isinstance(event, Finished):
+                        final = pb.TranslateFinal(
+                            text=event.text,
+                            source_tokens=event.source_tokens,
+                            summary=summary(event),
+                        )
+                        yield pb.TranslateResponse(final=final)
+                    else:
+                        yield _generated(pb.TranslateResponse(), run)
 
     async def Analyze(
         self, request: pb.SentimentRequest, context: Context
@@ -174,22 +178,23 @@ class Servicers(
         interval = self._interval(request.stream_interval)
         model = self._model(request.model, "sentiment")
         batches = self.engine.analyze(model, text, arrived=arrived, interval=interval)
-        async for batch in self._observe(batches):
-            for run in _runs(batch):
-                event = run[0]
-                if isinstance(event, Finished):
-                    final = pb.SentimentFinal(
-                        label=event.text,
-                        probabilities=event.probabilities,
-                        labels=event.labels,
-                        summary=summary(event),
-                    )
-                    yield pb.SentimentResponse(final=final)
-                elif len(run) == 1 and isinstance(event, RunningLabel):
-                    yield pb.SentimentResponse(token=_running(event))
-                else:
-                    labels = [_running(e) for e in run if isinstance(e, RunningLabel)]
-                    yield pb.SentimentResponse(tokens=pb.SentimentTokens(tokens=labels))
+        async with contextlib.aclosing(self._observe(batches)) as stream:
+            async for batch in stream:
+                for run in _runs(batch):
+                    event = run[0]
+                    if isinstance(event, Finished):
+                        final = pb.SentimentFinal(
+                            label=event.text,
+                            probabilities=event.probabilities,
+                            labels=event.labels,
+                            summary=summary(event),
+                        )
+                        yield pb.SentimentResponse(final=final)
+                    elif len(run) == 1 and isinstance(event, RunningLabel):
+                        yield pb.SentimentResponse(token=_running(event))
+                    else:
+                        labels = [_running(e) for e in run if isinstance(e, RunningLabel)]
+                        yield pb.SentimentResponse(tokens=pb.SentimentTokens(tokens=labels))
 
     async def Complete(
         self, request: pb.CompleteRequest, context: Context
@@ -208,13 +213,14 @@ class Servicers(
         interval = self._interval(request.stream_interval)
         model = self._model(request.model, "autocomplete")
         batches = self.engine.complete(model, text, params, arrived=arrived, interval=interval)
-        async for batch in self._observe(batches):
-            for run in _runs(batch):
-                event = run[0]
-                if isinstance(event, Finished):
-                    yield pb.CompleteResponse(final=complete_final(event))
-                else:
-                    yield _generated(pb.CompleteResponse(), run)
+        async with contextlib.aclosing(self._observe(batches)) as stream:
+            async for batch in stream:
+                for run in _runs(batch):
+                    event = run[0]
+                    if isinstance(event, Finished):
+                        yield pb.CompleteResponse(final=complete_final(event))
+                    else:
+                        yield _generated(pb.CompleteResponse(), run)
 
     async def Session(
         self, request_iterator: AsyncIterator[pb.SessionRequest], context: Context
@@ -249,15 +255,16 @@ class Servicers(
         )
         try:
             with self.metrics.streaming(info):  # an open session is a stream in progress
-                async for batch in answers:
-                    for revision, run in _revisions(batch):
-                        event = run[0]
-                        if isinstance(event, Finished):
-                            idle.touch()
-                            final = complete_final(event)
-                            yield pb.SessionResponse(revision=revision, final=final)
-                        else:
-                            yield _generated(pb.SessionResponse(revision=revision), run)
+                async with contextlib.aclosing(answers) as stream:
+                    async for batch in stream:
+                        for revision, run in _revisions(batch):
+                            event = run[0]
+                            if isinstance(event, Finished):
+                                idle.touch()
+                                final = complete_final(event)
+                                yield pb.SessionResponse(revision=revision, final=final)
+                            else:
+                                yield _generated(pb.SessionResponse(revision=revision), run)
         finally:
             idle.cancel()
 

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,7 +108,7 @@ async def run_session(
     params: CompleteParams,
     max_chars: int,
     interval: int = 1,
-) -> AsyncIterator[list[tuple[int, Event]]]:
+) -> AsyncGenerator[list[tuple[int, Event]], None]:
     """Answer every client message with a suggestion: `(revision, event)` pairs, revision from 1,
     handed over in messages (see `collector`).
 
