@@ -119,6 +119,39 @@ def _load(checkpoint: Checkpoint) -> dict[str, Any]:
     return loaded
 
 
+def start_local_ray(*, num_cpus: int, runtime_env: dict[str, Any], attempts: int = 3) -> None:
+    """Start a local Ray cluster, again when it did not come up.
+
+    Ray gives its raylet a fixed 30 s to register with the GCS; on a loaded 2-core machine that
+    start can miss it ("The current node timed out during startup"), and a second start usually
+    succeeds. Any other error is raised at once.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
+            return
+        except Exception as error:  # Ray raises a bare Exception for this one
+            if "timed out during startup" not in str(error) or attempt == attempts:
+                raise
+            print(f"local Ray did not start in time (attempt {attempt} of {attempts}); retrying")
+            _stop_half_started_node(error)
+            ray.shutdown()
+
+
+def _stop_half_started_node(error: BaseException) -> None:
+    """Stop the GCS and raylet of a start that timed out: Ray raises from inside its `Node`
+    constructor, after the processes started and before `ray.shutdown` could know them."""
+    from ray._private.node import Node
+
+    frame = error.__traceback__
+    while frame is not None:
+        node = frame.tb_frame.f_locals.get("self")
+        if isinstance(node, Node):
+            node.kill_all_processes(check_alive=False, wait=True)
+            return
+        frame = frame.tb_next
+
+
 def train_with_ray(
     cfg: TrainConfig, *, tokenizer_json: str, run_name: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -134,7 +167,7 @@ def train_with_ray(
         if os.environ.get("RAY_ADDRESS"):
             ray.init(runtime_env=runtime_env)
         else:
-            ray.init(num_cpus=max(cfg.workers, 2), include_dashboard=False, runtime_env=runtime_env)
+            start_local_ray(num_cpus=max(cfg.workers, 2), runtime_env=runtime_env)
     filesystem, storage_path = filesystem_and_path(cfg.run_dir)  # a local path or a URI
     trainer = TorchTrainer(
         _train_worker,

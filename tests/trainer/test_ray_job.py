@@ -62,3 +62,41 @@ def test_unvalidated_checkpoints_rank_last_with_a_score_json_keeps() -> None:
     worst = checkpoint_score({"valid_loss": 1e6}, monitor="valid_loss", mode="min")
     assert inside < worst and json.loads(json.dumps(inside, allow_nan=False)) == inside
     assert checkpoint_score({"valid_accuracy": 0.9}, monitor="valid_accuracy", mode="max") == 0.9
+
+
+def test_a_local_ray_start_that_times_out_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray gives a raylet a fixed 30 s to register; a loaded machine can miss it once. Any other
+    start error is raised at once."""
+    import ray
+
+    from trainer import ray_job
+
+    calls: list[int] = []
+
+    def init(**kwargs: object) -> None:
+        calls.append(int(kwargs["num_cpus"]))  # type: ignore[call-overload]
+        if len(calls) == 1:
+            raise Exception("The current node timed out during startup. This could happen ...")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    ray_job.start_local_ray(num_cpus=2, runtime_env={})
+    assert calls == [2, 2]
+
+    def broken(**kwargs: object) -> None:
+        raise ValueError("num_cpus must be positive")
+
+    monkeypatch.setattr(ray, "init", broken)
+    with pytest.raises(ValueError, match="num_cpus"):
+        ray_job.start_local_ray(num_cpus=2, runtime_env={})
+
+    always: list[int] = []
+
+    def never(**kwargs: object) -> None:
+        always.append(1)
+        raise Exception("The current node timed out during startup.")
+
+    monkeypatch.setattr(ray, "init", never)
+    with pytest.raises(Exception, match="timed out during startup"):
+        ray_job.start_local_ray(num_cpus=2, runtime_env={}, attempts=3)
+    assert len(always) == 3
