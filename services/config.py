@@ -43,6 +43,7 @@ class ServeConfig:
     keepalive_timeout_seconds: float = 10.0  # and closes it when the ping is not answered
     stream_interval: int = 1  # tokens per response message after the first, at least
     metrics: bool = True  # record Prometheus metrics (--no-metrics: measure what they cost)
+    processes: int = 1  # server processes sharing the port (SO_REUSEPORT), one engine each
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -74,6 +75,9 @@ _HELP = {
     "stream_interval": "tokens per response message after the first, at least (a request's "
     "stream_interval overrides it); what a stream produced while its previous message was being "
     "written always goes out together",
+    "processes": "server processes sharing --port (SO_REUSEPORT): the kernel spreads client "
+    "connections over them, each serves its connections with its own engine; one process uses "
+    "about one core (see docs/scaling.md)",
     "metrics": "record Prometheus metrics (--no-metrics turns recording off, to measure its cost)",
 }
 _KINDS: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool}
@@ -134,6 +138,7 @@ def resolve(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
         "max_beam_size",
         "max_message_bytes",
         "stream_interval",
+        "processes",
     )
     above_zero = ("session_ttl_seconds", "keepalive_seconds", "keepalive_timeout_seconds")
     for name in ("port", "reload_seconds", "grace_seconds", "inline_step_ms", *positive,

@@ -84,12 +84,16 @@ class ServerMetrics:
         self.input_tokens = Counter(
             "recur_input_tokens", "Tokens read from requests.", labels, registry=registry
         )
+        # With `--processes N` the parent sums the children's samples; gauges say how: the
+        # streams keep a `pid` label (SO_REUSEPORT spreads connections, not load: an uneven
+        # spread must show), the queue is summed, the slot share is the fullest process's.
         self.active = Gauge(
-            "recur_streams_active", "Streams in progress.", MODEL_LABELS, registry=registry
-        )
+            "recur_streams_active", "Streams in progress.", MODEL_LABELS, registry=registry,
+            multiprocess_mode="liveall",
+        )  # fmt: skip
         self.waiting = Gauge(
             "recur_streams_waiting", "Rows of model steps queued for the next batch.",
-            MODEL_LABELS, registry=registry,
+            MODEL_LABELS, registry=registry, multiprocess_mode="livesum",
         )  # fmt: skip
         self.batch_size = Histogram(
             "recur_batch_size", "Rows (stream steps) per ONNX Runtime call.",
@@ -101,14 +105,12 @@ class ServerMetrics:
         )  # fmt: skip
         self.slots_used = Gauge(
             "recur_state_slots_used_ratio", "Share of the model's state slots held by streams.",
-            MODEL_LABELS, registry=registry,
+            MODEL_LABELS, registry=registry, multiprocess_mode="livemax",
         )  # fmt: skip
         self.model_info = Gauge(
-            "recur_model_info",
-            "Loaded models (value 1).",
-            (*MODEL_LABELS, "cell"),
-            registry=registry,
-        )
+            "recur_model_info", "Loaded models (value 1).", (*MODEL_LABELS, "cell"),
+            registry=registry, multiprocess_mode="livemax",
+        )  # fmt: skip
 
     def observe_batch(self, scheduler: Scheduler, graph: str, rows: int, seconds: float) -> None:
         """The scheduler's report after every batched call."""

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +58,19 @@ class Running:
     health_port: int | None = None
 
 
-def _options(cfg: ServeConfig) -> list[tuple[str, int]]:
+@dataclass(frozen=True)
+class Worker:
+    """This server is one of `--processes` sharing a port (see `workers.py`)."""
+
+    index: int
+    ready: Callable[[], None]  # tells the supervising parent that this one is ready
+
+
+def _options(cfg: ServeConfig, *, reuse_port: bool = False) -> list[tuple[str, int]]:
     return [
-        # gRPC shares ports by default (SO_REUSEPORT); a second server must fail, not split traffic.
-        ("grpc.so_reuseport", 0),
+        # gRPC shares ports by default (SO_REUSEPORT); a second server must fail, not split
+        # traffic, unless it is one of our own `--processes` (the parent checked the port).
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
         ("grpc.max_send_message_length", cfg.max_message_bytes),
         ("grpc.keepalive_time_ms", int(cfg.keepalive_seconds * 1000)),
@@ -96,7 +105,7 @@ def _bind(
 
 
 async def build_server(
-    cfg: ServeConfig, registry: ModelRegistry, metrics: ServerMetrics
+    cfg: ServeConfig, registry: ModelRegistry, metrics: ServerMetrics, *, reuse_port: bool = False
 ) -> Running:
     """Create, bind and start the gRPC server; every service is NOT_SERVING until `ready`."""
     engine_cfg = EngineConfig(
@@ -116,7 +125,7 @@ async def build_server(
     engine.ready = False
     auth = BearerToken.configured(cfg.auth_token_file)
     interceptor = ErrorsAndMetricsInterceptor(metrics, Admission(cfg.max_streams), auth)
-    server = aio.server(interceptors=[interceptor], options=_options(cfg))
+    server = aio.server(interceptors=[interceptor], options=_options(cfg, reuse_port=reuse_port))
     limits = validation.Limits(cfg.max_input_chars, cfg.max_tokens_limit, cfg.max_beam_size)
     servicers = Servicers(
         engine,
@@ -139,7 +148,7 @@ async def build_server(
     port = _bind(server, "--port", f"{cfg.host}:{cfg.port}", _credentials(cfg))
     probes, health_port = None, None
     if cfg.health_port >= 0:
-        probes = aio.server(options=[("grpc.so_reuseport", 0)])
+        probes = aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
         health_pb2_grpc.add_HealthServicer_to_server(health, probes)
         health_port = _bind(probes, "--health-port", f"{cfg.host}:{cfg.health_port}", None)
         await probes.start()
@@ -190,8 +199,12 @@ async def drain(running: Running, grace: float) -> None:
     running.engine.close()
 
 
-async def serve(cfg: ServeConfig) -> None:
-    """Bind, load and warm the repository, serve until SIGTERM/SIGINT, then drain."""
+async def serve(cfg: ServeConfig, worker: Worker | None = None) -> None:
+    """Bind, load and warm the repository, serve until SIGTERM/SIGINT, then drain.
+
+    As one `worker` of several, the parent has said where it listens and serves the metrics;
+    this one tells the parent when it is ready, and only the first lists the models.
+    """
     metrics = ServerMetrics(CollectorRegistry(), recording=cfg.metrics)
     metrics_port = None
     if cfg.metrics_port >= 0:
@@ -199,13 +212,13 @@ async def serve(cfg: ServeConfig) -> None:
             cfg.metrics_port, addr=cfg.metrics_host, registry=metrics.registry
         )
         metrics_port = httpd.server_port
-    running = await build_server(cfg, ModelRegistry(), metrics)
+    running = await build_server(cfg, ModelRegistry(), metrics, reuse_port=worker is not None)
+    name = "recur-serve" if worker is None else f"recur-serve[{worker.index}]"
     metrics_url = f"http://{cfg.metrics_host}:{metrics_port}/metrics" if metrics_port else "off"
     probes = f", health {cfg.host}:{running.health_port}" if running.health_port else ""
-    print(
-        f"recur-serve: listening on {cfg.host}:{running.port}, metrics {metrics_url}{probes}",
-        flush=True,
-    )
+    if worker is None:
+        print(f"{name}: listening on {cfg.host}:{running.port}, metrics {metrics_url}{probes}",
+              flush=True)  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -223,18 +236,25 @@ async def serve(cfg: ServeConfig) -> None:
             "no valid model bundles under %s yet; serving health and ListModels", cfg.models
         )
     await ready(running, metrics)
-    for model in sorted(running.engine.registry.models.values(), key=lambda m: (m.task, m.name)):
-        print(f"recur-serve: {model.task:<12} {model.name} v{model.version} ({model.bundle.path})")
-    print("recur-serve: ready", flush=True)
+    if worker is None or worker.index == 0:
+        models = sorted(running.engine.registry.models.values(), key=lambda m: (m.task, m.name))
+        for m in models:
+            print(f"recur-serve: {m.task:<12} {m.name} v{m.version} ({m.bundle.path})")
+    if worker is None:
+        print("recur-serve: ready", flush=True)
+    else:
+        worker.ready()
     watcher = None
     if cfg.reload_seconds > 0:
         watcher = asyncio.create_task(_watch(reloader, running, cfg.reload_seconds))
     await stop.wait()
     if watcher is not None:
         watcher.cancel()
-    print(f"recur-serve: draining (grace {cfg.grace_seconds:g} s)", flush=True)
+    if worker is None:
+        print(f"{name}: draining (grace {cfg.grace_seconds:g} s)", flush=True)
     await drain(running, cfg.grace_seconds)
-    print("recur-serve: stopped", flush=True)
+    if worker is None:
+        print(f"{name}: stopped", flush=True)
 
 
 async def _watch(reloader: Reloader, running: Running, interval: float) -> None:
@@ -257,6 +277,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"recur-serve: error: --models {cfg.models!r} is not a directory", file=sys.stderr)
         raise SystemExit(2)
     try:
+        if cfg.processes > 1:
+            from services.workers import serve_processes
+
+            raise SystemExit(serve_processes(cfg))
         asyncio.run(serve(cfg))
     except OSError as e:
         print(f"recur-serve: error: {e}", file=sys.stderr)
