@@ -76,8 +76,8 @@ _HELP = {
     "stream_interval overrides it); what a stream produced while its previous message was being "
     "written always goes out together",
     "processes": "server processes sharing --port (SO_REUSEPORT): the kernel spreads client "
-    "connections over them, each serves its connections with its own engine; one process uses "
-    "about one core (see docs/scaling.md)",
+    "connections over them, each serves its connections with its own engine (--max-streams and "
+    "--state-slots are per process); one process uses about one core (docs/scaling.md)",
     "metrics": "record Prometheus metrics (--no-metrics turns recording off, to measure its cost)",
 }
 _KINDS: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool}
