@@ -1,14 +1,17 @@
 """The engine's decode loop: one model step for every stream that is generating, and the whole
 batch's outputs processed at once.
 
-A stream that has read its prompt hands its generation to the model's `Decoder` and waits once,
-for the end. Until then the decoder owns it: each turn it takes every live generation's
-next-token logits as one `(B, V)` array, chooses the greedy rows' tokens with one argmax and one
-log-sum-exp over the batch (sampled rows draw from their own generators), then for each row
-detokenizes, emits the token event into the stream's collector and applies the finish rules
-(end of sequence, stop strings, `max_tokens`, superseded). The rows still going take one batched
-`lm_step` together. Generations join and leave between turns (continuous batching), and the
-scheduler still batches the decoder's step with other streams' one-token steps.
+A stream that has read its prompt (or, for translation, encoded its source and taken the first
+decoder step) hands its generation to the model's `Decoder` and waits once, for the end. Until
+then the decoder owns it: each turn it takes every live generation's next-token logits as one
+`(B, V)` array, chooses the greedy rows' tokens with one argmax and one log-sum-exp over the batch
+(sampled rows draw from their own generators), then for each row detokenizes, emits the token
+event into the stream's collector and applies the finish rules (end of sequence, stop strings,
+`max_tokens`, superseded). The rows still going take one batched step together: `lm_step` for a
+language model, `decoder_step` for translation, whose rows also carry their own encoder memory
+(padded to the longest source in the batch; the mask hides the padding). Generations join and
+leave between turns (continuous batching), and the scheduler still batches the decoder's step
+with other streams' one-token steps.
 
 This is vLLM V1's shape on a small scale: per stream, nothing waits and nothing wakes per token;
 the only per-row work is what cannot be batched (detokenization and stop strings).
@@ -26,6 +29,8 @@ import numpy as np
 from services.decoding import Sampler
 from services.detokenizer import Detokenizer
 from services.events import Event, FinishReason, TokenEvent
+from services.model import Arrays
+from services.scheduler import stack_padded
 from services.timing import Clock
 
 if TYPE_CHECKING:  # the runtime owns its decoder
@@ -47,6 +52,9 @@ class Generation:
         emit: Where the stream's events go (its collector).
         clock: The stream's timings.
         is_stale: True once the stream's answer is no longer wanted (a newer keystroke).
+        context: The graph's other per-row inputs, the same at every step (translation: the
+            source's encoder `memory` `(1, S, E)` and `src_mask` `(1, S)`).
+        with_attention: Each token event carries the attention row of its step (translation).
     """
 
     slot: int
@@ -59,6 +67,9 @@ class Generation:
     emit: Callable[[Event], None]
     clock: Clock
     is_stale: Callable[[], bool] = lambda: False
+    context: Arrays = field(default_factory=dict)
+    with_attention: bool = False
+    attention: tuple[float, ...] = ()
     index: int = 0
     done: asyncio.Future[FinishReason] = field(init=False, repr=False)
 
@@ -71,12 +82,14 @@ class Generation:
 
 
 class Decoder:
-    """The decode loop of one language model (graph `lm_step`)."""
-
-    ROLE = "lm_step"
+    """The decode loop of one model: `lm_step` (language models) or `decoder_step` (the
+    translation decoder), whichever its bundle has."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        graphs = {g.role for g in runtime.model.bundle.manifest.graphs}
+        self.role = "decoder_step" if "decoder_step" in graphs else "lm_step"
+        self.token_input = _TOKEN_INPUT[self.role]
         self.live: list[Generation] = []  # their logits are fresh: a token to choose
         self.ready: list[tuple[Generation, int]] = []  # chosen on joining: a step to take
         self._task: asyncio.Task[None] | None = None
@@ -110,19 +123,35 @@ class Decoder:
                 await asyncio.gather(*(self._step(part) for part in parts))
 
     async def _step(self, going: list[tuple[Generation, int]]) -> None:
-        """One batched `lm_step` for `going`: each generation's next logits."""
+        """One batched step for `going`: each generation's next logits (and attention)."""
         slots = np.array([g.slot for g, _ in going], dtype=np.int64)
-        tokens = np.array([[token] for _, token in going], dtype=np.int64)  # (B, 1)
         try:
-            out = await self.runtime.step(self.ROLE, slots, {"tokens": tokens})
+            out = await self.runtime.step(self.role, slots, self._feeds(going))
         except Exception as error:  # the step failed: so do the streams that took it
             for generation, _ in going:
                 if not generation.done.done():
                     generation.done.set_exception(error)
             return
-        logits = out["logits"][:, -1]  # (B, V)
+        logits = out["logits"]
+        logits = logits[:, -1] if logits.ndim == 3 else logits  # lm_step: (B, T, V)
         for row, (generation, _) in enumerate(going):
             generation.logits = logits[row]
+            if generation.with_attention:
+                width = generation.context["src_mask"].shape[1]
+                generation.attention = tuple(out["attention"][row, :width].tolist())
+
+    def _feeds(self, going: list[tuple[Generation, int]]) -> Arrays:
+        """The step's inputs: the tokens `(B, 1)` and every row's context, stacked (sources
+        padded to the longest; the mask's padding is False, so attention ignores it)."""
+        feeds = {self.token_input: np.array([[token] for _, token in going], dtype=np.int64)}
+        for name in going[0][0].context:
+            parts = [g.context[name] for g, _ in going]
+            if len(parts) == 1:
+                feeds[name] = parts[0]
+            else:  # (1, S, ...) per row: the source axis is 1
+                width = max(part.shape[1] for part in parts)
+                feeds[name] = stack_padded(parts, 1, width, 0)
+        return feeds
 
     def _choose(self, batch: list[Generation]) -> list[tuple[Generation, int]]:
         """Each generation's next token, chosen for the whole batch at once; returns the ones
@@ -151,13 +180,16 @@ class Decoder:
             return FinishReason.STOP
         generation.clock.mark()
         piece = generation.detok.add(token)
-        generation.emit(TokenEvent(generation.index, token, piece, logprob))
+        generation.emit(TokenEvent(generation.index, token, piece, logprob, generation.attention))
         generation.index += 1
         if any(generation.detok.output.endswith(s) for s in generation.stop):
             return FinishReason.STOP
         if generation.index >= generation.max_tokens:
             return FinishReason.LENGTH
         return None
+
+
+_TOKEN_INPUT = {"lm_step": "tokens", "decoder_step": "prev"}  # each decode graph's token input
 
 
 def _greedy_rows(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -213,7 +213,7 @@ class Scheduler:
                 feeds[tensor.name] = parts[0]
             elif "source" in tensor.shape:
                 fill = self.model.pad_id if parts[0].dtype == np.int64 else 0
-                feeds[tensor.name] = _stack_padded(parts, list(tensor.shape).index("source"),
+                feeds[tensor.name] = stack_padded(parts, list(tensor.shape).index("source"),
                                                    width, fill)  # fmt: skip
             else:
                 feeds[tensor.name] = np.concatenate(parts)
@@ -254,7 +254,7 @@ class Scheduler:
 _PADDED = ("batch", "source")
 
 
-def _stack_padded(parts: list[np.ndarray], axis: int, width: int, fill: float) -> np.ndarray:
+def stack_padded(parts: list[np.ndarray], axis: int, width: int, fill: float) -> np.ndarray:
     """`parts` concatenated on the batch axis, each padded with `fill` to `width` on `axis`: one
     array filled in place (no padded copy of every part)."""
     shape = list(parts[0].shape)
