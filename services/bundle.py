@@ -115,6 +115,17 @@ def read_verified(bundle: Bundle, name: str) -> bytes:
     return data
 
 
+def assembling(path: Path, manifest: bundle_pb2.BundleManifest) -> Bundle:
+    """A bundle still being assembled in `path` (its manifest not written yet), with the digest
+    of every file now in it, so that `read_verified` loads exactly those bytes. Nothing else is
+    checked: the exporter is still writing it."""
+    staged = bundle_pb2.BundleManifest()
+    staged.CopyFrom(manifest)
+    for file in sorted(p for p in path.iterdir() if p.is_file() and p.name != MANIFEST):
+        staged.sha256[file.name] = _sha256(file)
+    return Bundle(path=path, manifest=staged)
+
+
 def is_version(text: str) -> bool:
     """A version number: ASCII digits only (str.isdigit alone admits "²", which int() refuses)."""
     return text.isascii() and text.isdigit()

@@ -67,6 +67,7 @@ def test_import_rules(package: str, forbidden: tuple[str, ...], reason: str) -> 
 def test_trainer_uses_only_the_server_free_part_of_services() -> None:
     """DESIGN §1: the trainer may import services' bundle loading, engine and decoding (so that
     recur-eval measures the code that serves), never anything that needs gRPC or a server."""
+    server = ["services.server", "services.servicers", "services.interceptors", "services.session"]
     used = sorted(
         {
             n if n in modules("services") else n.rsplit(".", 1)[0]
@@ -75,15 +76,34 @@ def test_trainer_uses_only_the_server_free_part_of_services() -> None:
             if n.split(".")[0] == "services"
         }
     )
+    assert "services.offline" in used, "recur-eval runs the serving engine"
     code = (
         "import importlib, json, sys\n"
         f"for name in {used!r}: importlib.import_module(name)\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'grpc')))\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'grpc' "
+        f"or m in {server!r})))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
-    assert json.loads(result.stdout) == [], f"{used} load gRPC"
+    assert json.loads(result.stdout) == [], f"{used} load gRPC or the server"
+
+
+def test_evaluation_runs_the_serving_engine() -> None:
+    """Issue 16, one copy of decoding: recur-eval and the export's fits reach a bundle only
+    through services' loader and engine (`services.offline`). The trainer has no bundle loader
+    of its own: ONNX Runtime appears only where the export checks and optimizes graphs."""
+    assert not (ROOT / "trainer" / "ort_bundle.py").exists()
+    assert not (ROOT / "trainer" / "completions.py").exists()
+    for name in ("evaluate", "ranking", "beam_defaults", "quantize", "eval_cli"):
+        used = imported_names(ROOT / "trainer" / f"{name}.py")
+        assert "services.offline" in used, f"trainer/{name}.py does not use services.offline"
+    onnx_users = sorted(
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "trainer").rglob("*.py")
+        if any(n.split(".")[0] == "onnxruntime" for n in imported_names(path))
+    )
+    assert onnx_users == ["trainer/export.py", "trainer/optimize.py"]
 
 
 def test_trainer_never_imports_grpc_stubs() -> None:

@@ -1,8 +1,12 @@
-"""`recur-eval`: a bundle's task metrics as JSON, computed through ONNX Runtime on its graphs.
+"""`recur-eval`: a bundle's task metrics as JSON, computed by the serving engine in-process.
 
     recur-eval --bundle models/sentiment/1 --data dev.tsv [--limit N] [--graphs int8]
     recur-eval --bundle models/translation/2 --data builtin
-    recur-eval --bundle models/tatoeba/1 --data held-out --beam-size 5
+    recur-eval --bundle models/tatoeba/1 --data held-out --beam-size 5 --length-penalty 0.6
+
+The bundle is verified and loaded as `recur-serve` loads it, and every example is a request to
+the same engine (`services.offline`; no gRPC), many at a time, so the figures are those of what
+the service streams. A long evaluation prints a progress line to stderr every 10 s.
 
 `--data builtin` is the task's embedded validation split (with the seed the bundle was trained
 with); `--data held-out` is the split its run carved out of `--train` (`--test 2000`, else
@@ -19,7 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trainer.ort_bundle import VARIANTS, BundleReadError, OrtBundle, VariantMissing
+from services.errors import BundleError
+from services.model import LoadedModel
+from services.offline import GRAPHS, open_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,25 +47,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="translation: also report BLEU of beam search of this width (0/1: greedy only)",
     )
     parser.add_argument(
+        "--length-penalty",
+        type=float,
+        default=0.0,
+        help="translation, with --beam-size: GNMT's length penalty alpha of that beam search "
+        "(0: rank by total log-probability)",
+    )
+    parser.add_argument(
         "--graphs",
-        choices=VARIANTS,
+        choices=GRAPHS,
         default="fp32",
         help="which copy of the graphs to run (default: fp32, the exported graphs)",
     )
     return parser
 
 
-def _config(model: OrtBundle) -> dict[str, Any]:
-    config_json = model.manifest.training.config_json
+def _config(model: LoadedModel) -> dict[str, Any]:
+    config_json = model.bundle.manifest.training.config_json
     config: dict[str, Any] = json.loads(config_json) if config_json else {}
     return config
 
 
-def _examples(parser: argparse.ArgumentParser, model: OrtBundle, data: str) -> list[Any]:
+def _examples(parser: argparse.ArgumentParser, model: LoadedModel, data: str) -> list[Any]:
     from trainer.data.files import DataError
     from trainer.evaluate import load_examples
 
-    classes = len(model.manifest.labels)
+    classes = len(model.labels)
     try:
         config = _config(model)
         examples = load_examples(model.task, data, seed=int(config.get("seed", 0)),
@@ -80,28 +93,36 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--beam-size must be >= 0, got {args.beam_size}")
     if not args.bundle.is_dir():
         parser.error(f"--bundle: no bundle at {args.bundle} (expected models/<name>/<version>)")
+    if not 0.0 <= args.length_penalty <= 2.0:
+        parser.error(f"--length-penalty must be in [0, 2], got {args.length_penalty:g}")
     try:
-        model = OrtBundle.load(args.bundle, variant=args.graphs)
-    except VariantMissing as e:
-        parser.error(f"--graphs {args.graphs}: {e}")
-    except BundleReadError as e:
-        parser.error(f"--bundle: {e}")
+        model = open_model(args.bundle, graphs=args.graphs)
+    except BundleError as e:
+        flag = f"--graphs {args.graphs}" if f"no {args.graphs} copy" in str(e) else "--bundle"
+        parser.error(f"{flag}: {e}")
     if args.beam_size > 1 and model.task != "translation":
         parser.error(f"--beam-size applies to translation bundles; this one is {model.task}")
     examples = _examples(parser, model, args.data)
     if args.limit:
         examples = examples[: args.limit]
-    from trainer.evaluate import evaluate
+    from trainer.evaluate import Ticker, evaluate
 
+    metrics = evaluate(
+        model,
+        examples,
+        beam_size=args.beam_size,
+        length_penalty=args.length_penalty,
+        progress=Ticker("recur-eval"),
+    )
     result = {
         "bundle": str(args.bundle),
-        "name": model.manifest.name,
-        "version": model.manifest.version,
+        "name": model.name,
+        "version": model.version,
         "task": model.task,
-        "cell": model.manifest.cell,
+        "cell": model.bundle.manifest.cell,
         "graphs": args.graphs,
         "data": args.data,
-        "metrics": evaluate(model, examples, beam_size=args.beam_size),
+        "metrics": metrics,
     }
     json.dump(result, sys.stdout, indent=2)
     print()

@@ -115,7 +115,8 @@ def mean_reciprocal_rank(ranked: Iterable[tuple[Sequence[Any], Any]], *, k: int 
 
 def split_query(query: Ids) -> tuple[Ids, Ids]:
     """`(prefix, completion)`: the prefix is the first max(1, len // 2) tokens of the query
-    (the protocol of `trainer/completions.py`); a one-token query asks for the empty completion."""
+    (the trainer's validation; `recur-eval` cuts the query's text the same way,
+    `trainer.ranking.split_text`); a one-token query asks for the empty completion."""
     cut = max(1, len(query) // 2)
     return query[:cut], query[cut:]
 

@@ -1,7 +1,7 @@
 """int8 copies of a staged bundle's graphs, and what they cost in quality, size and step time.
 
 The quality is one validation metric per task (`trainer.evaluate.HEADLINE`: sentiment accuracy,
-translation BLEU, autocomplete nats/token) computed through ONNX Runtime on the fp32 graphs and
+translation BLEU, autocomplete nats/token) computed by the serving engine on the fp32 graphs and
 on the int8 graphs of the same staged bundle, on the split the checkpoint was validated on. The
 export (`trainer.export`) refuses the bundle when the drop exceeds the tolerance it was given.
 """
@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from protos.recur.v1 import bundle_pb2
+from services.bundle import TASK_NAMES
+from services.offline import open_model
 from trainer.evaluate import HEADLINE, evaluate
 from trainer.graphs import GraphDef
 from trainer.optimize import QUANT_OP_TYPES, QUANT_SCHEME, quantize_graph, step_latency
-from trainer.ort_bundle import TASK_NAMES, OrtBundle
 
 # The graph whose step time is compared: the one the service runs once per generated token.
 STEP_ROLE = {
@@ -67,7 +68,7 @@ def quantize_staged(
     metric, higher_is_better = HEADLINE[task]
     values = {
         variant: evaluate(
-            OrtBundle.open(staging, manifest, variant=variant), examples, completions=False
+            open_model(staging, graphs=variant, staged=manifest), examples, completions=False
         )
         for variant in ("fp32", "int8")
     }

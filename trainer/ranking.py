@@ -2,12 +2,12 @@
 ranking weights fit on the validation split, and the QAC metrics of the ranked system, the model
 alone and MostPopularCompletion on the same held-out queries.
 
-The protocol is `trainer/completions.py`'s: every held-out query (in the tokenizer's normal form)
-is completed from its first max(1, len // 2) characters, and the right answer is the rest of it.
-The candidates of a prefix are the index's `CANDIDATES` most frequent completions (MPC's
-suggestions) and the model's `CANDIDATES` beam completions; every index candidate is scored by the
-model too (`completions.score_completions`), so that the ranking (`services.popular.rank`, the code
-that serves) weighs both signals for every candidate.
+Every held-out query (in the tokenizer's normal form) is completed from its first
+max(1, len // 2) characters, and the right answer is the rest of it. The candidates of a prefix
+are the index's `CANDIDATES` most frequent completions (MPC's suggestions) and the model's
+`CANDIDATES` served beam suggestions (`Engine.complete`, the model alone); every index candidate
+is scored by the model too (teacher forcing through the served prompt reading), so that the
+ranking (`services.popular.rank`, the code that serves) weighs both signals for every candidate.
 
 | metric                | meaning                                                          |
 |-----------------------|------------------------------------------------------------------|
@@ -32,12 +32,15 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from protos.recur.v1 import bundle_pb2
+from services.decoding import SamplingParams
+from services.model import LoadedModel
+from services.offline import Offline, open_model
 from services.popular import PopularIndex, RankingWeights, rank
-from trainer.completions import complete_scored, score_completions
-from trainer.ort_bundle import OrtBundle
+from services.requests import CompleteParams
 
 INDEX_FILE = "popular.npz"
 CANDIDATES = 10  # suggestions taken from the index and from the beam for each prefix
+MAX_NEW_TOKENS = 64  # longest beam completion: longer than any held-out query's second half
 K = 10
 POPULARITY_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0)
 UNSEEN_OFFSETS = (0.0, -1.0, -2.0, -4.0, -6.0, -8.0, -12.0, -16.0, -24.0, -32.0)  # below ln(1/N)
@@ -73,27 +76,56 @@ def split_text(query: str) -> tuple[str, str]:
     return query[:cut], query[cut:]
 
 
-def build_cases(model: OrtBundle, index: PopularIndex, queries: list[str]) -> list[Case]:
-    """The candidates of every query's prefix, through the bundle's graphs."""
+def suggestions(
+    engine: Offline, prefixes: list[str], *, k: int = CANDIDATES
+) -> list[list[tuple[str, float]]]:
+    """The model's `k` served suggestions of every prefix (text, log-probability), best first:
+    `Engine.complete` with the model alone (its beam search), every setting spelled out."""
+    params = CompleteParams(max_tokens=MAX_NEW_TOKENS, sampling=SamplingParams(temperature=0.0),
+                            stop=(), suggestions=k, model_only=True)  # fmt: skip
+    return [[(s.text, s.logprob) for s in o.final.suggestions] if o.final else []
+            for o in engine.complete(prefixes, params)]  # fmt: skip
+
+
+def build_cases(engine: Offline, index: PopularIndex | None, queries: list[str]) -> list[Case]:
+    """The candidates of every query's prefix, through the serving engine (with no index: the
+    model's alone)."""
+    model = engine.model
     tokenizer = model.tokenizer
-    cases = []
-    for raw in queries:
-        query = normal_form(tokenizer, raw)
-        if not query:
-            continue
-        prefix, target = split_text(query)
-        prefix_ids = tokenizer.encode(prefix).ids
-        beam = [(tokenizer.decode(ids), lp)
-                for lp, ids in complete_scored(model, prefix_ids, k=CANDIDATES)]  # fmt: skip
-        mpc = [c for c, _ in index.completions(prefix, k=CANDIDATES)]
-        lo, hi = index.prefix_range(prefix)
-        beamed = dict(beam)
-        unscored = [c for c in mpc if c not in beamed]
-        logprobs = score_completions(model, prefix_ids,
-                                     [tokenizer.encode(c).ids for c in unscored])  # fmt: skip
-        scored = {**dict(zip(unscored, logprobs, strict=True)), **beamed}
-        cases.append(Case(prefix, target, mpc, beam, {c: scored[c] for c in mpc}, lo < hi))
+    split = [split_text(q) for q in (normal_form(tokenizer, raw) for raw in queries) if q]
+    beams = suggestions(engine, [prefix for prefix, _ in split])
+    cases, pending = [], []  # pending: (case, completion, token ids from [BOS], prefix length)
+    for (prefix, target), beam in zip(split, beams, strict=True):
+        mpc = [c for c, _ in index.completions(prefix, k=CANDIDATES)] if index else []
+        lo, hi = index.prefix_range(prefix) if index else (0, 0)
+        case = Case(prefix, target, mpc, beam, dict(beam), lo < hi)
+        prefix_ids = [model.bos_id, *tokenizer.encode(prefix).ids]
+        pending += [(case, c, [*prefix_ids, *tokenizer.encode(c).ids, model.eos_id],
+                     len(prefix_ids)) for c in mpc if c not in case.scored]  # fmt: skip
+        cases.append(case)
+    logprobs = engine.logprobs([ids for _, _, ids, _ in pending],
+                               start=[n for _, _, _, n in pending])  # fmt: skip
+    for (case, completion, _, _), logprob in zip(pending, logprobs, strict=True):
+        case.scored[completion] = logprob
+    for case in cases:
+        case.scored = {c: case.scored[c] for c in case.mpc}
     return cases
+
+
+def model_mrr(cases: list[Case]) -> float:
+    """MRR@10 of the model's suggestions alone."""
+    return sum(_reciprocal([c for c, _ in case.beam], case.target) for case in cases) / max(
+        len(cases), 1
+    )
+
+
+def bundle_index(model: LoadedModel) -> PopularIndex | None:
+    """The bundle's popular-query index (None: it has none)."""
+    popular = model.bundle.manifest.popular
+    if not popular.file:
+        return None
+    return PopularIndex.load(model.bundle.path / popular.file,
+                             sha256=model.bundle.manifest.sha256.get(popular.file, ""))  # fmt: skip
 
 
 def ranked(case: Case, index: PopularIndex, weights: RankingWeights) -> list[str]:
@@ -183,11 +215,11 @@ def add_popular_index(
     known = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in checkpoint["config"].items() if k in known})
     train, valid, _ = get_task("autocomplete").load_raw(cfg)
-    model = OrtBundle.open(staging, manifest)
+    model = open_model(staging, staged=manifest)
     counts = query_counts(train, model.tokenizer)
     index = PopularIndex.build(counts, max_queries=cfg.popular_max_queries)
     index.save(staging / INDEX_FILE)
-    cases = build_cases(model, index, list(valid)[: cfg.eval_completions])
+    cases = build_cases(Offline(model), index, list(valid)[: cfg.eval_completions])
     weights, mrr = fit(cases, index) if cases else (RankingWeights(), 0.0)
     manifest.popular.CopyFrom(
         bundle_pb2.PopularIndex(

@@ -1,98 +1,77 @@
-"""Translation's decoding defaults: the service's beam search through the bundle's graphs, batched
-across sources, re-ranked for every length penalty, and the fit recorded in the manifest."""
+"""Translation's decoding defaults: every width and length penalty measured by serving the
+validation sources with it, and the fit recorded in the manifest and reproduced by recur-eval."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pytest
 
-from services.decoding import BeamSearch, Hypothesis, log_softmax
+from services.offline import Offline, open_model
+from services.requests import TranslateParams
 from tests.conftest import untrained_checkpoint
 from trainer import beam_defaults
-from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from trainer.evaluate import evaluate
+from trainer.evaluate import checkpoint_examples, evaluate
 from trainer.export import export_checkpoint
-from trainer.ort_bundle import OrtBundle
+
+FIT_PAIRS = 12
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any]]:
+    """A bundle with fitted defaults, and the validation pairs they were fit on."""
     checkpoint = untrained_checkpoint("translation")
-    checkpoint["config"] = {**checkpoint["config"], "fit_decoding_pairs": 12}
+    checkpoint["config"] = {**checkpoint["config"], "fit_decoding_pairs": FIT_PAIRS}
     out = tmp_path_factory.mktemp("models")
-    return export_checkpoint(checkpoint, out=out, name="tr", fit_decoding=True)
+    path = export_checkpoint(checkpoint, out=out, name="tr", fit_decoding=True)
+    return path, checkpoint_examples(checkpoint)[:FIT_PAIRS]
 
 
-def one_search(model: OrtBundle, src: list[int], *, beam: int, alpha: float) -> BeamSearch:
-    """The service's search for one source, stepped one call at a time."""
-    encoded = model.run("encoder", {"src": np.array([src]), "src_len": np.array([len(src)])})
-    state = model.encoder_state(encoded)
-    search = BeamSearch(size=beam, eos_id=EOS_ID, max_len=2 * len(src) + 10, alpha=alpha)
-    while not search.done:
-        n = len(search.live)
-        prev = np.array([[h.tokens[-1] if h.tokens else BOS_ID] for h in search.live])
-        fixed = {"memory": np.repeat(encoded["memory"], n, axis=0),
-                 "src_mask": np.ones((n, len(src)), dtype=bool)}  # fmt: skip
-        out = model.run("decoder_step", {"prev": prev, **state, **fixed})
-        logprobs = log_softmax(out["logits"].astype(np.float64))
-        logprobs[:, [PAD_ID, BOS_ID]] = -np.inf
-        parents = search.advance(logprobs)
-        state = {k: v[:, parents] for k, v in model.next_state(out).items()}
-    return search
-
-
-@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])
-def test_batched_search_and_reranking_equal_the_service_search(bundle: Path, alpha: float) -> None:
-    """What the service would return with `alpha`, for sources of different lengths searched
-    together (padding must not change a result)."""
-    model = OrtBundle.load(bundle)
-    sources = [model.tokenizer.encode(t).ids for t in ("a big house", "the cat", "hello there")]
-    found = beam_defaults.hypotheses(model, sources, beam=3)
-    for src, hyps in zip(sources, found, strict=True):
-        expected = one_search(model, src, beam=3, alpha=alpha).ranked()[0]
-        assert beam_defaults.pick(hyps, alpha) == list(expected.tokens)
-
-
-def test_pick_by_length_penalty() -> None:
-    short = Hypothesis((5,), (-2.0,), -2.0, 0.0, True)  # 2 tokens with [EOS]
-    long = Hypothesis((5, 6, 7, 8, 9), (-0.5,) * 5, -3.0, 0.0, True)  # 6 with [EOS]
-    assert beam_defaults.pick([short, long], 0.0) == [5], "total log-probability"
-    # ((5 + 2) / 6)^1 = 1.167: -1.71; ((5 + 6) / 6)^1 = 1.833: -1.64
-    assert beam_defaults.pick([short, long], 1.0) == [5, 6, 7, 8, 9], "normalized by length"
-
-
-def test_fit_is_recorded_and_reported(bundle: Path) -> None:
-    model = OrtBundle.load(bundle)
-    defaults = model.manifest.decoding
-    assert defaults.fit_pairs == 12
+def test_fit_is_recorded_and_reproduced_by_recur_eval(fitted: tuple[Path, list[Any]]) -> None:
+    """recur-eval on the fit's own pairs serves the recorded defaults and finds the recorded
+    BLEU: the fit measured what the service streams."""
+    path, pairs = fitted
+    model = open_model(path)
+    defaults = model.bundle.manifest.decoding
+    assert defaults.fit_pairs == FIT_PAIRS
     assert defaults.beam_size in beam_defaults.BEAM_SIZES
     assert defaults.length_penalty in beam_defaults.ALPHAS
     assert defaults.valid_bleu >= defaults.valid_bleu_unpenalized
-    pairs = [("a big house", "ein großes haus"), ("the cat", "die katze")]
     got = evaluate(model, pairs)
     assert got["default_beam_size"] == defaults.beam_size
-    assert got["length_ratio_default"] > 0 and got["length_ratio_unpenalized"] > 0
+    assert got["bleu_default"] == pytest.approx(defaults.valid_bleu)
+    assert got["bleu_unpenalized"] == pytest.approx(defaults.valid_bleu_unpenalized)
+    assert got["length_ratio_default"] == pytest.approx(defaults.valid_length_ratio)
+
+
+def test_the_fit_keeps_the_best_setting_of_the_grid(fitted: tuple[Path, list[Any]]) -> None:
+    path, pairs = fitted
+    engine = Offline(open_model(path))
+    sources, refs = beam_defaults._rows(engine.model, pairs)
+    best = max(
+        beam_defaults.score(beam_defaults.served(engine, sources, beam=b, alpha=a), refs).bleu
+        for b in beam_defaults.BEAM_SIZES
+        for a in (beam_defaults.ALPHAS if b > 1 else (0.0,))
+    )
+    assert engine.model.bundle.manifest.decoding.valid_bleu == pytest.approx(best)
+
+
+def test_width_one_is_greedy_whatever_the_penalty(fitted: tuple[Path, list[Any]]) -> None:
+    path, pairs = fitted
+    engine = Offline(open_model(path))
+    sources = [s for s, _ in pairs[:4]]
+    greedy = TranslateParams(max_tokens=0, max_length_ratio=2.0, beam_size=1, length_penalty=0.0)
+    expected = [o.final.text for o in engine.translate(sources, greedy) if o.final]
+    assert beam_defaults.served(engine, sources, beam=1, alpha=1.5) == expected
 
 
 def test_no_fit_unless_asked(tmp_path: Path) -> None:
     path = export_checkpoint(untrained_checkpoint("translation"), out=tmp_path, name="tr")
-    assert not OrtBundle.load(path).manifest.HasField("decoding")
+    assert not open_model(path).bundle.manifest.HasField("decoding")
 
 
 def test_score_is_sacrebleu_with_the_length_ratio() -> None:
     scored = beam_defaults.score(["a b c d"], ["a b c d e f g h"])
     assert scored.length_ratio == pytest.approx(0.5)
     assert beam_defaults.score(["a b c d"], ["a b c d"]).bleu == pytest.approx(100.0)
-
-
-def test_width_one_at_alpha_zero_is_greedy(bundle: Path) -> None:
-    from trainer.evaluate import greedy_translate
-
-    model = OrtBundle.load(bundle)
-    sources = [model.tokenizer.encode(t).ids for t in ("a big house", "the cat", "hello there")]
-    found = beam_defaults.hypotheses(model, sources, beam=1)
-    for src, hyps in zip(sources, found, strict=True):
-        greedy = greedy_translate(model, [src], max_len=2 * len(src) + 10)[0]
-        assert beam_defaults.pick(hyps, 0.0) == greedy

@@ -1,5 +1,5 @@
-"""Task metrics through ONNX Runtime: equal to PyTorch's on the same data, perfect on memorized
-examples, and computed from the bundle's own tokenizer."""
+"""Task metrics through the serving engine: equal to PyTorch's on the same data, perfect on
+memorized examples, and computed from the bundle's own tokenizer."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 import torch
 
+from services.errors import BundleError
+from services.offline import Offline, open_model
 from tests.conftest import untrained_checkpoint
-from trainer.completions import complete
+from trainer import ranking
 from trainer.config import TrainConfig
 from trainer.evaluate import evaluate
 from trainer.export import export_checkpoint, rebuild_model
 from trainer.loop import make_checkpoint
-from trainer.ort_bundle import OrtBundle
 from trainer.tasks import get_task
 
 
@@ -56,7 +57,7 @@ def test_memorized_examples_score_perfectly(
 ) -> None:
     checkpoint, raw = memorized(task, count, steps)
     bundle = export_checkpoint(checkpoint, out=tmp_path, name=task)
-    metrics = evaluate(OrtBundle.load(bundle), raw)
+    metrics = evaluate(open_model(bundle), raw)
     assert {k: metrics[k] for k in perfect} == pytest.approx(perfect), reason
     assert metrics["examples"] == count
 
@@ -83,7 +84,7 @@ def test_metrics_through_onnx_equal_the_trainers_validation(
     data = task_obj.prepare(TrainConfig(task=task, max_train_examples=200), checkpoint["tokenizer"])
     data.valid, data.valid_raw = data.valid[:100], data.valid_raw[:100]
     expected = task_obj.evaluate(rebuild_model(checkpoint), data)
-    got = evaluate(OrtBundle.load(bundle), list(data.valid_raw), completions=False)
+    got = evaluate(open_model(bundle), list(data.valid_raw), completions=False)
     for mine, trainer_name in zip(ours, theirs, strict=True):
         assert got[mine] == pytest.approx(expected[trainer_name], abs=1e-4), mine
 
@@ -91,34 +92,24 @@ def test_metrics_through_onnx_equal_the_trainers_validation(
 def test_int8_and_optimized_graphs_are_selectable(tmp_path: Path) -> None:
     bundle = export_checkpoint(untrained_checkpoint("sentiment"), out=tmp_path, name="s")
     examples = [("a great movie", 1), ("bad", 0)]
-    fp32 = evaluate(OrtBundle.load(bundle), examples)
-    assert evaluate(OrtBundle.load(bundle, variant="optimized"), examples) == pytest.approx(fp32)
-    with pytest.raises(ValueError, match="has no int8 copy"):
-        OrtBundle.load(bundle, variant="int8")
+    fp32 = evaluate(open_model(bundle), examples)
+    assert evaluate(open_model(bundle, graphs="optimized"), examples) == pytest.approx(fp32)
+    with pytest.raises(BundleError, match="has no int8 copy"):
+        open_model(bundle, graphs="int8")
 
 
-def test_beam_search_returns_distinct_completions_best_first(tmp_path: Path) -> None:
+def test_served_suggestions_come_best_first(tmp_path: Path) -> None:
     bundle = export_checkpoint(untrained_checkpoint("autocomplete"), out=tmp_path, name="ac")
-    model = OrtBundle.load(bundle)
-    prefix = model.tokenizer.encode("wea").ids
-    completions = complete(model, prefix, k=5, max_new=6)
-    assert 1 <= len(completions) <= 5
-    assert len({tuple(c) for c in completions}) == len(completions)
+    (found,) = ranking.suggestions(Offline(open_model(bundle)), ["wea"], k=5)
+    assert 1 <= len(found) <= 5
+    logprobs = [logprob for _, logprob in found]
+    assert logprobs == sorted(logprobs, reverse=True)
 
 
-def test_beam_translation_through_onnx_is_the_trainers_beam_search(tmp_path: Path) -> None:
-    """`recur-eval --beam-size` searches the graphs as the trainer's `valid_bleu_beam` searches
-    the PyTorch model: the same hypotheses, token for token (a half-trained model, so the
-    beams disagree with greedy decoding and with each other)."""
-    from trainer.decoding import beam_translate as torch_beam
-    from trainer.evaluate import beam_translate as ort_beam
-
-    checkpoint, raw = memorized("translation", 6, 20)
-    bundle = OrtBundle.load(export_checkpoint(checkpoint, out=tmp_path, name="t"))
-    model = rebuild_model(checkpoint).eval()
-    sources = [bundle.tokenizer.encode(s).ids for s, _ in raw]
-    for src in sources:
-        expected = torch_beam(model, src, beam=4, max_len=2 * len(src) + 10)
-        assert ort_beam(bundle, src, beam=4, max_len=2 * len(src) + 10) == expected
-    metrics = evaluate(bundle, raw, beam_size=4)
-    assert 0.0 <= metrics["bleu_beam"] <= 100.0 and "bleu_beam" not in evaluate(bundle, raw)
+def test_beam_translation_is_reported_when_asked(tmp_path: Path) -> None:
+    """`recur-eval --beam-size`: the served beam search of memorized sentences is perfect."""
+    checkpoint, raw = memorized("translation", 6, 80)
+    model = open_model(export_checkpoint(checkpoint, out=tmp_path, name="t"))
+    metrics = evaluate(model, raw, beam_size=4, length_penalty=0.6)
+    assert metrics["bleu_beam"] == pytest.approx(100.0)
+    assert "bleu_beam" not in evaluate(model, raw)

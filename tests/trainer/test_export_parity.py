@@ -17,14 +17,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from services.offline import Offline, open_model
+from services.requests import TranslateParams
 from tests.conftest import untrained_checkpoint
 from trainer.data.builtin import BUILTIN
 from trainer.data.tokenizer import BOS_ID, EOS_ID
-from trainer.evaluate import greedy_translate
 from trainer.export import export_checkpoint, rebuild_model
 from trainer.models.recurrent import CELLS, state_names
 from trainer.models.seq2seq import greedy_decode, source_mask
-from trainer.ort_bundle import OrtBundle
 
 SHAPES = ((1, 2), (1, 7), (5, 3), (5, 11))  # (batch, length): batch 1 and >= 4, lengths >= 2
 TOLERANCE = 1e-4
@@ -95,23 +95,26 @@ def test_bidirectional_encoder_and_decoder_step_match_pytorch(tmp_path: Path, ce
             assert_close(session, feeds, [logits[:, 0], *state_out, attention[:, 0]])
 
 
-def validation_sources(tokenizer: Any, count: int) -> list[list[int]]:
-    pairs = BUILTIN["translation"](seed=0).valid[:count]
-    return [tokenizer.encode(src).ids for src, _ in pairs]
+def validation_sources(count: int) -> list[str]:
+    return [src for src, _ in BUILTIN["translation"](seed=0).valid[:count]]
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_greedy_translation_through_onnx_equals_pytorch(tmp_path: Path, cell: str) -> None:
-    """Validation sentences, one padded batch: ORT's greedy tokens are PyTorch's exactly."""
+    """Validation sentences: the serving engine's greedy tokens are PyTorch's exactly (PyTorch
+    decodes them as one padded batch)."""
     model, bundle = exported("translation", cell, tmp_path)
-    runner = OrtBundle.load(bundle)
-    sources = validation_sources(runner.tokenizer, 6)
+    runner = open_model(bundle)
+    texts = validation_sources(6)
+    sources = [runner.tokenizer.encode(text).ids for text in texts]
     src = torch.zeros(len(sources), max(map(len, sources)), dtype=torch.long)
     for i, ids in enumerate(sources):
         src[i, : len(ids)] = torch.tensor(ids)
     src_len = torch.tensor([len(ids) for ids in sources])
     expected = greedy_decode(model, src, src_len, bos_id=BOS_ID, eos_id=EOS_ID, max_len=15)
-    assert greedy_translate(runner, sources, max_len=15) == expected
+    params = TranslateParams(max_tokens=15, beam_size=1, length_penalty=0.0)
+    served = Offline(runner).translate(texts, params)
+    assert [[e.id for e in o.events] for o in served] == expected
     assert any(expected), "an all-empty decoding would prove nothing"
 
 
@@ -119,7 +122,7 @@ def test_greedy_translation_through_onnx_equals_pytorch(tmp_path: Path, cell: st
 def test_greedy_completion_through_onnx_equals_pytorch(tmp_path: Path, cell: str) -> None:
     """Validation query prefixes: a prefill then one-token steps, the way the service decodes."""
     model, bundle = exported("autocomplete", cell, tmp_path)
-    runner = OrtBundle.load(bundle)
+    runner = open_model(bundle)
     for query in BUILTIN["autocomplete"](seed=0).valid[:3]:
         prefix = [BOS_ID, *runner.tokenizer.encode(query[: len(query) // 2]).ids]
         ours, theirs = [], []

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from services.engine import RunningPool
+from services.offline import Offline, open_model
 from tests.conftest import untrained_checkpoint
 from trainer import metrics
 from trainer.config import TrainConfig
-from trainer.evaluate import PREFIX_SHARES, evaluate, running_pool
+from trainer.evaluate import PREFIX_SHARES, evaluate
 from trainer.export import export_checkpoint
 from trainer.models import Classifier, ClassifierConfig
-from trainer.ort_bundle import OrtBundle
 from trainer.tasks import get_task
 from trainer.tasks.sentiment import prefix_weighted
 
@@ -36,7 +37,11 @@ MAX = [[[1.0, 4.0], [3.0, 4.0], [9.0, 9.0]], [[0.0, 1.0], [2.0, 2.0], [4.0, 2.0]
 def test_running_pool_by_hand(pooling: str, expected: list[list[list[float]]], reason: str) -> None:
     model = Classifier(ClassifierConfig(vocab_size=8, pooling=pooling))
     assert model.running(LOGITS).tolist() == pytest.approx(np.array(expected)), reason
-    assert running_pool(LOGITS.numpy(), pooling) == pytest.approx(np.array(expected)), reason
+    served = []  # the service's pooling, one token at a time (services.engine.RunningPool)
+    for row in LOGITS.numpy():
+        pool = RunningPool(pooling)
+        served.append([pool.add(logits).tolist() for logits in row])
+    assert np.array(served) == pytest.approx(np.array(expected)), reason
     lengths = torch.tensor([2, 3])
     final = model.running(LOGITS)[torch.arange(2), lengths - 1]
     assert final.tolist() == model.pool(LOGITS, lengths).tolist(), "the last real prefix's pool"
@@ -100,9 +105,10 @@ def test_calibration_error(confidences: list[float], correct: list[bool], expect
 
 def test_metrics_by_prefix_share_through_onnx(tmp_path: Path) -> None:
     """The running label after 100% of the tokens is the final label; each share's accuracy is
-    the share of texts whose running label after ceil(P% of L) tokens is right."""
+    the share of texts whose running label after ceil(P% of L) tokens is right (here: the
+    classifier graph run directly on those tokens, pooled as the manifest says)."""
     checkpoint = untrained_checkpoint("sentiment", "gru")
-    model = OrtBundle.load(export_checkpoint(checkpoint, out=tmp_path, name="sentiment"))
+    model = open_model(export_checkpoint(checkpoint, out=tmp_path, name="sentiment"))
     examples = [("a good film", 1), ("a bad film", 0), ("good", 1), ("not a good film at all", 0)]
     got = evaluate(model, examples)
     assert got["accuracy_at_100"] == got["accuracy"]
@@ -114,7 +120,8 @@ def test_metrics_by_prefix_share_through_onnx(tmp_path: Path) -> None:
             read = max(int(np.ceil(len(ids) * share / 100)), 1)
             out = model.run("classifier_step", {"tokens": np.array([ids[:read]]),
                                                 **model.zero_state(1)})  # fmt: skip
-            pooled = running_pool(out["logits"], model.manifest.pooling)[0, -1]
+            pool = RunningPool(model.bundle.manifest.pooling)
+            pooled = [pool.add(logits) for logits in out["logits"][0]][-1]
             right += int(pooled.argmax()) == label
         assert got[f"accuracy_at_{share}"] == pytest.approx(right / len(examples)), share
 
@@ -127,7 +134,6 @@ def test_the_demo_model_is_uncertain_after_not(tmp_path: Path) -> None:
     ends negative."""
     from tests.conftest import tiny_config
     from trainer.cli import run
-    from trainer.completions import log_softmax
     from trainer.data.builtin import sentiment_reviews
 
     opening = [label for text, label in sentiment_reviews(seed=0).train
@@ -135,10 +141,9 @@ def test_the_demo_model_is_uncertain_after_not(tmp_path: Path) -> None:
     expected = sum(opening) / len(opening)
     cfg = tiny_config("sentiment", tmp_path, prefix_loss="linear", embed_dim=64,
                       hidden_size=128, max_train_examples=0)  # fmt: skip
-    model = OrtBundle.load(run(cfg))  # type: ignore[arg-type]
-    ids = model.tokenizer.encode("not good").ids
-    out = model.run("classifier_step", {"tokens": np.array([ids]), **model.zero_state(1)})
-    probs = np.exp(log_softmax(running_pool(out["logits"], model.manifest.pooling)[0]))  # (T, C)
-    positive = list(model.manifest.labels).index("positive")
+    model = open_model(run(cfg))  # type: ignore[arg-type]
+    (streamed,) = Offline(model).analyze(["not good"])
+    probs = np.array([event.probabilities for event in streamed.events])  # (T, C)
+    positive = model.labels.index("positive")
     assert abs(probs[0, positive] - expected) <= 0.15, (probs[0], expected)
     assert probs[-1].argmax() != positive

@@ -10,11 +10,11 @@ import onnx
 import pytest
 
 from services.bundle import verify
+from services.offline import open_model
 from tests.conftest import untrained_checkpoint
 from trainer.evaluate import evaluate
 from trainer.export import ExportError, export_checkpoint
 from trainer.export_cli import main
-from trainer.ort_bundle import OrtBundle
 
 ANY_DROP = 1e9  # a tolerance no drop exceeds: accept whatever the untrained model does
 
@@ -55,7 +55,7 @@ def test_a_quantized_bundle_loads_and_runs(
         (report.fp32_value - report.int8_value) * (1 if report.higher_is_better else -1)
     )
     assert report.examples > 0 and report.max_quality_drop == ANY_DROP
-    int8 = evaluate(OrtBundle.load(bundle, variant="int8"), checkpoint_examples_of(task)[:8])
+    int8 = evaluate(open_model(bundle, graphs="int8"), checkpoint_examples_of(task)[:8])
     assert int8["examples"] == 8
 
 

@@ -1,6 +1,6 @@
 """Autocomplete's generate-then-rank on the trainer side: the popular-query index in the bundle,
 the model's scores of index completions, the fit of the ranking weights and the QAC report
-(trainer/ranking.py, trainer/completions.py)."""
+(trainer/ranking.py), with the model's suggestions and scores from the serving engine."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 
 from services.bundle import verify
+from services.decoding import SamplingParams
+from services.offline import Offline, open_model
 from services.popular import PopularIndex, RankingWeights
+from services.requests import CompleteParams
 from tests.conftest import untrained_checkpoint
 from trainer import ranking
-from trainer.completions import complete_scored, score_completions
 from trainer.config import TrainConfig
 from trainer.evaluate import evaluate
 from trainer.export import export_checkpoint
-from trainer.ort_bundle import OrtBundle
 from trainer.tasks import get_task
 
 
@@ -34,7 +35,7 @@ def test_the_index_is_a_verified_file_of_the_bundle(bundle: Path) -> None:
     assert popular.file == "popular.npz" and popular.file in manifest.sha256
     index = PopularIndex.load(bundle / popular.file, sha256=manifest.sha256[popular.file])
     train, _, _ = get_task("autocomplete").load_raw(TrainConfig(task="autocomplete"))
-    model = OrtBundle.load(bundle)
+    model = open_model(bundle)
     counts = ranking.query_counts(train, model.tokenizer)
     assert len(index) == popular.queries == popular.log_queries == len(counts)
     assert popular.total_count == sum(counts.values()) == index.total_count
@@ -53,13 +54,20 @@ def test_no_index_when_asked_for_none(tmp_path: Path) -> None:
     assert not manifest.HasField("popular") and "popular.npz" not in manifest.sha256
 
 
-def test_index_completions_are_scored_as_the_beam_scores_them(bundle: Path) -> None:
-    model = OrtBundle.load(bundle)
-    prefix = model.tokenizer.encode("flights fr").ids
-    found = complete_scored(model, prefix, k=5)
-    scores = score_completions(model, prefix, [ids for _, ids in found])
-    assert scores == pytest.approx([score for score, _ in found], abs=1e-4)
-    assert score_completions(model, prefix, []) == []
+def test_index_completions_are_scored_as_the_model_decodes_them(bundle: Path) -> None:
+    """Teacher forcing through the served prompt reading gives a streamed completion the
+    log-probability the served decoding gave its tokens (so index and beam candidates rank
+    alike)."""
+    engine = Offline(open_model(bundle))
+    model = engine.model
+    params = CompleteParams(max_tokens=6, sampling=SamplingParams(temperature=0.0))
+    (streamed,) = engine.complete(["flights fr"], params)
+    tokens = [event.id for event in streamed.events]
+    prefix = [model.bos_id, *model.tokenizer.encode("flights fr").ids]
+    (score,) = engine.logprobs([[*prefix, *tokens]], start=[len(prefix)])
+    assert len(tokens) == 6
+    assert score == pytest.approx(sum(e.logprob for e in streamed.events), abs=1e-4)
+    assert engine.logprobs([], start=[]) == []
 
 
 def _case(prefix: str, target: str, index: PopularIndex, beam: list[tuple[str, float]],
@@ -111,7 +119,7 @@ def test_report_by_system_and_class() -> None:
 
 
 def test_recur_eval_reports_the_ranked_system(bundle: Path) -> None:
-    model = OrtBundle.load(bundle)
+    model = open_model(bundle)
     queries = ["flights from boston to rome", "cheap hotels in paris", "x"]
     got = evaluate(model, queries)
     assert got["qac_queries"] == 3
@@ -119,6 +127,6 @@ def test_recur_eval_reports_the_ranked_system(bundle: Path) -> None:
         for cls in ("all", "seen", "unseen", "len_1_3", "len_4_8", "len_9_plus"):
             assert 0.0 <= got[f"{system}_mrr_at_10_{cls}"] <= 1.0
     assert got["qac_len_1_3_share"] == pytest.approx(1 / 3)  # "x" is completed from "x"
-    cases = ranking.build_cases(model, PopularIndex.load(bundle / "popular.npz"), queries)
+    cases = ranking.build_cases(Offline(model), ranking.bundle_index(model), queries)
     assert [dataclasses.astuple(c)[:2] for c in cases][:2] == [
         ("flights from ", "boston to rome"), ("cheap hote", "ls in paris")]  # fmt: skip
