@@ -11,6 +11,7 @@ import torch
 
 from services.errors import BundleError
 from services.offline import Offline, open_model
+from services.requests import TranslateParams
 from tests.conftest import untrained_checkpoint
 from trainer import ranking
 from trainer.config import TrainConfig
@@ -113,3 +114,36 @@ def test_beam_translation_is_reported_when_asked(tmp_path: Path) -> None:
     metrics = evaluate(model, raw, beam_size=4, length_penalty=0.6)
     assert metrics["bleu_beam"] == pytest.approx(100.0)
     assert "bleu_beam" not in evaluate(model, raw)
+
+
+def test_validation_beam_search_is_the_served_one(tmp_path: Path) -> None:
+    """The trainer's `valid_bleu_beam` search on the PyTorch model finds what the service's beam
+    search finds on the exported bundle, token for token (a half-trained model, so the beams
+    disagree with greedy decoding and with each other)."""
+    from trainer.decoding import beam_translate
+
+    checkpoint, raw = memorized("translation", 6, 20)
+    model = open_model(export_checkpoint(checkpoint, out=tmp_path, name="t"))
+    torch_model = rebuild_model(checkpoint).eval()
+    params = TranslateParams(max_tokens=0, max_length_ratio=2.0, beam_size=4, length_penalty=0.0)
+    served = Offline(model).translate([s for s, _ in raw], params)
+    for (source, _), outcome in zip(raw, served, strict=True):
+        src = model.tokenizer.encode(source).ids
+        expected = beam_translate(torch_model, src, beam=4, max_len=2 * len(src) + 10)
+        assert [e.id for e in outcome.events] == expected, source
+
+
+def test_validation_completions_are_the_served_suggestions(tmp_path: Path) -> None:
+    from trainer.decoding import complete
+
+    checkpoint, raw = memorized("autocomplete", 4, 20)
+    model = open_model(export_checkpoint(checkpoint, out=tmp_path, name="ac"))
+    torch_model = rebuild_model(checkpoint).eval()
+    prefixes = [query[: len(query) // 2] for query in raw]
+    served = ranking.suggestions(Offline(model), prefixes, k=5)
+    decode = model.tokenizer.decode
+    for prefix, found in zip(prefixes, served, strict=True):
+        ids = [model.bos_id, *model.tokenizer.encode(prefix).ids]
+        start = len(decode(ids))
+        ours = [decode([*ids, *c])[start:] for c in complete(torch_model, ids[1:], k=5)]
+        assert ours == [text for text, _ in found], prefix
