@@ -11,14 +11,15 @@ BENCH_ARGS ?=
 .PHONY: setup setup-dev demo test test-slow test-gpu bench lint format protos clean audit images
 
 # Idempotent: reruns only when the dependency files change. Exact versions come from constraints.txt.
-# `setup` is what the demo runs (train + serve + client + plots); `setup-dev` adds the test and
-# lint tools (among them kubernetes-validate, 17k schema files: kept out of the demo's set-up).
+# `setup` is what the demo runs (train + serve + client + plots, and Ray's dashboard: its State
+# API and job server); `setup-dev` adds the test and lint tools (among them kubernetes-validate,
+# 17k schema files: kept out of the demo's set-up).
 setup: $(RUNTIME_STAMP)
 setup-dev: $(DEV_STAMP)
 
 $(RUNTIME_STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[serve,train,client,plot]'
+	$(PIP) -e '.[serve,train,client,plot,cluster]'
 	@touch $@
 
 $(DEV_STAMP): $(RUNTIME_STAMP)
@@ -32,7 +33,6 @@ test: setup-dev
 	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 
 test-slow: setup-dev
-	$(PIP) -e '.[cluster]'
 	-scripts/images.sh --install-tools  # buildah, podman, debootstrap for the image tests (root)
 	$(PY) -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
 

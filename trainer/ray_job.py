@@ -128,7 +128,10 @@ def start_local_ray(*, num_cpus: int, runtime_env: dict[str, Any], attempts: int
     """
     for attempt in range(1, attempts + 1):
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
+            # The dashboard serves Ray's State API, which Ray Train's PlacementGroupCleaner asks
+            # every second whether the run's controller lives: without it, each ask logged a
+            # warning (86 lines in one `make demo`). None: started when ray[default] is there.
+            ray.init(num_cpus=num_cpus, include_dashboard=None, runtime_env=runtime_env)
             return
         except Exception as error:  # Ray raises a bare Exception for this one
             if "timed out during startup" not in str(error) or attempt == attempts:
@@ -159,7 +162,7 @@ def train_with_ray(
     of the best validation and of the last epoch.
 
     Under `ray job submit` the job connects to its cluster; locally Ray starts with as many CPUs
-    as workers (at least 2), without the dashboard.
+    as workers (at least 2), and with the dashboard when `ray[default]` is installed.
     """
     if not ray.is_initialized():
         # Train V2 routes print() through its logger, which echoed every progress line twice.
