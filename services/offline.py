@@ -24,11 +24,11 @@ import numpy as np
 
 from protos.recur.v1 import bundle_pb2
 from services.bundle import assembling, verify
-from services.decoding import log_softmax
+from services.decoding import BeamSearch, Hypothesis, log_softmax
 from services.engine import Engine
 from services.errors import BundleError
 from services.events import Event, Finished, RunningLabel, TokenEvent
-from services.model import LoadedModel, ModelRegistry
+from services.model import Arrays, LoadedModel, ModelRegistry
 from services.requests import CompleteParams, TranslateParams
 from services.runtime import EngineConfig
 
@@ -111,6 +111,43 @@ class Offline:
 
         beam = max((p.beam_size for p in each), default=1)
         return self._run([call(t, p) for t, p in zip(texts, each, strict=True)], rows=beam)
+
+    def beam_hypotheses(self, texts: Sequence[str], *, size: int) -> list[list[Hypothesis]]:
+        """Every hypothesis the served beam search of width `size` ends with, for each text
+        (translation, the service's length rule: 2 * source tokens + 10).
+
+        The search runs to its end, as it does under any length penalty above 0, whose choice
+        it leaves to the caller: re-ranking these by `score / length_penalty(...)` gives what
+        `Engine.translate` streams with that penalty, so a fit over many penalties searches
+        once per width. The steps are the engine's own (`Engine._beam`, with the request set up
+        as `Engine.translate` sets it up).
+        """
+
+        def job(text: str) -> Job[list[Hypothesis]]:
+            async def search(engine: Engine) -> list[Hypothesis]:
+                model, runtime = self.model, engine.runtime(self.model)
+                src = np.array([model.tokenizer.encode(text).ids], dtype=np.int64)  # (1, S)
+                limit = TranslateParams(max_tokens=0, max_length_ratio=2.0).limit(src.shape[1])
+                beam = BeamSearch(size, model.eos_id, limit, alpha=1.0)  # > 0: to the end
+                with runtime.lease(size) as slots:
+                    encoded = await runtime.step(
+                        "encoder", slots[:1], {"src": src, "src_len": np.array([src.shape[1]])}
+                    )
+
+                    def feeds(prev: np.ndarray) -> Arrays:
+                        rows = len(prev)
+                        return {"prev": prev,
+                                "memory": np.repeat(encoded["memory"], rows, axis=0),
+                                "src_mask": np.ones((rows, src.shape[1]), dtype=bool)}  # fmt: skip
+
+                    bos = np.array([[model.bos_id]], dtype=np.int64)
+                    first = await runtime.step("decoder_step", slots[:1], feeds(bos))
+                    await engine._beam(runtime, "decoder_step", beam, slots, first, feeds)
+                return beam.ended or beam.live
+
+            return search
+
+        return self._loop([job(t) for t in texts], rows=size)
 
     def analyze(self, texts: Sequence[str], *, read: Sequence[int] = ()) -> list[Outcome]:
         """`Engine.analyze` of every text; with `read`, a text's stream is closed once that many

@@ -1,11 +1,15 @@
 """Translation's decoding defaults, fit on the validation split: the beam width and the length
 penalty that the service uses when a request leaves them unset.
 
-Every candidate setting is measured by serving the validation sources with it through the
-serving engine in-process (`services.offline`): the BLEU of a setting is the BLEU of what the
-service would stream with it. Ranked by total log-probability (length penalty 0), beam search
-favours short outputs; GNMT's penalty divides a finished hypothesis's log-probability by
-((5 + |Y|) / 6)^alpha.
+Every candidate setting is measured on what the service would stream with it, through the
+serving engine in-process (`services.offline`). Ranked by total log-probability (length penalty
+0), beam search favours short outputs; GNMT's penalty divides a finished hypothesis's
+log-probability by ((5 + |Y|) / 6)^alpha. The live beams are chosen by total log-probability
+whatever alpha is, and with alpha > 0 the search runs until every beam has ended, so one search
+per source and width yields every hypothesis that any alpha ranks: the grid of alphas is a
+re-ranking of `Offline.beam_hypotheses`, not a search each. (With alpha 0 the search may stop
+earlier, but never before it has found the hypothesis of the best total log-probability, which
+is what alpha 0 picks from the full set too.)
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import sacrebleu
 
 from protos.recur.v1 import bundle_pb2
+from services.decoding import Hypothesis, length_penalty
 from services.model import LoadedModel
 from services.offline import Offline, Outcome, open_model
 from services.requests import TranslateParams
@@ -37,6 +42,16 @@ def served(engine: Offline, sources: list[str], *, beam: int, alpha: float) -> l
 
 def texts(outcomes: list[Outcome]) -> list[str]:
     return [o.final.text if o.final else "" for o in outcomes]
+
+
+def pick(found: list[Hypothesis], alpha: float) -> list[int]:
+    """The hypothesis the service streams with length penalty `alpha` (`BeamSearch.ranked`'s
+    first: the best score, the first found among equals)."""
+
+    def score(h: Hypothesis) -> float:
+        return h.logprob / length_penalty(len(h.tokens) + int(h.finished), alpha)
+
+    return list(max(found, key=score).tokens)
 
 
 @dataclass(frozen=True)
@@ -68,10 +83,15 @@ def fit(engine: Offline, pairs: list[tuple[str, str]], *,
     and BLEU and length ratio with them and with alpha 0 at the same width. Width 1 is greedy
     (the service's rule for beam_size 0 and 1)."""
     sources, refs = _rows(engine.model, pairs)
+    decode = engine.model.tokenizer.decode
     found: dict[tuple[int, float], Scored] = {}
     for beam in beams:
-        for alpha in alphas if beam > 1 else (0.0,):  # width 1 is served as greedy: no penalty
-            found[beam, alpha] = score(served(engine, sources, beam=beam, alpha=alpha), refs)
+        if beam <= 1:  # served as greedy: no penalty
+            found[beam, 0.0] = score(served(engine, sources, beam=1, alpha=0.0), refs)
+            continue
+        hypotheses = engine.beam_hypotheses(sources, size=beam)
+        for alpha in alphas:
+            found[beam, alpha] = score([decode(pick(h, alpha)) for h in hypotheses], refs)
     best: tuple[float, int, float] = (-1.0, beams[0], 0.0)
     for (beam, alpha), scored in found.items():  # in order of the grid: ties keep the first
         if scored.bleu > best[0]:

@@ -1,5 +1,6 @@
-"""Translation's decoding defaults: every width and length penalty measured by serving the
-validation sources with it, and the fit recorded in the manifest and reproduced by recur-eval."""
+"""Translation's decoding defaults: every width and length penalty measured on what the service
+streams with it (one served search per width, re-ranked per penalty), and the fit recorded in
+the manifest and reproduced by recur-eval."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from services.decoding import Hypothesis
 from services.offline import Offline, open_model
 from services.requests import TranslateParams
 from tests.conftest import untrained_checkpoint
@@ -64,6 +66,29 @@ def test_width_one_is_greedy_whatever_the_penalty(fitted: tuple[Path, list[Any]]
     greedy = TranslateParams(max_tokens=0, max_length_ratio=2.0, beam_size=1, length_penalty=0.0)
     expected = [o.final.text for o in engine.translate(sources, greedy) if o.final]
     assert beam_defaults.served(engine, sources, beam=1, alpha=1.5) == expected
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])
+def test_reranked_hypotheses_are_what_the_service_streams(
+    fitted: tuple[Path, list[Any]], alpha: float
+) -> None:
+    """One search to the end, re-ranked with `alpha`, picks what `Engine.translate` streams with
+    that length penalty (sources of different lengths, searched together)."""
+    path, _ = fitted
+    engine = Offline(open_model(path))
+    sources = ["a big house", "the cat", "hello there my friend"]
+    found = engine.beam_hypotheses(sources, size=3)
+    params = TranslateParams(max_tokens=0, max_length_ratio=2.0, beam_size=3, length_penalty=alpha)
+    for hyps, streamed in zip(found, engine.translate(sources, params), strict=True):
+        assert beam_defaults.pick(hyps, alpha) == [e.id for e in streamed.events]
+
+
+def test_pick_by_length_penalty() -> None:
+    short = Hypothesis((5,), (-2.0,), -2.0, 0.0, True)  # 2 tokens with [EOS]
+    long = Hypothesis((5, 6, 7, 8, 9), (-0.5,) * 5, -3.0, 0.0, True)  # 6 with [EOS]
+    assert beam_defaults.pick([short, long], 0.0) == [5], "total log-probability"
+    # ((5 + 2) / 6)^1 = 1.167: -1.71; ((5 + 6) / 6)^1 = 1.833: -1.64
+    assert beam_defaults.pick([short, long], 1.0) == [5, 6, 7, 8, 9], "normalized by length"
 
 
 def test_no_fit_unless_asked(tmp_path: Path) -> None:
