@@ -109,10 +109,18 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     translate.add_argument("text")
     translate.add_argument("--attention", action="store_true", help="show what each token attended")
     translate.add_argument(
-        "--beam-size", type=_count, default=0, metavar="K", help="beam search with K hypotheses"
+        "--beam-size",
+        type=_count,
+        default=None,
+        metavar="K",
+        help="beam search with K hypotheses (1: greedy; default: the model's fitted width)",
     )
     translate.add_argument(
-        "--length-penalty", type=float, default=0.0, metavar="A", help="beam length penalty alpha"
+        "--length-penalty",
+        type=float,
+        default=None,
+        metavar="A",
+        help="beam length penalty alpha in [0, 2] (default: the model's fitted value)",
     )
     translate.set_defaults(run=_translate)
     sentiment = add("sentiment", parents=[common], help="running sentiment of a text")
@@ -132,7 +140,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--stop", action="append", default=[], metavar="TEXT", help="end at this text (repeatable)"
     )
     complete.add_argument(
-        "--suggestions", type=_count, default=0, metavar="N", help="N alternatives by beam search"
+        "--suggestions", type=_count, default=0, metavar="N", help="N suggestions, best first"
     )
     complete.set_defaults(run=_complete)
     session = add(
@@ -142,6 +150,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         description=SESSION_HELP,
     )
     session.set_defaults(run=_session)
+    for command in (complete, session):
+        command.add_argument(
+            "--model-only",
+            action="store_true",
+            help="the language model alone, without the popular-query index (for comparison)",
+        )
     add("models", parents=[common], help="list the loaded models").set_defaults(run=_models)
     health = add("health", parents=[common], help="health of the server or of one service")
     health.add_argument("service", nargs="?", default="", help="e.g. recur.v1.TranslationService")
@@ -195,6 +209,7 @@ async def _complete(client: RecurClient, args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=args.stop,
         num_suggestions=args.suggestions,
+        model_only=args.model_only,
     )
     if args.json:
         await _print_all_json(events)
@@ -206,10 +221,17 @@ async def _complete(client: RecurClient, args: argparse.Namespace) -> int:
 async def _session(client: RecurClient, args: argparse.Namespace) -> int:
     if sys.stdin.isatty() and sys.stdout.isatty() and not args.json:
         # A person typing: the session lasts until Ctrl-C/Ctrl-D, not until --timeout.
-        live = client.session(model=args.model, max_tokens=args.max_tokens, open_ended=True)
+        live = client.session(
+            model=args.model,
+            max_tokens=args.max_tokens,
+            open_ended=True,
+            model_only=args.model_only,
+        )
         await terminal.run(live, fd=sys.stdin.fileno(), style=_style())
         return 0
-    session = client.session(model=args.model, max_tokens=args.max_tokens)
+    session = client.session(
+        model=args.model, max_tokens=args.max_tokens, model_only=args.model_only
+    )
     texts: list[str] = []
     async for text in _stdin_lines():
         texts.append(text)

@@ -127,7 +127,8 @@ async def completion(
             _emit("\n" + style.dim(summary(event.final.summary)) + "\n")
             for rank, suggestion in enumerate(event.final.suggestions, 1):
                 line = f"  {rank}. {style.dim(prefix)}{suggestion.text}"
-                _emit(line + style.dim(f"  (log p {suggestion.logprob:.2f})") + "\n")
+                seen = f", {suggestion.count} past queries" if suggestion.count else ""
+                _emit(line + style.dim(f"  (log p {suggestion.logprob:.2f}{seen})") + "\n")
 
 
 def session_answer(revision: int, text: str, final: inference_pb2.CompleteFinal) -> str:

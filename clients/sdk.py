@@ -76,11 +76,13 @@ class Session:
         model: str,
         max_tokens: int,
         num_suggestions: int = 0,
+        model_only: bool = False,
     ) -> None:
         self._call = call
         self._model = model
         self._max_tokens = max_tokens
         self._num_suggestions = num_suggestions
+        self._model_only = model_only
         self._status: RecurError | None = None  # the server's status, once the call ends
         self._pending: list[inference_pb2.SessionResponse] = []  # the rest of a packed message
         call.add_done_callback(self._ended)
@@ -136,6 +138,7 @@ class Session:
         request.model = self._model
         request.max_tokens = self._max_tokens
         request.num_suggestions = self._num_suggestions
+        request.model_only = self._model_only
         try:
             with self._errors():
                 await self._call.write(request)
@@ -239,8 +242,8 @@ class RecurClient:
         model: str = "",
         max_tokens: int = 0,
         include_attention: bool = False,
-        beam_size: int = 0,
-        length_penalty: float = 0.0,
+        beam_size: int | None = None,
+        length_penalty: float | None = None,
     ) -> AsyncIterator[TranslateEvent]:
         """Translates `text`, yielding each target token as it is decoded, then the final event.
 
@@ -250,8 +253,10 @@ class RecurClient:
             max_tokens: The most target tokens; 0 selects the server default.
             include_attention: Ask for each token's attention over the source tokens.
             beam_size: Beam search with this many hypotheses (0 or 1: greedy, streamed as decoded;
-                more: the best hypothesis, streamed once the search ends).
-            length_penalty: GNMT length normalization alpha for beam search.
+                more: the best hypothesis, streamed once the search ends). None leaves it unset:
+                the model's fitted default (greedy with `include_attention`).
+            length_penalty: GNMT length normalization alpha for beam search, in [0, 2]. None
+                leaves it unset: the model's fitted default.
 
         Raises:
             RecurError: The call failed (unknown model, bad input, unreachable server, deadline).
@@ -289,6 +294,7 @@ class RecurClient:
         seed: int | None = None,
         stop: Sequence[str] = (),
         num_suggestions: int = 0,
+        model_only: bool = False,
     ) -> AsyncIterator[CompleteEvent]:
         """Completes the prefix `text`, yielding each completion token, then the final event.
 
@@ -301,7 +307,9 @@ class RecurClient:
             top_p: Nucleus sampling threshold (0: off).
             seed: Makes sampling reproducible.
             stop: End the completion once it ends with one of these strings.
-            num_suggestions: Alternative completions by beam search in the final event.
+            num_suggestions: Suggestions in the final event, best first: with a model that has
+                a popular-query index, its completions and the model's ranked together.
+            model_only: Answer from the language model alone (no index), for comparison.
 
         Raises:
             RecurError: The call failed.
@@ -316,6 +324,7 @@ class RecurClient:
             seed=seed,
             stop=list(stop),
             num_suggestions=num_suggestions,
+            model_only=model_only,
         )
         stub = inference_pb2_grpc.AutocompleteServiceStub(self._open_channel())
         return self._stream(stub.Complete, request)
@@ -327,8 +336,10 @@ class RecurClient:
         max_tokens: int = 0,
         open_ended: bool = False,
         num_suggestions: int = 0,
+        model_only: bool = False,
     ) -> Session:
-        """Opens an autocomplete session; see `Session`.
+        """Opens an autocomplete session; see `Session`. `num_suggestions` and `model_only` are
+        as in `complete`, for every revision.
 
         Its deadline is the client's `timeout`, unless `open_ended` keeps it open until it is
         closed (a person typing: no deadline fits).
@@ -336,7 +347,13 @@ class RecurClient:
         stub = inference_pb2_grpc.AutocompleteServiceStub(self._open_channel())
         timeout = None if open_ended else self.timeout
         call = stub.Session(timeout=timeout, metadata=self._metadata)
-        return Session(call, model=model, max_tokens=max_tokens, num_suggestions=num_suggestions)
+        return Session(
+            call,
+            model=model,
+            max_tokens=max_tokens,
+            num_suggestions=num_suggestions,
+            model_only=model_only,
+        )
 
     async def list_models(self) -> inference_pb2.ListModelsResponse:
         """Returns the models the server has loaded.

@@ -4,12 +4,15 @@ Steps (each printed as the command a user would type):
   1. recur-train --task {translation,sentiment,autocomplete} --data builtin --workers 2 --out models
      (run in this one process so the three runs share one local Ray instance)
   2. recur-serve --models models            (a real server on free ports)
-  3. recur translate / sentiment / complete  (the CLI, streaming token by token)
+  3. recur translate / sentiment / complete  (the CLI, streaming token by token; a translation
+     decoded with the bundle's fitted beam search arrives once the search ends)
   4. a scrape of the Prometheus endpoint, then SIGTERM and a clean drain.
 
 The demo checks its answers: a held-out sentence (not in the training split) must be translated
-exactly as the grammar says, "not good" must come out negative, and the completion of a prefix
-must be a query of the log. It exits non-zero when any of them is wrong.
+exactly as the grammar says (with the decoding recur-train fit, which a request that sets no
+beam gets), "not good" must come out negative, and the completion of a prefix, the best of the
+log's popular queries and the model's beam ranked together, must be a query of the log. It exits
+non-zero when any of them is wrong.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ RUNS = [
 ]
 SENTIMENT_PROBE = "not good"
 COMPLETION_PREFIX = "weather in"
+SUGGESTIONS = "5"  # ranked suggestions shown under the completion
 
 
 def banner(text: str) -> None:
@@ -107,7 +111,7 @@ def stream_from_each(target: str) -> list[str]:
     """Stream one request per task; return the failed checks."""
     failures = []
     source, reference = held_out_sentence()
-    banner(f"translation of a held-out sentence (reference: {reference!r})")
+    banner(f"translation of a held-out sentence (reference: {reference!r}), fitted decoding")
     translation = recur("translate", source, target=target).splitlines()[0].strip()
     if translation != reference:
         failures.append(f"translate {source!r}: got {translation!r}, expected {reference!r}")
@@ -115,10 +119,11 @@ def stream_from_each(target: str) -> list[str]:
     printed = recur("sentiment", SENTIMENT_PROBE, target=target)
     if "label: negative" not in printed:
         failures.append(f"sentiment {SENTIMENT_PROBE!r} is not negative")
-    banner("autocomplete")
+    banner("autocomplete: popular queries and the model's beam, ranked")
     from trainer.data.builtin.queries import distinct_queries
 
-    completed = recur("complete", COMPLETION_PREFIX, target=target).splitlines()[0].strip()
+    printed = recur("complete", COMPLETION_PREFIX, "--suggestions", SUGGESTIONS, target=target)
+    completed = printed.splitlines()[0].strip()
     if completed not in set(distinct_queries()):
         failures.append(f"completion {completed!r} is not a query of the log")
     recur("models", target=target)

@@ -18,6 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from services import suggestions
 from services.collector import Collector, collect
 from services.decoder import Generation
 from services.decoding import BeamSearch, Hypothesis, Sampler, greedy, log_softmax
@@ -125,7 +126,8 @@ class Engine:
         arrived: float,
         interval: int = 1,
     ) -> AsyncIterator[list[Event]]:
-        """Completion of a prefix: greedy or sampled tokens, then suggestions by beam search."""
+        """Completion of a prefix: its tokens, then a final event with its suggestions (`answer`:
+        ranked with the model's popular-query index where it has one)."""
         stream = functools.partial(self._complete, model, text, params, arrived)
         return collect(stream, interval=interval, counts=_token)
 
@@ -218,16 +220,18 @@ class Engine:
         slots: np.ndarray,
         first: Arrays,
         feeds: Callable[[np.ndarray], Arrays],
+        is_stale: Callable[[], bool] = lambda: False,
     ) -> list[Hypothesis]:
         """Run `beam` from its root, whose state is in `slots[0]` and logits in `first`.
 
         Beam `i` lives in `slots[i]`; after each step the survivors take their parents' state.
+        A stale search (its answer no longer wanted) stops with what it has.
         """
         out = first
         while True:
             logits = out["logits"].reshape(len(beam.live), -1)  # (live, V)
             parents = beam.advance(log_softmax(logits))
-            if beam.done:
+            if beam.done or is_stale():
                 return beam.ranked()
             live = len(beam.live)
             runtime.pool.copy(slots[np.array(parents)], slots[:live])
@@ -279,14 +283,86 @@ class Engine:
         with runtime.lease() as slots:
             clock.start()
             logits = (await runtime.prefill("lm_step", slots, prefix))[-1][-1]
-            state = runtime.pool.read(slots)  # after the prefix, for the suggestions
-            final = await self.generate(
-                runtime, slots, logits, prefix=prefix, params=params, clock=clock, emit=out.put
-            )
-            if params.suggestions:
+            final = await self.answer(
+                runtime, slots, logits, text=text, prefix=prefix, params=params, clock=clock,
+                emit=out.put,
+            )  # fmt: skip
+        out.put(final)
+
+    async def answer(
+        self,
+        runtime: Runtime,
+        slots: np.ndarray,
+        logits: np.ndarray,
+        *,
+        text: str,
+        prefix: list[int],
+        params: CompleteParams,
+        clock: Clock,
+        emit: Callable[[Event], None],
+        is_stale: Callable[[], bool] = lambda: False,
+    ) -> Finished:
+        """A completion of `text` (tokens `prefix`, the state after them in `slots[0]`, next
+        logits `logits: (V,)`): token events go to `emit`; returns the final event, with
+        `params.suggestions` suggestions (not emitted).
+
+        When suggestions are asked for and the model has a popular-query index (and not
+        `params.model_only`), they are ranked (`suggestions.py`) and a greedy request streams
+        the best one. Otherwise the model decodes the completion (`generate`) and its beam
+        search gives the suggestions: a request without suggestions costs no beam.
+        """
+        model = runtime.model
+        decode = functools.partial(
+            self.generate, runtime, slots, logits, prefix=prefix, params=params, clock=clock,
+            emit=emit, is_stale=is_stale,
+        )  # fmt: skip
+        if not params.suggestions:
+            return await decode()
+        state = runtime.pool.read(slots)  # after the prefix (generating moves the slot on)
+        if model.popular is None or params.model_only:
+            final = await decode()
+            if final.reason != FinishReason.SUPERSEDED:
                 found = await self.suggest(runtime, state, logits, prefix, params)
                 final = replace(final, suggestions=found)
-        out.put(final)
+            return final
+        ranked = await self.ranked(
+            runtime, state, logits, text=text, prefix=prefix, params=params, is_stale=is_stale
+        )
+        if params.sampling.greedy and ranked:
+            final = suggestions.replay(
+                model, ranked[0].candidate, prefix, params, clock, emit, is_stale
+            )
+        else:
+            final = await decode()
+        if final.reason == FinishReason.SUPERSEDED:
+            return final
+        return replace(final, suggestions=tuple(r.suggestion for r in ranked[: params.suggestions]))
+
+    async def ranked(
+        self,
+        runtime: Runtime,
+        state: Arrays,
+        logits: np.ndarray,
+        *,
+        text: str,
+        prefix: list[int],
+        params: CompleteParams,
+        is_stale: Callable[[], bool] = lambda: False,
+    ) -> list[suggestions.Ranked]:
+        """The top `params.suggestions` (at least 1) of the index's and the beam's completions
+        of `text`, ranked with the model's weights (`suggestions.py`)."""
+        model = runtime.model
+        assert model.popular is not None
+        n = max(params.suggestions, 1)
+        found = await self._lm_beam(
+            runtime, state, logits, max(n, model.candidates), params.max_tokens, is_stale
+        )
+        beam = suggestions.from_beam(model, prefix, found)
+        query = suggestions.normal_form(model.tokenizer, text)
+        indexed = model.popular.completions(query, k=model.candidates)
+        unscored = [c for c, _ in indexed if c not in beam]
+        scored = await suggestions.score(runtime, state, logits, unscored)
+        return suggestions.rank(model, query, beam, scored, n)
 
     async def generate(
         self,
@@ -334,21 +410,36 @@ class Engine:
         prefix: list[int],
         params: CompleteParams,
     ) -> tuple[Suggestion, ...]:
-        """The `params.suggestions` most probable completions of `prefix`, by beam search."""
+        """The `params.suggestions` most probable completions of `prefix`, by beam search (the
+        model alone: each one's score is its log-probability)."""
         model = runtime.model
-        beam = BeamSearch(params.suggestions, model.eos_id, params.max_tokens)
-        with runtime.lease(params.suggestions) as slots:
+        found = await self._lm_beam(runtime, state, logits, params.suggestions, params.max_tokens)
+        start = len(model.tokenizer.decode(prefix))
+        return tuple(
+            Suggestion(model.tokenizer.decode([*prefix, *h.tokens])[start:], h.logprob, h.logprob)
+            for h in found
+        )
+
+    async def _lm_beam(
+        self,
+        runtime: Runtime,
+        state: Arrays,
+        logits: np.ndarray,
+        width: int,
+        max_len: int,
+        is_stale: Callable[[], bool] = lambda: False,
+    ) -> list[Hypothesis]:
+        """Beam search of `width` over the language model from `state` (one slot) and the next
+        logits `logits: (V,)`."""
+        beam = BeamSearch(width, runtime.model.eos_id, max_len)
+        with runtime.lease(width) as slots:
             runtime.pool.write(slots[:1], state)
 
             def feeds(prev: np.ndarray) -> Arrays:
                 return {"tokens": prev}
 
-            found = await self._beam(runtime, "lm_step", beam, slots, {"logits": logits}, feeds)
-        start = len(model.tokenizer.decode(prefix))
-        return tuple(
-            Suggestion(model.tokenizer.decode([*prefix, *h.tokens])[start:], h.logprob)
-            for h in found
-        )
+            first = {"logits": logits}
+            return await self._beam(runtime, "lm_step", beam, slots, first, feeds, is_stale)
 
 
 def _token(event: Event) -> bool:

@@ -36,10 +36,12 @@ class RunningLabel:
 
 @dataclass(frozen=True)
 class Suggestion:
-    """One alternative completion found by beam search."""
+    """One suggested completion: from the model's beam search, or from the popular-query index."""
 
     text: str
     logprob: float  # total log-probability of its tokens (and of its end, when it ended)
+    score: float = 0.0  # the ranking score (`popular.rank`); the model alone: `logprob`
+    count: int = 0  # times the whole query is in the popular-query index (0: the model's only)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 from protos.recur.v1 import bundle_pb2
 from services.bundle import Bundle, discover, is_version, read_verified, verify
 from services.errors import BundleError, ModelNotFound
+from services.popular import PopularIndex, RankingWeights
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
@@ -59,6 +60,17 @@ class LoadedModel:
         except Exception as e:  # verified files that ONNX Runtime or the tokenizer cannot parse
             raise BundleError(f"{bundle.path}: verified but does not load: {e}") from None
         self.outputs = {g.role: [t.name for t in g.outputs] for g in manifest.graphs}
+        self.popular = _popular_index(bundle)
+        ranking = manifest.popular.ranking
+        self.ranking = RankingWeights(
+            ranking.model_weight,
+            ranking.popularity_weight,
+            ranking.unseen_log_popularity,
+            ranking.unscored_logprob,
+        )
+        # Candidates taken from the index and from the beam per prefix, as when the weights were
+        # fit (0 in bundles that predate the field: the fit's 10).
+        self.candidates = ranking.candidates or 10
 
     def zero_state(self, batch: int) -> Arrays:
         """The initial recurrent state for `batch` streams, keyed by graph input name."""
@@ -81,6 +93,20 @@ class LoadedModel:
         """Run one graph (blocking; the engine calls this in its executor)."""
         results = self.sessions[role].run(self.outputs[role], feeds)
         return dict(zip(self.outputs[role], results, strict=True))
+
+
+def _popular_index(bundle: Bundle) -> PopularIndex | None:
+    """The bundle's popular-query index, loaded once with the model (None: a model-only bundle).
+
+    The file must be one the manifest lists, so its sha256 was checked by `verify`;
+    `PopularIndex.load` checks it again as it reads, and checks the arrays.
+    """
+    name = bundle.manifest.popular.file
+    if not name:
+        return None
+    if name not in bundle.manifest.sha256:
+        raise BundleError(f"{bundle.path}: popular-query index {name!r} is not listed")
+    return PopularIndex.load(bundle.path / name, sha256=bundle.manifest.sha256[name])
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from protos.recur.v1 import bundle_pb2
 from services.decoding import SamplingParams
 
 
@@ -32,6 +33,17 @@ class TranslateParams:
         return min(derived, self.cap) if self.cap else derived
 
 
+def translation_defaults(
+    decoding: bundle_pb2.DecodingDefaults, *, max_beam_size: int
+) -> tuple[int, float]:
+    """The beam width and length penalty a translation uses when its request leaves them unset:
+    the ones recur-train fit on the validation split (`manifest.decoding`), the width clamped
+    to [1, max_beam_size] and the penalty to [0, 2] (the range a request may ask for).
+    A manifest without them (older bundles) gives greedy decoding and no penalty."""
+    beam = min(max(int(decoding.beam_size), 1), max_beam_size)
+    return beam, min(max(float(decoding.length_penalty), 0.0), 2.0)
+
+
 @dataclass(frozen=True)
 class CompleteParams:
     """Decoding of one completion.
@@ -40,10 +52,13 @@ class CompleteParams:
         max_tokens: Most tokens of the streamed completion.
         sampling: Greedy (the default) or sampling settings.
         stop: The completion ends after a token that makes it end with one of these strings.
-        suggestions: How many alternative completions (by beam search) the final event lists.
+        suggestions: How many suggestions the final event lists, best first and distinct.
+        model_only: Answer from the language model alone, ignoring the model's popular-query
+            index (its greedy or sampled completion, and its beam's suggestions).
     """
 
     max_tokens: int = 32
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()
     suggestions: int = 0
+    model_only: bool = False

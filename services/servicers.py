@@ -16,7 +16,7 @@ from services.events import Event, Finished, FinishReason, RunningLabel, TokenEv
 from services.interceptors import Context, current_call, expire
 from services.metrics import ServerMetrics
 from services.model import LoadedModel
-from services.requests import CompleteParams, TranslateParams
+from services.requests import CompleteParams, TranslateParams, translation_defaults
 from services.session import Edit, IdleTimer, SessionInput, run_session
 
 _REASONS = {
@@ -56,7 +56,10 @@ def complete_final(event: Finished) -> pb.CompleteFinal:
     return pb.CompleteFinal(
         completion=event.text,
         summary=summary(event),
-        suggestions=[pb.Suggestion(text=s.text, logprob=s.logprob) for s in event.suggestions],
+        suggestions=[
+            pb.Suggestion(text=s.text, logprob=s.logprob, score=s.score, count=s.count)
+            for s in event.suggestions
+        ],
     )
 
 
@@ -142,19 +145,27 @@ class Servicers(
     ) -> AsyncIterator[pb.TranslateResponse]:
         arrived = time.perf_counter()
         text = validation.text(request.text, self.limits)
+        max_tokens = validation.max_tokens(request.max_tokens, self.limits, default=0)
+        ratio = validation.in_range("max_length_ratio", request.max_length_ratio, 0.0, 10.0)
+        beam = validation.beam_size(request.beam_size, self.limits)
+        penalty = validation.in_range("length_penalty", request.length_penalty, 0, 2)
+        interval = self._interval(request.stream_interval)
+        model = self._model(request.model, "translation")
+        fitted_beam, fitted_penalty = translation_defaults(
+            model.bundle.manifest.decoding, max_beam_size=self.limits.max_beam_size
+        )
+        if not request.HasField("beam_size"):  # unset, not 0: the model's fitted width, but
+            beam = 1 if request.include_attention else fitted_beam  # attention streams greedily
+        if not request.HasField("length_penalty"):
+            penalty = fitted_penalty
         params = TranslateParams(
-            max_tokens=validation.max_tokens(request.max_tokens, self.limits, default=0),
-            max_length_ratio=validation.in_range(
-                "max_length_ratio", request.max_length_ratio, 0.0, 10.0
-            )
-            or 2.0,
-            beam_size=validation.beam_size(request.beam_size, self.limits),
-            length_penalty=validation.in_range("length_penalty", request.length_penalty, 0, 2),
+            max_tokens=max_tokens,
+            max_length_ratio=ratio or 2.0,
+            beam_size=beam,
+            length_penalty=penalty,
             include_attention=request.include_attention,
             cap=self.limits.max_tokens_limit,
         )
-        interval = self._interval(request.stream_interval)
-        model = self._model(request.model, "translation")
         batches = self.engine.translate(model, text, params, arrived=arrived, interval=interval)
         async with contextlib.aclosing(self._observe(batches)) as stream:
             async for batch in stream:
@@ -209,6 +220,7 @@ class Servicers(
             sampling=validation.sampling(request.temperature, request.top_k, request.top_p, seed),
             stop=validation.stop_strings(list(request.stop)),
             suggestions=validation.suggestions(request.num_suggestions, self.limits),
+            model_only=request.model_only,
         )
         interval = self._interval(request.stream_interval)
         model = self._model(request.model, "autocomplete")
@@ -233,6 +245,7 @@ class Servicers(
                 first.max_tokens, self.limits, default=self.default_max_tokens
             ),
             suggestions=validation.suggestions(first.num_suggestions, self.limits),
+            model_only=first.model_only,
         )
         interval = self._interval(first.stream_interval)
         model = self._model(first.model, "autocomplete")

@@ -4,9 +4,11 @@ The session keeps the language model's state after every token of the current te
 snapshots). When the text changes, it keeps the snapshots of the longest common token prefix,
 restores the last of them into its slot and steps only the new tokens, so typing one more
 character costs one model step however long the text is. A newer message abandons the
-suggestion being generated for older text (FINISH_REASON_SUPERSEDED). A session that neither
-side has moved for `ttl` seconds (no client message, no answer finished) is expired by an
-`IdleTimer`, whatever its handler is doing (see `interceptors.expire`).
+suggestion being generated for older text (FINISH_REASON_SUPERSEDED). Each answer is what
+`Complete` would give for the text (`Engine.answer`: suggestions asked for of a model with a
+popular-query index are ranked, from the stored state, and the best one streamed). A session
+that neither side has moved for `ttl` seconds (no client message, no answer finished) is expired
+by an `IdleTimer`, whatever its handler is doing (see `interceptors.expire`).
 At most `BACKLOG` messages wait to be answered: beyond them the server stops reading the
 client (HTTP/2 flow control then holds the writer back), so a client that writes and never
 reads cannot make the server buffer without bound.
@@ -178,10 +180,11 @@ async def _session(
                 def emit(event: Event, seen: int = revision) -> None:
                     out.put((seen, event))
 
-                final = await engine.generate(
+                final = await engine.answer(
                     runtime,
                     slots,
                     typed.logits[-1],
+                    text=text,
                     prefix=list(typed.ids),
                     params=params,
                     clock=clock,

@@ -11,6 +11,8 @@ The server runs on its own event loop in a background thread, so that the code u
 - Analyze streams one running result per word ("good" → positive 0.9, else positive 0.2).
 - Complete streams " upon", " a", " time", cut to `max_tokens`.
 - Session answers revision N with " <len(text)>", " chars".
+- Translate, Complete and Session append every request they read to `REQUESTS`, so a test can
+  see which fields a client set (and which it left unset).
 - ListModels lists two models and appends the call's `authorization` metadata to `AUTHORIZATIONS`;
   health says "" SERVING, the sentiment service NOT_SERVING.
 
@@ -41,6 +43,7 @@ from protos.recur.v1 import inference_pb2_grpc as pb_grpc
 GATE = threading.Event()
 ATTEMPTS: collections.Counter[str] = collections.Counter()
 AUTHORIZATIONS: list[str] = []
+REQUESTS: list[Any] = []
 SENTIMENT_SERVICE = "recur.v1.SentimentService"
 
 
@@ -63,6 +66,7 @@ def summary(
 
 class Translation(pb_grpc.TranslationServiceServicer):
     async def Translate(self, request: pb.TranslateRequest, context: Any) -> AsyncIterator[Any]:
+        REQUESTS.append(request)
         if request.model == "missing":
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown model 'missing'")
         if request.model == "slow":
@@ -120,6 +124,7 @@ class Sentiment(pb_grpc.SentimentServiceServicer):
 
 class Autocomplete(pb_grpc.AutocompleteServiceServicer):
     async def Complete(self, request: pb.CompleteRequest, context: Any) -> AsyncIterator[Any]:
+        REQUESTS.append(request)
         pieces = [" upon", " a", " time"]
         limit = request.max_tokens or len(pieces)
         for index, piece in enumerate(pieces[:limit]):
@@ -134,6 +139,7 @@ class Autocomplete(pb_grpc.AutocompleteServiceServicer):
     async def Session(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         text, revision = "", 0
         async for request in request_iterator:
+            REQUESTS.append(request)
             revision += 1
             if request.HasField("edit"):
                 edit = request.edit
@@ -306,3 +312,10 @@ def attempts() -> collections.Counter[str]:
 def authorizations() -> list[str]:
     """The `authorization` metadata of every ListModels call, in order ("" when absent)."""
     return AUTHORIZATIONS
+
+
+@pytest.fixture
+def requests() -> list[Any]:
+    """The requests the fakes read during the test, in order."""
+    REQUESTS.clear()
+    return REQUESTS

@@ -147,6 +147,50 @@ def test_session_json_streams_every_event(
     assert events[2]["final"]["completion"] == " 2 chars"
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected", "reason"),
+    [
+        (["translate", "x"], {"beam_size": None, "length_penalty": None},
+         "unset: the server uses the model's fitted defaults"),
+        (["translate", "x", "--beam-size", "0", "--length-penalty", "0"],
+         {"beam_size": 0, "length_penalty": 0.0}, "an explicit 0 is sent, not left unset"),
+        (["translate", "x", "--beam-size", "4"], {"beam_size": 4, "length_penalty": None},
+         "each field on its own"),
+        (["complete", "x"], {"model_only": False}, "ranked by default"),
+        (["complete", "x", "--model-only", "--suggestions", "3"],
+         {"model_only": True, "num_suggestions": 3}, "the model alone"),
+    ],
+)  # fmt: skip
+def test_decoding_flags_are_sent_only_when_given(
+    capsys: pytest.CaptureFixture[str],
+    target: str,
+    requests: list[Any],
+    argv: list[str],
+    expected: dict[str, Any],
+    reason: str,
+) -> None:
+    assert recur(capsys, *argv, "--target", target).code == 0
+    (request,) = requests
+    for field, value in expected.items():
+        if value is None:
+            assert not request.HasField(field), reason
+        else:
+            assert getattr(request, field) == value, reason
+            if field in ("beam_size", "length_penalty"):
+                assert request.HasField(field), reason
+
+
+def test_session_model_only(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    target: str,
+    requests: list[Any],
+) -> None:
+    _stdin_from(monkeypatch, "he\nhello\n")
+    assert recur(capsys, "session", "--model-only", "--target", target).code == 0
+    assert [(r.text, r.model_only) for r in requests] == [("he", True), ("hello", True)]
+
+
 def test_models_table(capsys: pytest.CaptureFixture[str], target: str) -> None:
     result = recur(capsys, "models", "--target", target)
     assert result.out.splitlines() == [

@@ -64,7 +64,8 @@ def test_sentiment_and_completion_match_pytorch(cell_repo: Any) -> None:
     expected = torch.softmax(logits[0], 1).flatten().tolist()
     assert [p for e in running for p in e.probabilities] == pytest.approx(expected, abs=1e-4)
     lm = engine.registry.resolve("", "autocomplete")
-    stream = engine.complete(lm, "how to", CompleteParams(max_tokens=6), arrived=0.0)
+    params = CompleteParams(max_tokens=6, model_only=True)  # decoding, not the index's ranking
+    stream = engine.complete(lm, "how to", params, arrived=0.0)
     events = asyncio.run(collect(stream))
     prefix = [BOS_ID, *lm.tokenizer.encode("how to").ids]
     model, generated = models["autocomplete"], []

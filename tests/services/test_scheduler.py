@@ -38,16 +38,18 @@ def make_engine(registry: ModelRegistry, max_batch_size: int) -> tuple[Engine, l
 
 
 async def everything(engine: Engine) -> list[list[Any]]:
-    """Every kind of stream at once, as concurrent clients would send them."""
+    """Every kind of stream at once, as concurrent clients would send them. Completions decode
+    with the model alone (`model_only`): the index's ranking is tested in test_suggestions."""
     lm = engine.registry.resolve("", "autocomplete")
     mt = engine.registry.resolve("", "translation")
     clf = engine.registry.resolve("", "sentiment")
     streams = [
-        *(engine.complete(lm, p, CompleteParams(max_tokens=4 + i), arrived=0.0)
+        *(engine.complete(lm, p, CompleteParams(max_tokens=4 + i, model_only=True), arrived=0.0)
           for i, p in enumerate(PREFIXES)),
-        engine.complete(lm, "how", CompleteParams(max_tokens=5, suggestions=3), arrived=0.0),
+        engine.complete(lm, "how", CompleteParams(max_tokens=5, suggestions=3,
+                                                      model_only=True), arrived=0.0),
         engine.complete(lm, "how", CompleteParams(max_tokens=8, sampling=SamplingParams(
-            temperature=0.8, top_k=5, seed=42)), arrived=0.0),
+            temperature=0.8, top_k=5, seed=42), model_only=True), arrived=0.0),
         *(engine.translate(mt, s, TranslateParams(max_tokens=12), arrived=0.0) for s in SOURCES),
         engine.translate(mt, SOURCES[1], TranslateParams(beam_size=3), arrived=0.0),
         *(engine.analyze(clf, r, arrived=0.0) for r in REVIEWS),
@@ -149,7 +151,8 @@ def test_cancelled_streams_give_their_slots_back(registry: ModelRegistry) -> Non
                 pass
 
         tasks = [
-            asyncio.create_task(read(engine.complete(lm, p, CompleteParams(max_tokens=200),
+            asyncio.create_task(read(engine.complete(lm, p, CompleteParams(max_tokens=200,
+                                                                    model_only=True),
                                                      arrived=0.0)))
             for p in PREFIXES * 4
         ]  # fmt: skip

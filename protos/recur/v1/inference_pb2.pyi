@@ -225,9 +225,15 @@ class TranslateRequest(_message.Message):
     beam_size: _builtins.int
     """Beam width: 0 or 1 decodes greedily and streams each token as it is chosen; more keeps that
     many hypotheses and streams the best one once the search ends. At most the server's limit.
+    Unset (field presence: `optional`, so an explicit 0 is told apart from no value) selects the
+    model's fitted default (its manifest's `decoding.beam_size`, at most the server's limit), or
+    greedy when `include_attention` is set or the model records no default.
     """
     length_penalty: _builtins.float
-    """GNMT length normalization alpha for beam search, in [0, 2]; 0 ranks by total log-probability."""
+    """GNMT length normalization alpha for beam search, in [0, 2]; 0 ranks by total log-probability
+    (which favours short outputs). Unset (field presence, as for `beam_size`) selects the model's
+    fitted default (its manifest's `decoding.length_penalty`), or 0 when it records none.
+    """
     max_length_ratio: _builtins.float
     """With max_tokens = 0: at most max_length_ratio * source tokens + 10 target tokens; 0 selects 2."""
     stream_interval: _builtins.int
@@ -243,16 +249,23 @@ class TranslateRequest(_message.Message):
         model: _builtins.str = ...,
         max_tokens: _builtins.int = ...,
         include_attention: _builtins.bool = ...,
-        beam_size: _builtins.int = ...,
-        length_penalty: _builtins.float = ...,
+        beam_size: _builtins.int | None = ...,
+        length_penalty: _builtins.float | None = ...,
         max_length_ratio: _builtins.float = ...,
         stream_interval: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_beam_size", b"_beam_size", "_length_penalty", b"_length_penalty", "beam_size", b"beam_size", "length_penalty", b"length_penalty"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beam_size", b"beam_size", "include_attention", b"include_attention", "length_penalty", b"length_penalty", "max_length_ratio", b"max_length_ratio", "max_tokens", b"max_tokens", "model", b"model", "stream_interval", b"stream_interval", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beam_size", b"_beam_size", "_length_penalty", b"_length_penalty", "beam_size", b"beam_size", "include_attention", b"include_attention", "length_penalty", b"length_penalty", "max_length_ratio", b"max_length_ratio", "max_tokens", b"max_tokens", "model", b"model", "stream_interval", b"stream_interval", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__beam_size: _TypeAlias = _typing.Literal["beam_size"]  # noqa: Y015
+    _WhichOneofArgType__beam_size: _TypeAlias = _typing.Literal["_beam_size", b"_beam_size"]  # noqa: Y015
+    _WhichOneofReturnType__length_penalty: _TypeAlias = _typing.Literal["length_penalty"]  # noqa: Y015
+    _WhichOneofArgType__length_penalty: _TypeAlias = _typing.Literal["_length_penalty", b"_length_penalty"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__beam_size) -> _WhichOneofReturnType__beam_size | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__length_penalty) -> _WhichOneofReturnType__length_penalty | None: ...
 
 Global___TranslateRequest: _TypeAlias = TranslateRequest  # noqa: Y015
 
@@ -530,6 +543,7 @@ class CompleteRequest(_message.Message):
     STOP_FIELD_NUMBER: _builtins.int
     NUM_SUGGESTIONS_FIELD_NUMBER: _builtins.int
     STREAM_INTERVAL_FIELD_NUMBER: _builtins.int
+    MODEL_ONLY_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The prefix typed so far. Required, non-empty."""
     model: _builtins.str
@@ -549,12 +563,24 @@ class CompleteRequest(_message.Message):
     seed: _builtins.int
     """Seeds the sampler, so the same request samples the same tokens; unset draws a fresh seed."""
     num_suggestions: _builtins.int
-    """How many alternative completions, found by beam search, the final event lists (0 to 8)."""
+    """How many suggestions the final event lists (0 to the server's beam limit, 8 by default), best
+    first and distinct. With a model whose bundle holds a popular-query index (and `model_only`
+    unset) they are the index's completions of the prefix and the model's beam-search
+    completions, ranked by the bundle's fitted weights; otherwise the model's beam alone.
+    """
     stream_interval: _builtins.int
     """Tokens per response message after the first: at least this many (fewer only in the last
     messages); 0 selects the server's `--stream-interval`. Whatever the stream produced while
     its previous message was being written goes out together in the next one, so a message may
     carry more. The first token is always sent alone, at once.
+    """
+    model_only: _builtins.bool
+    """Answer from the language model alone, as a model without a popular-query index would (for
+    comparison): the streamed completion is decoded token by token and the suggestions come from
+    its beam search only. false (the default): where the model has an index and suggestions are
+    asked for, they are ranked (see `num_suggestions`) and, with greedy decoding (temperature 0),
+    the streamed completion is the best of them, sent token by token. Without suggestions the
+    model decodes the completion either way.
     """
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -573,10 +599,11 @@ class CompleteRequest(_message.Message):
         stop: _abc.Iterable[_builtins.str] | None = ...,
         num_suggestions: _builtins.int = ...,
         stream_interval: _builtins.int = ...,
+        model_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "max_tokens", b"max_tokens", "model", b"model", "num_suggestions", b"num_suggestions", "seed", b"seed", "stop", b"stop", "stream_interval", b"stream_interval", "temperature", b"temperature", "text", b"text", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "max_tokens", b"max_tokens", "model", b"model", "model_only", b"model_only", "num_suggestions", b"num_suggestions", "seed", b"seed", "stop", b"stop", "stream_interval", b"stream_interval", "temperature", b"temperature", "text", b"text", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -586,25 +613,37 @@ Global___CompleteRequest: _TypeAlias = CompleteRequest  # noqa: Y015
 
 @_typing.final
 class Suggestion(_message.Message):
-    """An alternative completion."""
+    """A suggested completion."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: _builtins.int
     LOGPROB_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The text that would follow the prefix."""
     logprob: _builtins.float
-    """Total natural-log probability of its tokens (and of its end, where it ended)."""
+    """The model's total natural-log probability of its tokens (and of its end, where it ended)."""
+    score: _builtins.float
+    """The ranking score: model_weight * logprob + popularity_weight * log-popularity (the bundle's
+    `RankingWeights`); with the model alone (no index, or `model_only`), `logprob`.
+    """
+    count: _builtins.int
+    """How often the whole query (prefix + text) occurs in the popular-query index; 0: it does not
+    (a completion of the model alone).
+    """
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         logprob: _builtins.float = ...,
+        score: _builtins.float = ...,
+        count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["logprob", b"logprob", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "logprob", b"logprob", "score", b"score", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -627,7 +666,7 @@ class CompleteFinal(_message.Message):
 
     @_builtins.property
     def suggestions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Suggestion]:
-        """The most probable completions by beam search, best first (when num_suggestions > 0)."""
+        """The suggestions, best first and distinct (when num_suggestions > 0; see there)."""
 
     def __init__(
         self,
@@ -726,6 +765,7 @@ class SessionRequest(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     NUM_SUGGESTIONS_FIELD_NUMBER: _builtins.int
     STREAM_INTERVAL_FIELD_NUMBER: _builtins.int
+    MODEL_ONLY_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The full text as typed so far; the server diffs it against the previous one."""
     model: _builtins.str
@@ -733,13 +773,15 @@ class SessionRequest(_message.Message):
     max_tokens: _builtins.int
     """The most tokens of each suggestion; 0 selects the server default (32)."""
     num_suggestions: _builtins.int
-    """Alternative completions by beam search in each final event (0 to 8); first message only."""
+    """Suggestions in each final event, as `CompleteRequest.num_suggestions`; first message only."""
     stream_interval: _builtins.int
     """Tokens per response message after the first: at least this many (fewer only in the last
     messages); 0 selects the server's `--stream-interval`; first message only. Whatever the
     stream produced while its previous message was being written goes out together in the next
     one, so a message may carry more. The first token of each suggestion is sent alone, at once.
     """
+    model_only: _builtins.bool
+    """Answer from the language model alone, as `CompleteRequest.model_only`; first message only."""
     @_builtins.property
     def edit(self) -> Global___TextEdit:
         """An edit of the previous text."""
@@ -753,10 +795,11 @@ class SessionRequest(_message.Message):
         max_tokens: _builtins.int = ...,
         num_suggestions: _builtins.int = ...,
         stream_interval: _builtins.int = ...,
+        model_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["edit", b"edit", "input", b"input", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["edit", b"edit", "input", b"input", "max_tokens", b"max_tokens", "model", b"model", "num_suggestions", b"num_suggestions", "stream_interval", b"stream_interval", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edit", b"edit", "input", b"input", "max_tokens", b"max_tokens", "model", b"model", "model_only", b"model_only", "num_suggestions", b"num_suggestions", "stream_interval", b"stream_interval", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["text", "edit"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015

@@ -1,0 +1,158 @@
+"""Autocomplete's served suggestions: generate, then rank.
+
+The candidates of a prefix are the popular-query index's most frequent completions of it and the
+language model's beam-search completions (`manifest.popular.ranking.candidates` of each, as when
+the weights were fit). The model scores every index candidate the beam did not find, by teacher
+forcing from the prefix's state in one batched `lm_step`, so that `popular.rank` weighs both
+signals for every candidate, as recur-train did when it fit the weights (trainer/ranking.py).
+The best candidate's tokens and their log-probabilities are kept, so that `replay` can stream it
+token by token under the request's finish rules.
+
+The index is keyed by the tokenizer's normal form of the text (NFKC): the typed text is looked
+up in that form. A beam completion's text is what its tokens add to the decoded prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from services import popular
+from services.decoding import Hypothesis, log_softmax
+from services.detokenizer import Detokenizer
+from services.events import Event, Finished, FinishReason, Suggestion, TokenEvent
+from services.model import Arrays, LoadedModel
+from services.requests import CompleteParams
+from services.runtime import Runtime
+from services.timing import Clock
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A completion as the model would produce it: tokens, each one's log-probability, and the
+    total (with the end-of-sequence token's when `ended`)."""
+
+    tokens: tuple[int, ...]
+    token_logprobs: tuple[float, ...]
+    logprob: float
+    ended: bool
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A ranked suggestion with the candidate it came from."""
+
+    suggestion: Suggestion
+    candidate: Candidate
+
+
+def normal_form(tokenizer: Tokenizer, text: str) -> str:
+    """`text` as the model reads it and as the index stores queries (the tokenizer's normalizer)."""
+    normalizer = tokenizer.normalizer
+    return normalizer.normalize_str(text) if normalizer is not None else text
+
+
+def from_beam(
+    model: LoadedModel, prefix: list[int], found: list[Hypothesis]
+) -> dict[str, Candidate]:
+    """The beam's hypotheses by the text they add to `prefix`, best first (a text reached twice
+    keeps its better hypothesis)."""
+    start = len(model.tokenizer.decode(prefix))
+    beam: dict[str, Candidate] = {}
+    for h in found:
+        text = model.tokenizer.decode([*prefix, *h.tokens])[start:]
+        beam.setdefault(text, Candidate(h.tokens, h.token_logprobs, h.logprob, h.finished))
+    return beam
+
+
+async def score(
+    runtime: Runtime, state: Arrays, logits: np.ndarray, completions: list[str]
+) -> dict[str, Candidate]:
+    """The model's log-probability of each completion and its end after the prefix whose state
+    is `state` (one slot) and next-token logits `logits: (V,)`, in one batched step.
+
+    Rows are right-padded: a row's logits past its own length are never read.
+    """
+    if not completions:
+        return {}
+    model = runtime.model
+    rows = [[*model.tokenizer.encode(c).ids, model.eos_id] for c in completions]
+    first = log_softmax(logits.astype(np.float64))  # (V,)
+    width = max(len(row) for row in rows)
+    later = None
+    if width > 1:
+        feeds = np.full((len(rows), width - 1), model.pad_id, dtype=np.int64)  # (R, T)
+        for i, row in enumerate(rows):
+            feeds[i, : len(row) - 1] = row[:-1]
+        with runtime.lease(len(rows)) as slots:
+            runtime.pool.write(slots, state)  # every row starts from the prefix's state
+            later = (await runtime.step("lm_step", slots, {"tokens": feeds}))["logits"]
+    found = {}
+    for i, (text, row) in enumerate(zip(completions, rows, strict=True)):
+        each = [float(first[row[0]])]
+        if later is not None and len(row) > 1:
+            logp = log_softmax(later[i, : len(row) - 1].astype(np.float64))  # (len - 1, V)
+            each += logp[np.arange(len(row) - 1), row[1:]].tolist()
+        found[text] = Candidate(tuple(row[:-1]), tuple(each[:-1]), float(sum(each)), True)
+    return found
+
+
+def rank(
+    model: LoadedModel, query: str, beam: dict[str, Candidate], scored: dict[str, Candidate], n: int
+) -> list[Ranked]:
+    """The top `n` distinct candidates by `popular.rank` with the model's weights: `query` is the
+    prefix in normal form, `beam` the model's completions, `scored` the index's that the beam
+    did not find."""
+    found = popular.rank(
+        model.popular,
+        query,
+        [(text, c.logprob) for text, c in beam.items()],
+        model.ranking,
+        n=n,
+        index_k=model.candidates,
+        model_logprobs={text: c.logprob for text, c in scored.items()},
+    )
+    return [
+        Ranked(
+            Suggestion(s.completion, s.model_logprob or 0.0, s.score, s.count),
+            beam.get(s.completion) or scored[s.completion],
+        )
+        for s in found
+    ]
+
+
+def replay(
+    model: LoadedModel,
+    best: Candidate,
+    prefix: list[int],
+    params: CompleteParams,
+    clock: Clock,
+    emit: Callable[[Event], None],
+    is_stale: Callable[[], bool],
+) -> Finished:
+    """Stream an already chosen completion token by token, under the request's finish rules
+    (`max_tokens`, stop strings, superseded), as the decode loop applies them."""
+    detok = Detokenizer(model, prefix)
+    reason = FinishReason.STOP if best.ended else FinishReason.LENGTH
+    for index, (token, logprob) in enumerate(zip(best.tokens, best.token_logprobs, strict=True)):
+        if is_stale():
+            reason = FinishReason.SUPERSEDED
+            break
+        if index >= params.max_tokens:
+            reason = FinishReason.LENGTH
+            break
+        clock.mark()
+        emit(TokenEvent(index, token, detok.add(token), logprob))
+        if any(detok.output.endswith(s) for s in params.stop):
+            reason = FinishReason.STOP
+            break
+    return clock.finish(
+        model,
+        reason=reason,
+        text=detok.output,
+        input_tokens=len(prefix) - 1,
+        output_tokens=len(detok.ids) - len(prefix),
+    )
