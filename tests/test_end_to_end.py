@@ -95,8 +95,15 @@ def test_sentiment_streams_one_running_label_per_token(served: Server, tiny_mode
 
 
 def test_complete_streams_the_greedy_completion(served: Server, tiny_models: Path) -> None:
+    """The model alone decodes as PyTorch does; with the bundle's popular-query index the
+    streamed completion is the best ranked suggestion (tests/services/test_suggestions.py)."""
     prefix = "weather in"
-    events = run(call(served.target, lambda c: c.complete(prefix, max_tokens=12)))
+    ranked = run(call(served.target, lambda c: c.complete(prefix, max_tokens=12,
+                                                          num_suggestions=3)))  # fmt: skip
+    best = ranked[-1].final
+    assert best.completion and best.suggestions[0].text.startswith(best.completion)
+    events = run(call(served.target, lambda c: c.complete(prefix, max_tokens=12,
+                                                          model_only=True)))  # fmt: skip
     *tokens, last = events
     final = last.final
     assert final.completion == "".join(e.token.text for e in tokens)
