@@ -21,7 +21,7 @@ import numpy as np
 from services import suggestions
 from services.collector import Collector, collect
 from services.decoder import Generation
-from services.decoding import BeamSearch, Hypothesis, Sampler, greedy, log_softmax
+from services.decoding import BeamSearch, Hypothesis, Sampler, SamplingParams, log_softmax
 from services.detokenizer import Detokenizer
 from services.errors import InvalidArgument, Unavailable
 from services.events import Event, Finished, FinishReason, RunningLabel, Suggestion, TokenEvent
@@ -162,10 +162,10 @@ class Engine:
                     "src_mask": np.repeat(mask, rows, axis=0),
                 }
 
+            bos = np.array([[model.bos_id]], dtype=np.int64)
+            first = await runtime.step("decoder_step", slots[:1], feeds(bos))
             if params.beam_size > 1:
                 beam = BeamSearch(params.beam_size, model.eos_id, limit, params.length_penalty)
-                bos = np.array([[model.bos_id]], dtype=np.int64)
-                first = await runtime.step("decoder_step", slots[:1], feeds(bos))
                 best = (await self._beam(runtime, "decoder_step", beam, slots, first, feeds))[0]
                 for index, (token, logprob) in enumerate(
                     zip(best.tokens, best.token_logprobs, strict=True)
@@ -173,10 +173,22 @@ class Engine:
                     clock.mark()
                     out.put(TokenEvent(index, token, detok.add(token), logprob))
                 reason = FinishReason.STOP if best.finished else FinishReason.LENGTH
-            else:
-                reason = await self._greedy_translation(
-                    runtime, slots[:1], feeds, limit, params, clock, detok, out
+            else:  # greedy: the model's decode loop takes it from the first logits
+                generation = Generation(
+                    slot=int(slots[0]),
+                    logits=first["logits"][0],
+                    sampler=Sampler(SamplingParams()),
+                    detok=detok,
+                    max_tokens=limit,
+                    eos_id=model.eos_id,
+                    stop=(),
+                    emit=out.put,
+                    clock=clock,
+                    context={"memory": memory, "src_mask": mask},
+                    with_attention=params.include_attention,
+                    attention=_attention(first, params.include_attention),
                 )
+                reason = await runtime.decoder.run(generation)
         out.put(
             clock.finish(
                 model,
@@ -187,30 +199,6 @@ class Engine:
                 source_tokens=tuple(encoding.tokens),
             )
         )
-
-    async def _greedy_translation(
-        self,
-        runtime: Runtime,
-        slots: np.ndarray,
-        feeds: Callable[[np.ndarray], Arrays],
-        limit: int,
-        params: TranslateParams,
-        clock: Clock,
-        detok: Detokenizer,
-        out: Collector[Event],
-    ) -> FinishReason:
-        model = runtime.model
-        prev = np.array([[model.bos_id]], dtype=np.int64)
-        for index in range(limit):
-            step = await runtime.step("decoder_step", slots, feeds(prev))
-            token, logprob = greedy(step["logits"][0])
-            if token == model.eos_id:
-                return FinishReason.STOP
-            attention = tuple(step["attention"][0].tolist()) if params.include_attention else ()
-            clock.mark()
-            out.put(TokenEvent(index, token, detok.add(token), logprob, attention))
-            prev = np.array([[token]], dtype=np.int64)
-        return FinishReason.LENGTH
 
     async def _beam(
         self,
@@ -440,6 +428,11 @@ class Engine:
 
             first = {"logits": logits}
             return await self._beam(runtime, "lm_step", beam, slots, first, feeds, is_stale)
+
+
+def _attention(step: Arrays, wanted: bool) -> tuple[float, ...]:
+    """The attention row of a one-row `decoder_step` output, when the request wants it."""
+    return tuple(step["attention"][0].tolist()) if wanted else ()
 
 
 def _token(event: Event) -> bool:
