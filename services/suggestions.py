@@ -29,6 +29,8 @@ from services.requests import CompleteParams
 from services.runtime import Runtime
 from services.timing import Clock
 
+SCORE_BUCKET = 16  # scoring steps are padded to a multiple of this many tokens
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -74,7 +76,9 @@ async def score(
     """The model's log-probability of each completion and its end after the prefix whose state
     is `state` (one slot) and next-token logits `logits: (V,)`, in one batched step.
 
-    Rows are right-padded: a row's logits past its own length are never read.
+    Rows are right-padded, to a multiple of `SCORE_BUCKET` tokens: a row's logits past its own
+    length are never read, and the scheduler batches only steps of the same length, so the
+    scoring steps of concurrent answers share calls.
     """
     if not completions:
         return {}
@@ -84,7 +88,8 @@ async def score(
     width = max(len(row) for row in rows)
     later = None
     if width > 1:
-        feeds = np.full((len(rows), width - 1), model.pad_id, dtype=np.int64)  # (R, T)
+        padded = -(-(width - 1) // SCORE_BUCKET) * SCORE_BUCKET
+        feeds = np.full((len(rows), padded), model.pad_id, dtype=np.int64)  # (R, T)
         for i, row in enumerate(rows):
             feeds[i, : len(row) - 1] = row[:-1]
         with runtime.lease(len(rows)) as slots:
