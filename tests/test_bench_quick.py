@@ -18,10 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def bench(out: Path, models: Path, *flags: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+def bench(
+    out: Path, models: Path, *flags: str, timeout: float = 120
+) -> tuple[subprocess.CompletedProcess[str], Any]:
     command = [sys.executable, "-m", "scripts.bench", "--quick", "--out", str(out)]
     command += ["--models", str(models), "--duration", "0.5", *flags]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
     return result, out
 
 
@@ -58,18 +60,30 @@ def test_ceiling_scenario_writes_rows_transport_plot_and_summary(
 
 
 def test_typing_scenario_writes_latencies_and_its_target(tiny_models: Path, tmp_path: Path) -> None:
-    result, out = bench(tmp_path, tiny_models, "--only", "typing")
+    result, out = bench(tmp_path, tiny_models, "--only", "typing", timeout=240)
     assert result.returncode == 0, result.stderr
     data = read(out, "typing")
     check_common(data, "typing")
     assert [r["length"] for r in data["rows"]] == [10, 50, 200]
     for row in data["rows"]:
         assert row["session_ms"] > 0 and row["complete_ms"] > 0 and row["samples"] == 20
-    (target,) = data["targets"]
+    target, p99 = data["targets"]
     assert target["goal"] == "<= 1.5x" and target["value"] > 0 and not target["failed"]
     assert target["met"] is (target["value"] <= target["threshold"])  # the verdict is the value's
     assert len(data["forward_typing_ms"]) == 199  # keys 1 … 199, typed before the 200th
     assert "target session key-to-first-event" in result.stdout
+    rows = data["suggesting"]
+    assert [(r["sessions"], r["model_only"]) for r in rows] == [
+        (1, False), (1, True), (64, False), (64, True)
+    ]  # fmt: skip
+    assert [r["keys"] for r in rows] == [60, 60, 640, 640]
+    for row in rows:
+        assert 0 < row["first_p50_ms"] <= row["final_p50_ms"] <= row["final_p99_ms"], row
+        assert row["suggestions_min"] == 8, "every final event holds the 8 suggestions"
+    assert p99["goal"] == "<= 20 ms" and p99["unit"] == "ms" and not p99["failed"]
+    assert p99["value"] == rows[2]["final_p99_ms"]  # ranked, 64 sessions
+    assert p99["met"] is (p99["value"] <= 20)
+    assert "sessions, ranked     : key to first event" in result.stdout
 
 
 def test_metrics_scenario_switches_recording_off_and_checks_it(

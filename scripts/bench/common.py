@@ -66,7 +66,7 @@ class Target:
     threshold: float
     higher_is_better: bool = True
     detail: str = ""
-    unit: str = "x"  # "x": a ratio shown as 2.50x; "%": a share shown as 42.0%
+    unit: str = "x"  # "x": a ratio shown as 2.50x; "%": a share shown as 42.0%; "ms": 12.3 ms
     failed: str = ""  # why it cannot count (errors, different outputs): missed, whatever the value
 
     @property

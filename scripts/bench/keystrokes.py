@@ -10,6 +10,15 @@ limit), as a client without sessions would, so both see the same machine (the re
 after the keystroke, then before it, alternately). The session steps
 only the new character, so its cost should stay flat while the re-send reads everything. The
 forward typing of the longest text is kept too, one latency per length, for the plot.
+
+Then the suggestions a user sees (issue 18): `SESSIONS` sessions at once (1, then 64), each a
+typist who types its own queries at `KEY_SECONDS` a key (about 60 words a minute; the next key
+waits for the previous answer if that is slower) and asks for `SUGGESTIONS` suggestions with
+every key. For each keystroke: the time to the first event of its answer (the first token of
+the best suggestion) and to the final event, which holds the suggestions; p50 and p99 of each,
+for the ranked suggestions (the bundle's popular-query index and the model's beam) and for the
+model alone (`model_only`). The target is the issue's: p99 to the final event at 64 sessions
+<= 20 ms. Client and server share this machine's cores.
 """
 
 from __future__ import annotations
@@ -28,6 +37,10 @@ from scripts.bench.models import bench_models
 LENGTHS = (10, 50, 200)
 SUGGESTION_TOKENS = 8
 TARGET_FLATNESS = 1.5
+SESSIONS = (1, 64)
+SUGGESTIONS = 8
+KEY_SECONDS = 0.2  # a typist's pace: one key every 200 ms
+TARGET_P99_MS = 20.0  # keystroke to the final event with the suggestions, at 64 sessions
 WORDS = (
     "weather in paris", "how to cook rice", "best phone deals", "new york times",
     "translate hello to french", "paris restaurants open now", "cheap flights to rome",
@@ -51,6 +64,7 @@ class Typist:
         self.session = session
         self.answers = aiter(session)
         self.revision = 0
+        self.suggestions = 0  # in the last final event
 
     async def key(self, text: str) -> tuple[float, float, int]:
         """Seconds to the first event and to the final event, and the suggestion's tokens."""
@@ -64,8 +78,41 @@ class Typist:
                 continue
             first = first or time.perf_counter() - start
             if response.HasField("final"):
+                self.suggestions = len(response.final.suggestions)
                 return first, time.perf_counter() - start, tokens
             tokens += 1
+
+
+async def typists(
+    target: str, sessions: int, keys: int, *, model_only: bool
+) -> list[tuple[float, float, int]]:
+    """`sessions` typists at once, each typing `keys` keys of its own queries at `KEY_SECONDS`
+    a key (and clearing the box after each query); every key's (first event, final event, the
+    final's suggestions)."""
+    async with RecurClient(target, timeout=600.0, retry=NO_RETRIES) as client:
+
+        async def one(number: int) -> list[tuple[float, float, int]]:
+            session = client.session(
+                max_tokens=SUGGESTION_TOKENS,
+                open_ended=True,
+                num_suggestions=SUGGESTIONS,
+                model_only=model_only,
+            )
+            typist = Typist(session)
+            queries = [WORDS[(number + i) % len(WORDS)] for i in range(len(WORDS))]
+            strokes = [q[:n] for q in queries for n in range(1, len(q) + 1)]
+            found = []
+            await asyncio.sleep(KEY_SECONDS * number / sessions)  # typists do not key in step
+            for stroke in (strokes * (keys // len(strokes) + 1))[:keys]:
+                pressed = time.perf_counter()
+                first, final, _ = await typist.key(stroke)
+                found.append((first, final, typist.suggestions))
+                await asyncio.sleep(max(0.0, KEY_SECONDS - (time.perf_counter() - pressed)))
+            await session.close()
+            return found
+
+        return [k for keys_of_one in await asyncio.gather(*map(one, range(sessions)))
+                for k in keys_of_one]  # fmt: skip
 
 
 async def resend(client: RecurClient, text: str) -> tuple[float, float, int]:
@@ -99,10 +146,17 @@ async def at_length(target: str, text: str, samples: int) -> dict[str, list[Any]
 def run(ctx: Context) -> Result:
     models = bench_models(ctx)
     samples = 20 if ctx.quick else 60
+    keys = 10 if ctx.quick else 40  # per typist at 64 sessions; one typist alone types 6x as many
     measured: dict[int, dict[str, list[float]]] = {}
+    suggesting: list[dict[str, Any]] = []
     with serving.served(models) as server:
         for length in LENGTHS:
             measured[length] = asyncio.run(at_length(server.target, typed_text(length), samples))
+        for sessions in SESSIONS:
+            for model_only in (False, True):
+                count = keys * 6 if sessions == 1 else keys
+                found = asyncio.run(typists(server.target, sessions, count, model_only=model_only))
+                suggesting.append(_latency_row(sessions, model_only, found))
     rows = []
     for length in LENGTHS:
         row: dict[str, Any] = {"length": length, "samples": samples}
@@ -119,12 +173,23 @@ def run(ctx: Context) -> Result:
               f"{row['session_tokens']:.1f} tokens)", flush=True)  # fmt: skip
     first, last = rows[0], rows[-1]
     growth = ratio(last["complete_ms"], first["complete_ms"]) or 0.0
+    busiest = next(r for r in suggesting if r["sessions"] == max(SESSIONS) and not r["model_only"])
+    short = [r for r in suggesting if r["suggestions_min"] < SUGGESTIONS]
     targets = [
         Target(
             f"session key-to-first-event at {last['length']} / at {first['length']} chars",
             f"<= {TARGET_FLATNESS:g}x", ratio(last["session_ms"], first["session_ms"]),
             TARGET_FLATNESS, higher_is_better=False,
             detail=f"re-sending the text to Complete grows {growth:.2f}x over the same range",
+        ),
+        Target(
+            f"ranked suggestions: keystroke to final event p99 at {max(SESSIONS)} sessions",
+            f"<= {TARGET_P99_MS:g} ms", busiest["final_p99_ms"], TARGET_P99_MS,
+            higher_is_better=False, unit="ms",
+            detail=f"p50 {busiest['final_p50_ms']:.1f} ms; first event p99 "
+                   f"{busiest['first_p99_ms']:.1f} ms, p50 {busiest['first_p50_ms']:.1f} ms",
+            failed="; ".join(f"{r['sessions']} sessions: a final with fewer than {SUGGESTIONS} "
+                             "suggestions" for r in short),
         ),
     ]  # fmt: skip
     forward = measured[max(LENGTHS)]["forward"]
@@ -136,11 +201,44 @@ def run(ctx: Context) -> Result:
             "samples_per_length": samples,
             "suggestion_tokens": SUGGESTION_TOKENS,
             "text": typed_text(max(LENGTHS)),
+            "sessions": list(SESSIONS),
+            "suggestions": SUGGESTIONS,
+            "key_seconds": KEY_SECONDS,
+            "keys_per_typist": keys,
         },
         rows=rows,
         targets=targets,
-        extra={"forward_typing_ms": [v * 1e3 for v in forward]},
+        extra={"forward_typing_ms": [v * 1e3 for v in forward], "suggesting": suggesting},
     )
+
+
+def _latency_row(
+    sessions: int, model_only: bool, found: list[tuple[float, float, int]]
+) -> dict[str, Any]:
+    first, final, counts = zip(*found, strict=True)
+    row = {
+        "sessions": sessions,
+        "model_only": model_only,
+        "keys": len(found),
+        "first_p50_ms": statistics.median(first) * 1e3,
+        "first_p99_ms": _quantile(list(first), 0.99) * 1e3,
+        "final_p50_ms": statistics.median(final) * 1e3,
+        "final_p99_ms": _quantile(list(final), 0.99) * 1e3,
+        "suggestions_min": min(counts),
+    }
+    way = "model alone" if model_only else "ranked"
+    print(f"  {sessions:>3} sessions, {way:<11}: key to first event p50 {row['first_p50_ms']:6.2f} "
+          f"p99 {row['first_p99_ms']:6.2f} ms; to final ({SUGGESTIONS} suggestions) p50 "
+          f"{row['final_p50_ms']:6.2f} p99 {row['final_p99_ms']:6.2f} ms ({len(found)} keys)",
+          flush=True)  # fmt: skip
+    return row
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """The `q` quantile (inclusive method: within the values measured)."""
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
 def _p90(values: list[float]) -> float:
@@ -150,14 +248,22 @@ def _p90(values: list[float]) -> float:
 def render(data: dict[str, Any]) -> list[str]:
     from scripts.bench.report import table
 
-    return table(
+    suggesting = table(
+        [{**r, "answer": "model alone" if r["model_only"] else "ranked"}
+         for r in data.get("suggesting", [])],
+        [("sessions", "sessions"), ("answer", "suggestions"),
+         ("first_p50_ms", "first event p50 ms"), ("first_p99_ms", "p99 ms"),
+         ("final_p50_ms", "final (suggestions) p50 ms"), ("final_p99_ms", "p99 ms"),
+         ("keys", "keystrokes")],
+    )  # fmt: skip
+    return [*suggesting, "", *table(
         data["rows"],
         [("length", "text length (chars)"), ("session_ms", "Session: first event p50 ms"),
          ("session_p90_ms", "p90 ms"), ("complete_ms", "re-send to Complete p50 ms"),
          ("complete_p90_ms", "p90 ms"), ("complete_over_session", "re-send / session"),
          ("session_final_ms", "Session: final p50 ms"), ("complete_final_ms", "re-send: final"),
          ("session_tokens", "suggestion tokens"), ("samples", "keystrokes")],
-    )  # fmt: skip
+    )]  # fmt: skip
 
 
 def plot(data: dict[str, Any], plt: Any) -> Any:

@@ -49,7 +49,10 @@ def fmt_target(target: dict[str, Any]) -> str:
     value = target["value"]
     if value is None:
         return "-"
-    return f"{value:.1%}" if target.get("unit") == "%" else f"{value:.2f}x"
+    unit = target.get("unit")
+    if unit == "ms":
+        return f"{value:.1f} ms"
+    return f"{value:.1%}" if unit == "%" else f"{value:.2f}x"
 
 
 def target_lines(data: dict[str, Any]) -> list[str]:
