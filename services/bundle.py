@@ -1,4 +1,4 @@
-"""Find and verify model bundles before anything is loaded from them (DESIGN §3).
+"""Find and verify model bundles before anything is loaded from them (docs/design.md §3).
 
 A bundle is refused when its manifest is missing or malformed, its format version is unknown, a
 file it lists is missing or does not match its sha256, or it holds a file the manifest does not

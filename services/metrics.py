@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN §6), built on an injected CollectorRegistry.
+"""Prometheus metrics (docs/design.md §6), built on an injected CollectorRegistry.
 
 Labels stay low-cardinality: model, version, task, rpc, code. Latency histograms start at 50 µs,
 since one RNN step is well under a millisecond.

@@ -1,4 +1,4 @@
-"""The dependency rules of DESIGN §1, tested rather than written down."""
+"""The dependency rules of docs/design.md §1, tested rather than written down."""
 
 from __future__ import annotations
 
@@ -65,8 +65,9 @@ def test_import_rules(package: str, forbidden: tuple[str, ...], reason: str) -> 
 
 
 def test_trainer_uses_only_the_server_free_part_of_services() -> None:
-    """DESIGN §1: the trainer may import services' bundle loading, engine and decoding (so that
-    recur-eval measures the code that serves), never anything that needs gRPC or a server."""
+    """docs/design.md §1: the trainer may import services' bundle loading, engine and decoding
+    (so that recur-eval measures the code that serves), never anything that needs gRPC or a
+    server."""
     server = ["services.server", "services.servicers", "services.interceptors", "services.session"]
     used = sorted(
         {

@@ -1,4 +1,5 @@
-"""The ONNX step graphs of each task: thin wrappers that fix the graphs' signatures (DESIGN §3).
+"""The ONNX step graphs of each task: thin wrappers that fix the graphs' signatures
+(docs/design.md §3).
 
 The recurrent state is explicit: one input per state tensor (`h`; `h` and `c` for an LSTM; `y`
 for a Jordan network), returned as `<name>_out` by the step graphs and as `<name>_init` by the
