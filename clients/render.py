@@ -127,7 +127,7 @@ async def completion(
             _emit("\n" + style.dim(summary(event.final.summary)) + "\n")
             for rank, suggestion in enumerate(event.final.suggestions, 1):
                 line = f"  {rank}. {style.dim(prefix)}{suggestion.text}"
-                seen = f", {suggestion.count} past queries" if suggestion.count else ""
+                seen = f", {suggestion.count}x in the query log" if suggestion.count else ""
                 _emit(line + style.dim(f"  (log p {suggestion.logprob:.2f}{seen})") + "\n")
 
 
