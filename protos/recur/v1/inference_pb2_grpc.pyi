@@ -4,7 +4,7 @@ isort:skip_file
 The serving API of Recur: one streaming service per task, plus model listing.
 
 Every streamed response holds a `oneof event`; the last message of a stream is always `final`.
-Errors are gRPC status codes (see DESIGN.md §4): INVALID_ARGUMENT names the offending field,
+Errors are gRPC status codes (see docs/design.md §4): INVALID_ARGUMENT names the offending field,
 NOT_FOUND means an unknown model, UNAVAILABLE means the server is draining or not ready.
 """
 
