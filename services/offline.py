@@ -6,8 +6,9 @@ steps of every live stream, the same greedy, beam search, pooling and detokenize
 Requests run `streams` at a time, so the scheduler has many streams' steps to batch, as it has
 under load.
 
-Each `run_*` call starts an engine on a fresh event loop and closes it when every request ended:
-the engine's runtimes belong to the loop they were made on.
+Each call of `Offline` (`translate`, `analyze`, `complete`, ...) starts an engine on a fresh
+event loop and closes it when every request has ended: the engine's runtimes belong to the loop
+they were made on.
 """
 
 from __future__ import annotations

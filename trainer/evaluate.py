@@ -131,12 +131,12 @@ def sentiment_metrics(engine: Offline, examples: list[tuple[str, int]]) -> dict[
         """The running probabilities after ceil(share% of the read tokens), at least one."""
         probs = [_label(o, max(math.ceil(n * share / 100), 1) - 1)
                  for o, n in zip(outcomes, reads, strict=True)]  # fmt: skip
-        return np.array(probs).reshape(len(rows), -1)  # (N, C)
+        return np.array(probs, dtype=np.float64).reshape(len(rows), len(engine.model.labels))
 
     labels = [y for _, y, _ in rows]
     final = shown(100)
     predictions = final.argmax(1).tolist()
-    nats = -float(np.log(final[np.arange(len(rows)), labels]).sum())
+    nats = float((-np.log(final[np.arange(len(rows)), labels])).sum())
     result = {
         "accuracy": metrics.accuracy(labels, predictions),
         "macro_f1": metrics.macro_f1(labels, predictions),
