@@ -11,6 +11,7 @@ leaves `beam_size` / `length_penalty` unset gets the manifest's fitted values (c
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import shutil
@@ -290,3 +291,34 @@ def test_bad_translation_fields_name_the_field(
         translate(server.target, text="a dog", **fields)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, reason
     assert (info.value.details() or "").startswith(message), reason
+
+
+def _corrupt(manifest: dict[str, Any], folder: Path) -> None:
+    file = folder / manifest["popular"]["file"]
+    file.write_bytes(b"not an archive")
+    manifest["sha256"][file.name] = hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def _unlisted(manifest: dict[str, Any], folder: Path) -> None:
+    manifest["popular"]["file"] = "elsewhere.npz"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message", "reason"),
+    [
+        (_corrupt, "popular-query index is not an .npz archive", "listed and hashed, not an index"),
+        (_unlisted, "popular-query index 'elsewhere.npz' is not listed", "not a bundle file"),
+    ],
+)
+def test_a_bad_index_refuses_the_bundle(
+    repo: Path, tmp_path: Path, edit: Any, message: str, reason: str
+) -> None:
+    """The index loads with the model, once, and a bad one refuses the bundle like a bad graph."""
+    from services.errors import BundleError
+
+    model = LoadedModel(verify(_bundle(repo, "autocomplete")))
+    assert model.popular is not None and len(model.popular) > 0
+    bad = _copy(_bundle(repo, "autocomplete"), tmp_path, "autocomplete", edit)
+    with pytest.raises(BundleError, match=message) as info:
+        LoadedModel(verify(bad))
+    assert str(bad) in str(info.value), reason  # the message names the bundle
