@@ -164,7 +164,7 @@ def _soak_holds(server: Server, seconds: float) -> dict[str, object]:
     assert tally.codes["OK"] > 0 and tally.codes["RESOURCE_EXHAUSTED"] > 0, figures
     assert tally.truncated == 0, figures
     refused = statistics.median(tally.refusal_seconds)
-    assert refused < min(0.1, statistics.median(tally.stream_seconds)), "refused at once"
+    assert refused < statistics.median(tally.stream_seconds), "refused at once, not queued"
     assert active == 0
     assert abs(after - warm) <= 0.05 * warm, figures
     assert health(server.target) == "SERVING"
@@ -257,11 +257,10 @@ def test_a_refused_session_says_why_through_the_sdk(limited: Server) -> None:
                     pass
             async with RecurClient(limited.target, retry=RetryPolicy(max_attempts=1)) as client:
                 session = client.session(max_tokens=2)
-                await asyncio.sleep(0.5)  # the refusal arrives before anything is sent
-                with pytest.raises(RecurError) as sending:
-                    await session.send_text("how")
-                with pytest.raises(RecurError) as reading:
+                with pytest.raises(RecurError) as reading:  # returns once the refusal arrived
                     [event async for event in session]
+                with pytest.raises(RecurError) as sending:  # to a call that has ended
+                    await session.send_text("how")
             for holder in holders:
                 holder.cancel()
         return sending.value.code.name, reading.value.code.name
