@@ -67,6 +67,7 @@ class Server:
     target: str
     metrics_url: str
     health_target: str | None = None  # the plaintext health-only port, with --health-port
+    banner: str = ""  # the "listening on ..." line
 
 
 def start_server(models: Path, *extra: str) -> Server:
@@ -84,7 +85,8 @@ def start_server(models: Path, *extra: str) -> Server:
         found = found or match
         if found and line.startswith("recur-serve: ready"):
             probes = re.search(r"health ([\d.]+:\d+)", found.string)
-            return Server(process, found.group(1), found.group(2), probes and probes.group(1))
+            target, metrics, health = found.group(1), found.group(2), probes and probes.group(1)
+            return Server(process, target, metrics, health, found.string)
     raise AssertionError("recur-serve exited before it was ready:\n" + "".join(seen))
 
 

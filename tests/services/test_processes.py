@@ -22,29 +22,18 @@ from grpc import aio
 
 from protos.recur.v1 import inference_pb2 as pb
 from protos.recur.v1 import inference_pb2_grpc as pb_grpc
-from tests.conftest import ROOT
+from tests.conftest import ROOT, start_server
 
 CONNECTIONS = 16  # all on one of two processes by chance: 2 in 65,536
 
 
 def start(models: Path, *extra: str) -> tuple[subprocess.Popen[str], str, str, list[int]]:
     """`recur-serve --processes 2` on free ports: the process, target, metrics URL, child pids."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.server", "--models", str(models), "--host", "127.0.0.1",
-         "--port", "0", "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--processes", "2",
-         *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-    )  # fmt: skip
-    assert process.stdout is not None
-    seen, found = [], None
-    for line in process.stdout:
-        seen.append(line)
-        match = re.search(r"listening on ([\d.]+:\d+), metrics (\S+) .*pids ([\d ]+)\)", line)
-        found = found or match
-        if found and line.startswith("recur-serve: ready"):
-            pids = [int(p) for p in found.group(3).split()]
-            return process, found.group(1), found.group(2), pids
-    raise AssertionError("recur-serve exited before it was ready:\n" + "".join(seen))
+    server = start_server(models, "--processes", "2", *extra)
+    found = re.search(r"pids ([\d ]+)\)", server.banner)
+    assert found is not None, server.banner
+    pids = [int(pid) for pid in found.group(1).split()]
+    return server.process, server.target, server.metrics_url, pids
 
 
 def scrape(url: str) -> dict[str, float]:
