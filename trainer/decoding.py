@@ -46,7 +46,8 @@ def complete_batch(
     searches = [BeamSearch(size=k, eos_id=EOS_ID, max_len=max_new) for _ in prefixes]
     rows = [[q] for q in range(len(prefixes))]  # each search's live beams' rows
     while True:
-        index, tokens = [], []
+        index: list[int] = []
+        tokens: list[int] = []
         for search, mine in zip(searches, rows, strict=True):
             if search.done or not mine:
                 mine.clear()

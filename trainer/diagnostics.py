@@ -95,7 +95,7 @@ def gradient_flow(task: Task, model: nn.Module, batch: Batch, *, step: int,
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
     _unroll(_first_stack(probe), captured)
     loss, _ = task.loss(probe, batch)
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     per_step = []
     for out, state in captured:  # out: (B, 1, H); state: (L, B, H), the top layer is h_t
         grad = torch.zeros_like(out[:, 0])

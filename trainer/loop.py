@@ -117,7 +117,7 @@ class _Step:
     def run(self, loss: torch.Tensor, targets: int) -> float:
         """Backward, clip, step; every `diagnose_every` steps, measure the gradient flow."""
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         self.scaler.unscale_(self.optimizer)  # clipping sees the true gradients
         grad_norm = clip_gradients(self.model, self.cfg)
         self.scaler.step(self.optimizer)  # skipped if fp16 gradients overflowed

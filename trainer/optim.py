@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -50,7 +50,12 @@ class Schedule:
     """Per-step warm-up and cosine decay, and per-epoch reduce-on-plateau."""
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, *, total_steps: int, mode: str
+        self,
+        optimizer: torch.optim.Optimizer,
+        cfg: TrainConfig,
+        *,
+        total_steps: int,
+        mode: Literal["min", "max"],
     ) -> None:
         self.optimizer = optimizer
         self.cfg = cfg

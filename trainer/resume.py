@@ -59,7 +59,7 @@ class EpochSampler(DistributedSampler[int]):
 def rank_state(tbptt_state: tuple[torch.Tensor, ...] | None) -> dict[str, Any]:
     """This rank's part of a resume: random-number generators and the carried TBPTT state."""
     state: dict[str, Any] = {"cpu_rng": torch.get_rng_state(), "tbptt": None}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         state["cuda_rng"] = torch.cuda.get_rng_state()
     if tbptt_state is not None:
         state["tbptt"] = tuple(s.detach().cpu() for s in tbptt_state)

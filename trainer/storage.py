@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:  # imported where a URI needs it: a local run directory needs no pyarrow
-    import pyarrow.fs as pafs  # type: ignore[import-untyped]
+    import pyarrow.fs as pafs
 
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -37,7 +37,7 @@ def is_uri(run_dir: str) -> bool:
 
 def s3_filesystem(environ: Mapping[str, str]) -> pafs.S3FileSystem:
     """An S3 filesystem on the endpoint the environment names (none: AWS itself)."""
-    import pyarrow.fs as pafs  # type: ignore[import-untyped]
+    import pyarrow.fs as pafs
 
     endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
@@ -56,7 +56,7 @@ def filesystem_and_path(
     filesystem and the path on it without the scheme (`s3://bucket/runs` -> `bucket/runs`), as
     `storage_filesystem` wants it.
     """
-    import pyarrow.fs as pafs  # type: ignore[import-untyped]
+    import pyarrow.fs as pafs
 
     if not is_uri(run_dir):
         return None, str(Path(run_dir).resolve())
@@ -84,7 +84,7 @@ def staging_dir(run_dir: str, run_name: str) -> Path:
 def publish(staged: Path, run_dir: str, run_name: str) -> str:
     """Copy the staged files of a run next to Ray's checkpoints under a URI `--run-dir` and
     remove the staging directory; return where the run lives."""
-    import pyarrow.fs as pafs  # type: ignore[import-untyped]
+    import pyarrow.fs as pafs
 
     if not is_uri(run_dir):
         return str(staged)
@@ -100,7 +100,7 @@ def publish(staged: Path, run_dir: str, run_name: str) -> str:
 def fetch_checkpoint(uri: str, into: Path) -> Path:
     """Download a run's `checkpoint.pt` (`uri` is the run, or the `.pt` file itself) into the
     directory `into`; FileNotFoundError when there is none."""
-    import pyarrow.fs as pafs  # type: ignore[import-untyped]
+    import pyarrow.fs as pafs
 
     filesystem, path = filesystem_and_path(uri)
     assert filesystem is not None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -32,6 +33,9 @@ from torch.nn import functional as F
 
 from trainer.data.tokenizer import BOS_ID, PAD_ID
 from trainer.models.recurrent import State, detach_hidden
+
+if TYPE_CHECKING:  # the models do not import this module; a type is all it needs
+    from trainer.models.language_model import LanguageModel
 
 EVAL_ROWS = 10  # rows a validation stream is cut into (word_language_model's eval batch size)
 
@@ -88,7 +92,7 @@ class TruncatedBPTT:
         self.state = None
 
     def loss(
-        self, model: nn.Module, inner: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+        self, model: nn.Module, inner: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, int]:
         """Mean next-token loss of one chunk, from the state the previous chunk left.
 
@@ -109,7 +113,7 @@ class TruncatedBPTT:
 
 @torch.no_grad()
 def stream_loss(
-    model: nn.Module, stream: torch.Tensor, *, bptt: int, rows: int = EVAL_ROWS
+    model: LanguageModel, stream: torch.Tensor, *, bptt: int, rows: int = EVAL_ROWS
 ) -> tuple[float, int, int]:
     """Summed nats, scored targets and correct argmax predictions of `model` reading `stream`
     as `rows` rows, `bptt` tokens at a time, the state carried (the tail that does not fill a

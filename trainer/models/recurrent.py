@@ -17,6 +17,8 @@ the ONNX exporter turns into a `Loop` with a dynamic time axis.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -71,9 +73,10 @@ class JordanLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`x: (B, T, I)`, `y: (B, H)` → outputs `(B, T, H)` and the last output `(B, H)`."""
-        return _jordan_scan(
+        scanned: tuple[torch.Tensor, torch.Tensor] = _jordan_scan(  # scripted: typed Any
             self.input(x), y, self.recurrent.weight, self.output.weight, self.output.bias
         )
+        return scanned
 
 
 class Jordan(nn.Module):
@@ -174,5 +177,5 @@ def remove_weight_norm(model: nn.Module) -> None:
     """Fold every parametrization back into a plain weight (before export or checkpointing)."""
     for module in model.modules():
         if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations):  # type: ignore[union-attr]
+            for name in list(cast(nn.ModuleDict, module.parametrizations)):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)

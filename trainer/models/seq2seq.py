@@ -142,7 +142,8 @@ class Decoder(nn.Module):
             return torch.bmm(query, self.attn(memory).transpose(1, 2))
         q = self.attn_query(query).unsqueeze(2)  # (B, T, 1, H)
         k = self.attn_key(memory).unsqueeze(1)  # (B, 1, S, H)
-        return self.attn_v(torch.tanh(q + k)).squeeze(3)  # (B, T, S)
+        scores: torch.Tensor = self.attn_v(torch.tanh(q + k))  # (B, T, S, 1)
+        return scores.squeeze(3)  # (B, T, S)
 
     def attend(
         self, query: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor
@@ -224,7 +225,8 @@ class Seq2Seq(nn.Module):
         combined, _, _ = self.decoder.attentional(prev, state, memory, source_mask(src, src_len))
         if keep is not None:
             combined = combined[keep]  # (N, H)
-        return self.decoder.out(self.decoder.drop(combined))
+        logits: torch.Tensor = self.decoder.out(self.decoder.drop(combined))
+        return logits
 
 
 def source_mask(src: torch.Tensor, src_len: torch.Tensor) -> torch.Tensor:

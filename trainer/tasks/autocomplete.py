@@ -88,7 +88,7 @@ class AutocompleteTask(Task):
         model's completions and of the MostPopularCompletion baseline on the same prefixes."""
         bptt = data.cfg.bptt if data.cfg is not None else 0
         if bptt:
-            total, count, correct = tbptt.stream_loss(model, self._stream(data), bptt=bptt)
+            total, count, correct = tbptt.stream_loss(unwrap(model), self._stream(data), bptt=bptt)
         else:
             total, count, correct = self._lines_loss(model, data)
         nats = total / max(count, 1)

@@ -7,7 +7,7 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tokenizers import Tokenizer
@@ -65,7 +65,7 @@ class Task(ABC):
     name: str
     defaults: ModelDefaults
     monitor: str  # the validation metric that picks the best checkpoint and early-stops
-    mode: str  # "max" or "min": which direction of `monitor` is better
+    mode: Literal["max", "min"]  # which direction of `monitor` is better
     data_kind: str  # what its files hold: "pairs", "labelled" or "text" (trainer.data.formats)
 
     @abstractmethod

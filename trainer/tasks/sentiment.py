@@ -99,7 +99,8 @@ class SentimentTask(Task):
         tokens = batch["tokens"]
         state = unwrap(model).init_hidden(tokens.size(0), tokens.device)
         logits, _ = model(tokens, state)  # (B, T, C)
-        return unwrap(model).pool(logits, batch["lengths"])  # (B, C): the whole text's label
+        pooled: torch.Tensor = unwrap(model).pool(logits, batch["lengths"])  # (B, C)
+        return pooled  # the whole text's label
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
         labels = batch["labels"]
