@@ -156,7 +156,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
             action="store_true",
             help="the language model alone, without the popular-query index (for comparison)",
         )
-    add("models", parents=[common], help="list the loaded models").set_defaults(run=_models)
+    models = add(
+        "models",
+        parents=[common],
+        help="list the loaded models with the validation metrics of their task (--json: all)",
+    )
+    models.set_defaults(run=_models)
     health = add("health", parents=[common], help="health of the server or of one service")
     health.add_argument("service", nargs="?", default="", help="e.g. recur.v1.TranslationService")
     health.set_defaults(run=_health)

@@ -139,13 +139,39 @@ def session_answer(revision: int, text: str, final: inference_pb2.CompleteFinal)
     )
 
 
+# The validation metrics that say how good a model of each task is, in the order shown, with
+# their labels; the trainer records them as `valid_<key>` (and `test_<key>` for a --test split).
+KEY_METRICS = {
+    "translation": (("bleu", "BLEU"), ("bleu_beam", "beam BLEU")),
+    "sentiment": (("accuracy", "accuracy"), ("macro_f1", "macro F1")),
+    "autocomplete": (("bits_per_char", "bits/char"), ("mrr_at_10", "MRR@10")),
+}
+
+
+def key_metrics(model: inference_pb2.ModelInfo) -> str:
+    """The few metrics that matter for the model's task, e.g. `BLEU 22.8 (test 21.9)`; the
+    validation loss for a task without key metrics or a model that recorded none of them."""
+    shown = []
+    for key, label in KEY_METRICS.get(model.task, ()):
+        if f"valid_{key}" in model.metrics:
+            text = f"{label} {model.metrics[f'valid_{key}']:.4g}"
+            if f"test_{key}" in model.metrics:
+                text += f" (test {model.metrics[f'test_{key}']:.4g})"
+            shown.append(text)
+    if not shown and "valid_loss" in model.metrics:
+        shown.append(f"loss {model.metrics['valid_loss']:.4g}")
+    return " · ".join(shown)
+
+
 def models_table(models: list[inference_pb2.ModelInfo]) -> str:
-    """A table of the loaded models: name, version, task, cell, default, metrics."""
-    rows = [["NAME", "VERSION", "TASK", "CELL", "DEFAULT", "METRICS"]]
+    """A table of the loaded models: name, version, task, cell, default, and the validation
+    metrics that matter for the task (every metric, unreadable on one line, is in `--json`)."""
+    rows = [["NAME", "VERSION", "TASK", "CELL", "DEFAULT", "VALIDATION"]]
     for model in models:
-        metrics = " ".join(f"{key}={model.metrics[key]:.4g}" for key in sorted(model.metrics))
         default = "yes" if model.is_default else ""
-        rows.append([model.name, str(model.version), model.task, model.cell, default, metrics])
+        rows.append(
+            [model.name, str(model.version), model.task, model.cell, default, key_metrics(model)]
+        )
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))

@@ -168,9 +168,21 @@ class Models(pb_grpc.ModelServiceServicer):
                     task="translation",
                     cell="gru",
                     is_default=True,
-                    metrics={"bleu": 0.3125, "loss": 1.5},
+                    metrics={
+                        "valid_bleu": 31.25,
+                        "test_bleu": 29.0,
+                        "valid_bleu_beam": 33.5,
+                        "valid_loss": 1.5,
+                        "grad_norm_max": 2.0,
+                    },
                 ),
-                pb.ModelInfo(name="sst2", version=1, task="sentiment", cell="lstm"),
+                pb.ModelInfo(
+                    name="sst2",
+                    version=1,
+                    task="sentiment",
+                    cell="lstm",
+                    metrics={"valid_loss": 0.4125},
+                ),
             ]
         )
 

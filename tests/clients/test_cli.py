@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from clients.cli import main
+from tests.conftest import Server
 
 REPO = Path(__file__).resolve().parents[2]
 SUMMARY_TAIL = "v1 · {tokens} tokens · ttft 1.5 ms · total 4.0 ms · {reason}]"
@@ -191,19 +192,55 @@ def test_session_model_only(
     assert [(r.text, r.model_only) for r in requests] == [("he", True), ("hello", True)]
 
 
-def test_models_table(capsys: pytest.CaptureFixture[str], target: str) -> None:
+def test_models_table_shows_the_tasks_key_metrics(
+    capsys: pytest.CaptureFixture[str], target: str
+) -> None:
+    """Only the metrics that matter for the task, with the test split's beside them; a model
+    without them shows its validation loss."""
     result = recur(capsys, "models", "--target", target)
     assert result.out.splitlines() == [
-        "NAME   VERSION  TASK         CELL  DEFAULT  METRICS",
-        "en-fr  3        translation  gru   yes      bleu=0.3125 loss=1.5",
-        "sst2   1        sentiment    lstm",
+        "NAME   VERSION  TASK         CELL  DEFAULT  VALIDATION",
+        "en-fr  3        translation  gru   yes      BLEU 31.25 (test 29) · beam BLEU 33.5",
+        "sst2   1        sentiment    lstm           loss 0.4125",
     ]
 
 
-def test_models_json(capsys: pytest.CaptureFixture[str], target: str) -> None:
+def test_models_json_has_every_metric(capsys: pytest.CaptureFixture[str], target: str) -> None:
     (listing,) = recur(capsys, "models", "--json", "--target", target).json_lines()
     assert [model["name"] for model in listing["models"]] == ["en-fr", "sst2"]
-    assert listing["models"][0]["metrics"] == {"bleu": 0.3125, "loss": 1.5}
+    assert listing["models"][0]["metrics"] == {
+        "valid_bleu": 31.25,
+        "test_bleu": 29.0,
+        "valid_bleu_beam": 33.5,
+        "valid_loss": 1.5,
+        "grad_norm_max": 2.0,
+    }
+
+
+def test_models_of_a_real_server_show_each_tasks_metric(
+    capsys: pytest.CaptureFixture[str], served: Server
+) -> None:
+    """`recur-serve` on the tiny bundles: one line per model, with the metric of its task as the
+    trainer recorded it in the manifest (what `--json` lists), and nothing else."""
+    listing = recur(capsys, "models", "--json", "--target", served.target).json_lines()[0]
+    metrics = {model["name"]: model["metrics"] for model in listing["models"]}
+    result = recur(capsys, "models", "--target", served.target)
+    header, *rows = result.out.splitlines()
+    assert result.code == 0 and header.split() == [
+        "NAME", "VERSION", "TASK", "CELL", "DEFAULT", "VALIDATION"
+    ]  # fmt: skip
+    expected = {
+        "autocomplete": f"bits/char {metrics['autocomplete']['valid_bits_per_char']:.4g} · "
+        f"MRR@10 {metrics['autocomplete']['valid_mrr_at_10']:.4g}",
+        "sentiment": f"accuracy {metrics['sentiment']['valid_accuracy']:.4g} · macro F1 "
+        f"{metrics['sentiment']['valid_macro_f1']:.4g}",
+        "translation": f"BLEU {metrics['translation']['valid_bleu']:.4g}",
+    }
+    assert [row.split(None, 5) for row in rows] == [
+        [name, "1", name, "gru", "yes", expected[name]] for name in sorted(expected)
+    ]
+    assert all(len(metrics[name]) > 5 for name in expected), "--json lists every metric"
+    assert "loss" not in result.out and "grad_norm" not in result.out
 
 
 @pytest.mark.parametrize(

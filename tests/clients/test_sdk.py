@@ -115,7 +115,13 @@ def test_list_models(target: str) -> None:
         ("en-fr", 3, "translation", "gru", True),
         ("sst2", 1, "sentiment", "lstm", False),
     ]
-    assert dict(models[0].metrics) == {"bleu": 0.3125, "loss": 1.5}
+    assert dict(models[0].metrics) == {
+        "valid_bleu": 31.25,
+        "test_bleu": 29.0,
+        "valid_bleu_beam": 33.5,
+        "valid_loss": 1.5,
+        "grad_norm_max": 2.0,
+    }
 
 
 @pytest.mark.parametrize(
