@@ -201,3 +201,42 @@ def test_unknown_scenario_is_refused_by_name(tmp_path: Path) -> None:
     ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "unknown scenario 'nope'" in result.stderr
+
+
+def test_the_performance_page_is_written_from_the_json(tmp_path: Path) -> None:
+    """`--report-only` writes the page from the JSON files: the hand-written header verbatim, the
+    run each file names (command, quick or full, commit), every target's measured value and
+    verdict; measured again, the page follows the JSON. The committed page is that page."""
+    from scripts.bench import report
+    from scripts.bench.__main__ import default_page
+    from scripts.bench.common import Result, Target, write
+
+    def measured(ratio: float) -> str:
+        run = {
+            "mode": "full",
+            "command": "python -m scripts.bench --only peer",
+            "commit": "abc1234",
+        }
+        target = Target("Recur / Ray Serve tokens/s at concurrency 64", ">= 10x", ratio, 10.0)
+        result = Result("peer", "Peer: Recur vs Ray Serve", targets=[target], extra={"run": run})
+        write(result, tmp_path)
+        redraw = [sys.executable, "-m", "scripts.bench", "--report-only", "--out", str(tmp_path)]
+        done = subprocess.run(redraw, capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return (tmp_path / "performance.md").read_text()
+
+    page = measured(4.53)
+    header = report.PAGE_HEADER.read_text()
+    assert page.startswith(header.rstrip("\n") + "\n")
+    assert "- `python -m scripts.bench --only peer` (full run, at abc1234): peer" in page
+    row = "| peer | Recur / Ray Serve tokens/s at concurrency 64 | {} | >= 10x | {} |"
+    assert row.format("4.53x", "**missed**") in page
+    assert "(quick run" not in page and "A quick run (`--quick`)" not in page
+    again = measured(12.5)
+    assert row.format("12.50x", "met") in again and "4.53x" not in again
+
+    assert default_page(ROOT / "bench-results") == ROOT / "docs" / "performance.md"
+    assert default_page(tmp_path) == tmp_path / "performance.md"
+    committed = (ROOT / "docs" / "performance.md").read_text()
+    assert committed.startswith(header.rstrip("\n") + "\n"), "regenerate: --report-only"
+    assert "## The run these figures are from" in committed and "## Targets" in committed

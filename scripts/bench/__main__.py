@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import subprocess
 import sys
 import time
 import traceback
@@ -35,7 +36,14 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="measure nothing: redraw the plots and SUMMARY.md from the JSON files in --out",
+        help="measure nothing: redraw the plots, SUMMARY.md and the performance page from the "
+        "JSON files in --out",
+    )
+    parser.add_argument(
+        "--page",
+        type=Path,
+        help="the performance page --report-only writes (default: docs/performance.md for the "
+        "default --out, else <out>/performance.md)",
     )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(SCENARIOS)
@@ -66,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     ctx.out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
-        return redraw(ctx.out, names)
+        return redraw(ctx.out, names, page=args.page or default_page(ctx.out))
     mode = "quick" if ctx.quick else "full"
     print(f"bench: {mode} run of {', '.join(names)}; results in {ctx.out}", flush=True)
     started = time.perf_counter()
@@ -74,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"\n== {name} ==", flush=True)
         result = run_one(name, ctx)
-        result.extra["run"] = {"mode": mode, "command": _command(argv)}
+        result.extra["run"] = {"mode": mode, "command": _command(argv), "commit": _commit()}
         path = write(result, ctx.out)
         data = report.load(path)
         report.plot(name, data, ctx.out / f"{name}.png")
@@ -98,16 +106,44 @@ def _command(argv: list[str] | None) -> str:
     return " ".join(["python -m scripts.bench", *_argv(argv)])
 
 
-def redraw(out: Path, names: list[str]) -> int:
-    """Plots and SUMMARY.md again from the scenarios' JSON files (no measurement)."""
+def _commit() -> str:
+    """The code measured: the commit, marked when the working tree had changes on top of it
+    ("" outside a git checkout)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        )
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, cwd=ROOT,
+        )  # fmt: skip
+    except OSError:
+        return ""
+    if head.returncode != 0:
+        return ""
+    return head.stdout.strip() + (" with uncommitted changes" if changes.stdout.strip() else "")
+
+
+def default_page(out: Path) -> Path:
+    """docs/performance.md for the repository's own results; beside the JSON for any other
+    --out (a test's results must not rewrite the committed page)."""
+    if out.resolve() == (ROOT / "bench-results").resolve():
+        return ROOT / "docs" / "performance.md"
+    return out / "performance.md"
+
+
+def redraw(out: Path, names: list[str], *, page: Path) -> int:
+    """Plots, SUMMARY.md and the performance page again from the scenarios' JSON files (no
+    measurement)."""
     found = [n for n in names if (out / f"{n}.json").is_file()]
     for name in found:
         data = report.load(out / f"{name}.json")
         if "status" in data:
             report.plot(name, data, out / f"{name}.png")
     summary = report.write_summary(out, mode="redrawn", argv=["--report-only"])
+    written = report.write_page(out, page)
     print(report.targets_table(out))
-    print(f"bench: redrew {len(found)} plots and {summary}")
+    print(f"bench: redrew {len(found)} plots, {summary} and {written}")
     return 0
 
 

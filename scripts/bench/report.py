@@ -1,4 +1,5 @@
-"""Tables, plots and `SUMMARY.md` from the scenarios' JSON files."""
+"""Tables, plots, `SUMMARY.md` and the performance page (docs/performance.md) from the
+scenarios' JSON files."""
 
 from __future__ import annotations
 
@@ -141,29 +142,22 @@ def targets_table(out: Path) -> str:
     return "\n".join(lines)
 
 
-def write_summary(out: Path, *, mode: str, argv: Sequence[str]) -> Path:
-    """`SUMMARY.md`: the machine, every target, then each scenario's table and plot."""
-    results = _results(out)
-    lines = ["# Recur benchmark results", ""]
-    command = "python -m scripts.bench " + " ".join(argv)
-    lines.append(f"Written {time.strftime('%Y-%m-%d %H:%M %Z')} by `{command.strip()}` ({mode}).")
-    if results:
-        machine, versions = results[0][1]["machine"], results[0][1]["versions"]
-        memory = machine.get("memory_bytes") or 0
-        lines.append(
-            f"Machine: {machine['cpu']}, {machine['usable_cores']} usable cores, "
-            f"{memory / 2**30:.0f} GiB, {machine['platform']}, Python {machine['python']}."
-        )
-        lines.append(
-            "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None) + "."
-        )
-    lines += [
-        "",
-        "Absolute numbers on a shared machine are noisy; every target is a ratio of measurements "
-        "taken side by side in the same run.",
-        "",
-        "## Targets",
-        "",
+def machine_lines(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The machine and library versions of the first result (a run measures on one machine)."""
+    if not results:
+        return []
+    machine, versions = results[0][1]["machine"], results[0][1]["versions"]
+    memory = machine.get("memory_bytes") or 0
+    return [
+        f"Machine: {machine['cpu']}, {machine['usable_cores']} usable cores, "
+        f"{memory / 2**30:.0f} GiB, {machine['platform']}, Python {machine['python']}.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None) + ".",
+    ]
+
+
+def targets_markdown(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Every target of every scenario as a markdown table, with its verdict."""
+    lines = [
         "| scenario | target | measured | goal | verdict |",
         "|---|---|---:|---:|---|",
     ]
@@ -175,6 +169,15 @@ def write_summary(out: Path, *, mode: str, argv: Sequence[str]) -> Path:
             if t.get("failed"):
                 verdict += f" (does not count: {t['failed']})"
             lines.append(f"| {name} | {t['name']} | {fmt_target(t)} | {t['goal']} | {verdict} |")
+    return lines
+
+
+def scenario_sections(
+    out: Path, results: Sequence[tuple[str, dict[str, Any]]], *, show_plots: bool
+) -> list[str]:
+    """Each scenario's heading, provenance, targets and tables, and its plot: shown when the
+    document lies beside the PNGs (SUMMARY.md), else named by its path."""
+    lines: list[str] = []
     for name, data in results:
         lines += ["", f"## {data['title']}", ""]
         run = data.get("run", {})
@@ -184,7 +187,90 @@ def write_summary(out: Path, *, mode: str, argv: Sequence[str]) -> Path:
         )
         lines += ["", *render(name, data)]
         if (out / f"{name}.png").is_file() and data["status"] == "ok":
-            lines += ["", f"![{name}]({name}.png)"]
+            shown = f"![{name}]({name}.png)" if show_plots else f"Plot: `{out.name}/{name}.png`."
+            lines += ["", shown]
+    return lines
+
+
+def write_summary(out: Path, *, mode: str, argv: Sequence[str]) -> Path:
+    """`SUMMARY.md`: the machine, every target, then each scenario's table and plot."""
+    results = _results(out)
+    lines = ["# Recur benchmark results", ""]
+    command = "python -m scripts.bench " + " ".join(argv)
+    lines.append(f"Written {time.strftime('%Y-%m-%d %H:%M %Z')} by `{command.strip()}` ({mode}).")
+    lines += machine_lines(results)
+    lines += [
+        "",
+        "Absolute numbers on a shared machine are noisy; every target is a ratio of measurements "
+        "taken side by side in the same run.",
+        "",
+        "## Targets",
+        "",
+        *targets_markdown(results),
+        *scenario_sections(out, results, show_plots=True),
+    ]
     path = out / "SUMMARY.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+PAGE_HEADER = Path(__file__).with_name("performance_header.md")
+
+
+def provenance(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Which run or runs the JSON files come from: when, by which command, quick or full, and
+    how loaded the machine was; a page mixing runs says so."""
+    if not results:
+        return ["No scenario's JSON file was found: `make bench` writes them."]
+    runs: dict[tuple[str, str, str], list[str]] = {}
+    for name, data in results:
+        run = data.get("run") or {"command": "unknown command", "mode": "unknown mode"}
+        commit = run.get("commit") or "a commit it did not record"
+        runs.setdefault((run["command"], run["mode"], commit), []).append(name)
+    finished = sorted(data["finished_at"] for _, data in results)
+    lines = [
+        f"The JSON files were written between {finished[0]} and {finished[-1]} by "
+        + ("one run" if len(runs) == 1 else f"{len(runs)} runs")
+        + ":",
+        "",
+    ]
+    for (command, mode, commit), names in runs.items():
+        lines.append(f"- `{command}` ({mode} run, at {commit}): {', '.join(names)}")
+    if any(mode == "quick" for _, mode, _ in runs):
+        lines += [
+            "",
+            "A quick run (`--quick`) measures shorter loads in fewer rounds: its ratios are "
+            "noisier than a full run's, and some scenarios measure fewer levels.",
+        ]
+    loads = [
+        data["machine"]["load_average"][0]
+        for _, data in results
+        if data["machine"].get("load_average")
+    ]
+    lines += ["", *machine_lines(results)]
+    if loads:
+        low, high = min(loads), max(loads)
+        lines.append(f"Load average (1 min) when the scenarios finished: {low:.1f} to {high:.1f}.")
+    return lines
+
+
+def write_page(out: Path, page: Path) -> Path:
+    """The performance page (docs/performance.md): the hand-written header kept in
+    `performance_header.md`, then which run measured, every target and every scenario's table,
+    all from the JSON files in `out`, so that the page cannot drift from the measurements."""
+    results = _results(out)
+    lines = [
+        PAGE_HEADER.read_text().rstrip("\n"),
+        "",
+        "## The run these figures are from",
+        "",
+        *provenance(results),
+        "",
+        "## Targets",
+        "",
+        *targets_markdown(results),
+        *scenario_sections(out, results, show_plots=False),
+    ]
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text("\n".join(lines) + "\n")
+    return page
