@@ -15,20 +15,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
-import math
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+import settings
 from clients import bench_cli, render, terminal
 from clients.channel import Connection
 from clients.sdk import DEFAULT_TARGET, RecurClient, RecurError, Session
+from settings import setting
 
 Command = Callable[[RecurClient, argparse.Namespace], Awaitable[int]]
 
@@ -41,13 +44,6 @@ when a newer revision won, until stdin ends. There the --timeout deadline covers
 session; the live terminal mode has none."""
 
 
-def _seconds(value: str) -> float:
-    with contextlib.suppress(ValueError):
-        if 0 < (seconds := float(value)) < math.inf:
-            return seconds
-    raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
-
-
 def _count(value: str) -> int:
     with contextlib.suppress(ValueError):
         if (count := int(value)) >= 0:
@@ -55,43 +51,37 @@ def _count(value: str) -> int:
     raise argparse.ArgumentTypeError(f"expected 0 (the server default) or more, got {value!r}")
 
 
-def _connection_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    """The flags of every command that calls a server: where it is, the deadline, TLS, auth."""
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """The flags of every command that calls a server: where it is, the deadline, TLS, auth (each
+    also RECUR_<FLAG>; flags win)."""
+
+    # fmt: off
+    target: str = setting(DEFAULT_TARGET, "the server", metavar="HOST:PORT")
+    timeout: float = setting(30.0, "deadline of the call in seconds", above=0, metavar="SECONDS")
+    tls: bool = setting(False, "use TLS")
+    root_cert: str | None = setting(None, "PEM roots that sign the server's certificate; implies "
+                                    "--tls", metavar="FILE")
+    client_cert: str | None = setting(None, "PEM client certificate chain (mutual TLS); implies "
+                                      "--tls", metavar="FILE")
+    client_key: str | None = setting(None, "PEM private key of --client-cert; implies --tls",
+                                     metavar="FILE")
+    token: str | None = setting(None, "bearer token sent as `authorization: Bearer TOKEN` "
+                                "(better as RECUR_TOKEN: a flag shows in `ps`)", metavar="TOKEN")
+    # fmt: on
+
+
+def _connection_parser() -> argparse.ArgumentParser:
+    """The flags of ConnectionSettings, None where not given: `main` resolves them with the
+    environment."""
     connection = argparse.ArgumentParser(add_help=False)
-    add = connection.add_argument
-    add(
-        "--target",
-        default=environ.get("RECUR_TARGET", DEFAULT_TARGET),
-        metavar="HOST:PORT",
-        help="the server (env RECUR_TARGET, default %(default)s)",
-    )
-    add(
-        "--timeout",
-        type=_seconds,
-        default=environ.get("RECUR_TIMEOUT", "30"),
-        metavar="SECONDS",
-        help="deadline of the call (env RECUR_TIMEOUT, default %(default)s)",
-    )
-    tls_default = environ.get("RECUR_TLS", "").lower() in ("1", "true", "yes")
-    add("--tls", action="store_true", default=tls_default, help="use TLS (env RECUR_TLS=1)")
-    for flag, env, what in (
-        ("--root-cert", "RECUR_ROOT_CERT", "PEM roots that sign the server's certificate"),
-        ("--client-cert", "RECUR_CLIENT_CERT", "PEM client certificate chain (mutual TLS)"),
-        ("--client-key", "RECUR_CLIENT_KEY", "PEM private key of --client-cert"),
-    ):
-        add(flag, default=environ.get(env), metavar="FILE", help=f"{what}; implies --tls ({env})")
-    add(
-        "--token",
-        default=environ.get("RECUR_TOKEN"),
-        metavar="TOKEN",
-        help="bearer token sent as `authorization: Bearer TOKEN` (better: env RECUR_TOKEN)",
-    )
+    settings.add_arguments(connection, ConnectionSettings)
     return connection
 
 
-def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    """Builds the parser; `environ` gives the defaults of the connection flags (RECUR_*)."""
-    connection = _connection_parser(environ)
+def build_parser() -> argparse.ArgumentParser:
+    """Builds the parser; the connection flags left out parse as None (see `main`)."""
+    connection = _connection_parser()
     common = argparse.ArgumentParser(add_help=False, parents=[connection])
     common.add_argument("--model", default="", metavar="NAME", help="model (default: the task's)")
     common.add_argument("--json", action="store_true", help="one JSON object per event per line")
@@ -346,8 +336,13 @@ def main(argv: list[str] | None = None) -> None:
         SystemExit: Always, with the exit code: 0 done, 1 failed call or health not SERVING,
             2 bad flags (from argparse), 130 interrupted by Ctrl-C.
     """
-    parser = build_parser(os.environ)
+    parser = build_parser()
     args = parser.parse_args(argv)
+    try:  # the connection flags given, over RECUR_* in the environment, over the defaults
+        connection = settings.resolve(ConnectionSettings, vars(args), os.environ)
+    except ValueError as e:
+        parser.error(str(e))
+    vars(args).update(dataclasses.asdict(connection))
     if (args.client_cert is None) != (args.client_key is None):
         parser.error("--client-cert and --client-key come together: give both or neither")
     try:

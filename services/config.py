@@ -1,4 +1,5 @@
-"""Server configuration: a frozen dataclass; defaults < `RECUR_*` environment < flags."""
+"""Server configuration: a frozen dataclass, one `setting(...)` per field (the `settings`
+package); defaults < `--config` file < `RECUR_*` environment < flags."""
 
 from __future__ import annotations
 
@@ -7,148 +8,109 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+
+import settings
+from settings import setting
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    models: str = "models"  # model repository: <models>/<name>/<version>/manifest.json
-    host: str = "0.0.0.0"
-    port: int = 50051  # gRPC; 0 picks a free port (printed at start)
-    metrics_host: str = "0.0.0.0"
-    metrics_port: int = 9464  # Prometheus /metrics; 0 picks a free port, -1 disables
-    max_input_chars: int = 2000  # longest accepted request text
-    max_tokens_limit: int = 512  # largest accepted max_tokens
-    max_streams: int = 256  # streams in flight; beyond, RESOURCE_EXHAUSTED at once
-    default_max_tokens: int = 32  # autocomplete default when max_tokens is 0
-    ort_threads: int = 1  # ONNX Runtime intra-op threads per session
-    graphs: str = "optimized"  # which copy of each graph: optimized (default), fp32 or int8
-    executor_workers: int = 2  # threads running ONNX Runtime calls off the event loop
-    grace_seconds: float = 10.0  # drain time for in-flight streams on SIGTERM
-    max_batch_size: int = 256  # rows per batched ONNX Runtime call; 1 turns batching off
-    state_slots: int = 1024  # recurrent-state slots per model (a stream holds one, a beam more)
-    prefill_chunk: int = 32  # longest piece of a prompt read in one step
-    inline_step_ms: float = 0.3  # steps known to be shorter run on the event loop; 0: never
-    max_beam_size: int = 8  # largest accepted beam_size / num_suggestions
-    session_ttl_seconds: float = 300.0  # an autocomplete session idle this long is closed
-    reload_seconds: float = 5.0  # how often the repository is scanned for new versions; 0: never
-    tls_cert_file: str = ""  # PEM certificate chain; with tls_key_file turns TLS on
-    tls_key_file: str = ""
-    tls_client_ca_file: str = ""  # PEM CA bundle; set, clients must present a certificate (mTLS)
-    auth_token_file: str = ""  # file holding the bearer token (or env RECUR_AUTH_TOKEN)
-    health_port: int = -1  # plaintext port serving only grpc.health.v1 (probes); -1: off
-    max_message_bytes: int = 1 << 20  # largest request or response message
-    keepalive_seconds: float = 30.0  # server pings an idle connection this often
-    keepalive_timeout_seconds: float = 10.0  # and closes it when the ping is not answered
-    stream_interval: int = 1  # tokens per response message after the first, at least
-    metrics: bool = True  # record Prometheus metrics (--no-metrics: measure what they cost)
-    processes: int = 1  # server processes sharing the port (SO_REUSEPORT), one engine each
+    # fmt: off
+    models: str = setting("models", "model repository to serve: "
+                          "<models>/<name>/<version>/manifest.json", metavar="DIR")
+    host: str = setting("0.0.0.0", "address the gRPC port listens on")
+    port: int = setting(50051, "gRPC port (0: any free port, printed at start)", min=0, max=65535)
+    metrics_host: str = setting("0.0.0.0", "address the Prometheus /metrics port listens on")
+    metrics_port: int = setting(9464, "Prometheus /metrics port (0: any free port, -1: off)",
+                                min=-1, max=65535)
+    max_input_chars: int = setting(2000, "longest accepted request text, in characters", min=1)
+    max_tokens_limit: int = setting(512, "largest accepted max_tokens of a request", min=1)
+    max_streams: int = setting(256, "streams in flight; beyond them RESOURCE_EXHAUSTED at once",
+                               min=1)
+    default_max_tokens: int = setting(32, "tokens an autocomplete request gets when its "
+                                      "max_tokens is 0", min=1)
+    ort_threads: int = setting(1, "ONNX Runtime intra-op threads per session", min=1)
+    graphs: str = setting("optimized", "which copy of each graph to serve: optimized (the "
+                          "bundle's ORT-optimized copy), fp32 (as exported) or int8 (the "
+                          "quantized copy, when the bundle has one)",
+                          choices="services.offline:GRAPHS")
+    executor_workers: int = setting(2, "threads running ONNX Runtime calls off the event loop; "
+                                    "also the batches of one model in flight at once", min=1)
+    grace_seconds: float = setting(10.0, "seconds in-flight streams get to finish on SIGTERM",
+                                   min=0)
+    max_batch_size: int = setting(256, "rows per batched ONNX Runtime call (1: batching off)",
+                                  min=1)
+    state_slots: int = setting(1024, "recurrent-state slots per model (a stream holds one, a "
+                               "beam search one per beam)", min=1)
+    prefill_chunk: int = setting(32, "longest piece of a prompt read in one model step", min=1)
+    inline_step_ms: float = setting(0.3, "run a model step on the event-loop thread, skipping "
+                                    "two thread hand-offs, when that graph's recent steps of "
+                                    "that batch size averaged less than this many milliseconds "
+                                    "(0: never)", min=0)
+    max_beam_size: int = setting(8, "largest accepted beam_size / num_suggestions of a request",
+                                 min=1)
+    session_ttl_seconds: float = setting(300.0, "close autocomplete sessions idle this long",
+                                         above=0)
+    reload_seconds: float = setting(5.0, "scan the repository for new model versions this often "
+                                    "(0: never)", min=0)
+    tls_cert_file: str = setting("", "PEM certificate chain of the server (TLS on with "
+                                 "--tls-key-file)", metavar="FILE")
+    tls_key_file: str = setting("", "PEM private key of --tls-cert-file", metavar="FILE")
+    tls_client_ca_file: str = setting("", "require client certificates signed by this CA "
+                                      "(mutual TLS)", metavar="FILE")
+    auth_token_file: str = setting("", "require `authorization: Bearer <token>` with the token "
+                                   "in this file (or in RECUR_AUTH_TOKEN); health stays open",
+                                   metavar="FILE")
+    health_port: int = setting(-1, "plaintext port serving only grpc.health.v1, for probes when "
+                               "TLS is on (-1: off)", min=-1, max=65535)
+    max_message_bytes: int = setting(1 << 20, "largest request or response message", min=1)
+    keepalive_seconds: float = setting(30.0, "the server pings an idle connection this often",
+                                       above=0)
+    keepalive_timeout_seconds: float = setting(10.0, "and closes it when the ping is not "
+                                               "answered within this", above=0)
+    stream_interval: int = setting(1, "tokens per response message after the first, at least (a "
+                                   "request's stream_interval overrides it); what a stream "
+                                   "produced while its previous message was being written "
+                                   "always goes out together", min=1)
+    metrics: bool = setting(True, "record Prometheus metrics (--no-metrics turns recording off, "
+                            "to measure its cost)")
+    processes: int = setting(1, "server processes sharing --port (SO_REUSEPORT): the kernel "
+                             "spreads client connections over them, each serves its connections "
+                             "with its own engine (--max-streams and --state-slots are per "
+                             "process); one process uses about one core (docs/scaling.md)",
+                             min=1)
+    # fmt: on
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-
-_HELP = {
-    "models": "model repository to serve",
-    "port": "gRPC port (0: any free port)",
-    "metrics_port": "Prometheus metrics port (0: any free port, -1: off)",
-    "grace_seconds": "seconds in-flight streams get to finish on SIGTERM",
-    "max_streams": "streams in flight; beyond them RESOURCE_EXHAUSTED at once",
-    "graphs": "which copy of each graph to serve: optimized (the bundle's ORT-optimized copy), "
-    "fp32 (as exported) or int8 (the quantized copy, when the bundle has one)",
-    "max_batch_size": "rows per batched ONNX Runtime call (1: batching off)",
-    "state_slots": "recurrent-state slots per model",
-    "prefill_chunk": "longest piece of a prompt read in one model step",
-    "inline_step_ms": "run a model step on the event-loop thread, skipping two thread hand-offs, "
-    "when that graph's recent steps of that batch size averaged less than this (0: never)",
-    "session_ttl_seconds": "close autocomplete sessions idle this long",
-    "reload_seconds": "scan the repository for new model versions this often (0: never)",
-    "tls_cert_file": "PEM certificate chain of the server (TLS on with --tls-key-file)",
-    "tls_key_file": "PEM private key of --tls-cert-file",
-    "tls_client_ca_file": "require client certificates signed by this CA (mutual TLS)",
-    "auth_token_file": "require `authorization: Bearer <token>` with the token in this file "
-    "(or in RECUR_AUTH_TOKEN); health stays open",
-    "health_port": "plaintext port serving only grpc.health.v1, for probes when TLS is on "
-    "(-1: off)",
-    "max_message_bytes": "largest request or response message",
-    "stream_interval": "tokens per response message after the first, at least (a request's "
-    "stream_interval overrides it); what a stream produced while its previous message was being "
-    "written always goes out together",
-    "processes": "server processes sharing --port (SO_REUSEPORT): the kernel spreads client "
-    "connections over them, each serves its connections with its own engine (--max-streams and "
-    "--state-slots are per process); one process uses about one core (docs/scaling.md)",
-    "metrics": "record Prometheus metrics (--no-metrics turns recording off, to measure its cost)",
-}
-_KINDS: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool}
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def _from_env(kind: Any, raw: str) -> Any:
-    if kind is not bool:
-        return kind(raw)
-    if raw.lower() in _TRUE + _FALSE:
-        return raw.lower() in _TRUE
-    raise ValueError(raw)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recur-serve",
         description="Serve every model bundle of a repository over gRPC, streaming per token.",
-        epilog="Every flag can also be set as RECUR_<FLAG> in the environment (flags win).",
+        epilog="Every flag can also be set in a --config file (TOML, or YAML with pyyaml; keys as "
+        "the flags without dashes) or as RECUR_<FLAG> in the environment; flags win over the "
+        "environment, the environment over the file.",
     )
-    for f in fields(ServeConfig):
-        kind: Any = _KINDS[str(f.type)]
-        help_text = _HELP.get(f.name, "") + f" (default: {f.default})"
-        flag = "--" + f.name.replace("_", "-")
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        else:
-            parser.add_argument(flag, type=kind, help=help_text)
+    parser.add_argument("--config", default=None, help="a .toml or .yaml file of settings")
+    settings.add_arguments(parser, ServeConfig)
     return parser
 
 
 def resolve(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -> ServeConfig:
-    """Parse `argv` over the environment over the defaults; exits with a message on bad input."""
-    environ = os.environ if environ is None else environ
+    """Parse `argv` over the environment over a `--config` file over the defaults; exits with a
+    message naming the flag (or variable, or key) on bad input."""
     parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    values: dict[str, Any] = {}
-    for f in fields(ServeConfig):
-        kind = _KINDS[str(f.type)]
-        env_name = f"RECUR_{f.name.upper()}"
-        if env_name in environ:
-            try:
-                values[f.name] = _from_env(kind, environ[env_name])
-            except ValueError:
-                parser.error(f"{env_name}={environ[env_name]!r} is not a valid {kind.__name__}")
-        if args[f.name] is not None:
-            values[f.name] = args[f.name]
-    cfg = ServeConfig(**values)
-    positive = (
-        "max_input_chars",
-        "max_tokens_limit",
-        "max_streams",
-        "ort_threads",
-        "executor_workers",
-        "max_batch_size",
-        "state_slots",
-        "prefill_chunk",
-        "max_beam_size",
-        "max_message_bytes",
-        "stream_interval",
-        "processes",
-    )
-    above_zero = ("session_ttl_seconds", "keepalive_seconds", "keepalive_timeout_seconds")
-    for name in ("port", "reload_seconds", "grace_seconds", "inline_step_ms", *positive,
-                 *above_zero):  # fmt: skip
-        value = getattr(cfg, name)
-        low_ok = value > 0 if name in above_zero else value >= (1 if name in positive else 0)
-        if not (low_ok and value < float("inf")):
-            parser.error(f"--{name.replace('_', '-')} is out of range: {getattr(cfg, name)}")
-    if cfg.graphs not in ("optimized", "fp32", "int8"):
-        parser.error(f"--graphs must be optimized, fp32 or int8, got {cfg.graphs!r}")
+    flags = vars(parser.parse_args(argv))
+    config_file = flags.pop("config")
+    try:
+        file_values = settings.read_file(ServeConfig, config_file) if config_file else {}
+        cfg = settings.resolve(ServeConfig, flags, os.environ if environ is None else environ,
+                               file_values)  # fmt: skip
+    except ValueError as e:
+        parser.error(str(e))
     if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
         parser.error("--tls-cert-file and --tls-key-file come together: give both or neither")
     if cfg.tls_client_ca_file and not cfg.tls_cert_file:

@@ -46,7 +46,7 @@ def test_serving_side_loads_without_torch_or_ray(package: str) -> None:
     )
     loaded = set(json.loads(result.stdout))
     assert not {m for m in loaded if m.split(".")[0] in ("torch", "ray", "trainer")}
-    if package == "clients":  # clients: grpc, protobuf and protos only
+    if package == "clients":  # clients: grpc, protobuf, protos and the stdlib-only settings
         assert not {m for m in loaded if m.split(".")[0] in ("numpy", "services")}
 
 
@@ -62,6 +62,34 @@ def test_import_rules(package: str, forbidden: tuple[str, ...], reason: str) -> 
     for path in (ROOT / package).rglob("*.py"):
         bad = {n for n in imported_names(path) if n.split(".")[0] in forbidden}
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}: {reason}"
+
+
+def test_settings_use_the_standard_library_only() -> None:
+    """`settings` (one declaration per setting: flags, RECUR_*, config files, checks, docs) is
+    shared by the trainer, the services and the clients, so it may import nothing any of them
+    must not: the standard library only, and pyyaml only where a YAML config file is read."""
+    allowed = set(sys.stdlib_module_names) | {"settings", "_typeshed", "yaml"}  # typing; --config
+    for path in (ROOT / "settings").rglob("*.py"):
+        bad = {n for n in imported_names(path) if n.split(".")[0] not in allowed}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}: shared by every program"
+
+
+def test_every_program_declares_its_settings_in_one_place() -> None:
+    """Issue 17: recur-serve, recur-train and the recur CLI build their flags, RECUR_* variables
+    and checks from `settings` declarations; nothing else reads RECUR_* variables by name except
+    the server's secret (RECUR_AUTH_TOKEN, never a flag)."""
+    readers = sorted(
+        str(path.relative_to(ROOT))
+        for package in ("services", "trainer", "clients")
+        for path in (ROOT / package).rglob("*.py")
+        if "settings" in imported_names(path)
+    )
+    declared = ["clients/cli.py", "services/config.py", "trainer/cli.py", "trainer/config.py"]
+    assert readers == declared
+    for package in ("services", "trainer", "clients"):
+        for path in (ROOT / package).rglob("*.py"):
+            text = path.read_text()
+            assert 'environ.get("RECUR_' not in text and 'environ["RECUR_' not in text, path
 
 
 def test_trainer_uses_only_the_server_free_part_of_services() -> None:

@@ -11,62 +11,22 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from trainer.config import TASKS, TrainConfig, read_config_file, resolve
+import settings
+from trainer.config import TrainConfig, read_config_file, resolve
 from trainer.data.files import DataError
 from trainer.export import ExportError, export_checkpoint
 from trainer.loop import print_report
 from trainer.resume import atomic_save
 from trainer.storage import is_uri, publish, staging_dir
 
-_HELP = {
-    "task": f"what to train: {', '.join(TASKS)}",
-    "data": "builtin: the task's embedded corpus; files: --train/--valid",
-    "train": "training data; translation also takes two aligned files 'a.en,a.de'",
-    "valid": "validation data (default: hold out 5%% of --train)",
-    "cell": "recurrent cell",
-    "attention": "translation: attention score (dot, general, additive)",
-    "input_feeding": "translation: feed the previous attentional vector to the decoder",
-    "pooling": "sentiment: label from the last, mean or max of the per-token logits",
-    "prefix_loss": "sentiment: none scores the whole text's label only; linear also scores every "
-    "prefix's running label, weighted by its length (trainer/tasks/sentiment.py); '': linear",
-    "tie_embeddings": "autocomplete: share the embedding with the output layer (E == H)",
-    "tokenizer": "char, word or bpe, trained on the training split (default: the task's)",
-    "vocab_size": "vocabulary size (0: 8000 for bpe, 30000 for char and word)",
-    "embed_dim": "embedding width (0: task default)",
-    "hidden_size": "recurrent width (0: task default)",
-    "epochs": "passes over the training data (0: task default)",
-    "batch_size": "examples per batch and worker, or padded tokens with --batch-type tokens",
-    "batch_type": "examples: random batches of --batch-size examples; tokens: examples of "
-    "similar length up to --batch-size padded tokens",
-    "workers": "Ray Train data-parallel workers; 0 trains in-process without Ray",
-    "use_gpu": "one GPU per worker (NCCL); in-process: CUDA when available",
-    "precision": "fp32, or mixed precision: bf16 or fp16 autocast (fp16 with loss scaling, CUDA)",
-    "out": "model repository to export the bundle to",
-    "name": "model name in the repository (default: the task)",
-    "run_dir": "where runs keep checkpoints (Ray Train storage): a directory every node mounts, "
-    "or a URI (s3://bucket/runs with AWS_ENDPOINT_URL for a non-AWS endpoint, gs://, file://)",
-    "dry_run": "one batch of training and an export to a temporary directory",
-    "checkpoint_every_steps": "also checkpoint every N optimizer steps (0: once per epoch)",
-    "keep_checkpoints": "Ray Train: checkpoints to keep, best and latest first (0: all)",
-    "max_train_examples": "use only the first N training examples (0: all)",
-    "max_valid_examples": "use only the first N validation examples (0: all)",
-    "eval_completions": "autocomplete: validation queries completed for MRR@10 (0: off); also "
-    "those the ranking weights are fit on",
-    "popular_max_queries": "autocomplete: the bundle's popular-query index keeps the N most "
-    "frequent training queries (0: no index, model-only suggestions)",
-    "beam_size": "translation: also report BLEU of beam search with this width (0/1: greedy only)",
-    "fit_decoding_pairs": "translation: validation pairs the served beam width and length penalty "
-    "are fit on, recorded in the bundle (0: not fit)",
-}
-
 
 def build_parser() -> argparse.ArgumentParser:
-    """Flags for every TrainConfig field; unset flags stay None so the environment can apply."""
+    """Flags for every TrainConfig field, from its `setting(...)` declaration; unset flags stay
+    None so that the config file and the environment can apply."""
     parser = argparse.ArgumentParser(
         prog="recur-train",
         description="Train a recurrent network for one task and export it as a model bundle.",
@@ -77,14 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", type=Path, default=None, help="a .toml or .yaml file of settings"
     )
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = _HELP.get(f.name, "") + f" (default: {f.default})"
-        if f.type == "bool":
-            parser.add_argument(flag, action="store_true", default=None, help=help_text)
-        else:
-            kind: Any = {"int": int, "float": float, "str": str}[str(f.type)]
-            parser.add_argument(flag, type=kind, default=None, help=help_text)
+    settings.add_arguments(parser, TrainConfig)
     return parser
 
 

@@ -15,79 +15,117 @@ A config file is one flat table of the fields below (`batch_size` or `batch-size
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-TASKS = ("translation", "sentiment", "autocomplete")
-CELLS = ("gru", "lstm", "elman", "elman_relu", "jordan")  # trainer.models.recurrent.CELLS
-TOKENIZERS = ("char", "word", "whitespace", "bpe")  # trainer.data.tokenizer.TOKENIZERS
-ATTENTIONS = ("dot", "general", "additive")  # trainer.models.seq2seq.ATTENTIONS
-POOLINGS = ("last", "mean", "max")  # trainer.models.classifier.POOLINGS
-PREFIX_LOSSES = ("none", "linear")  # trainer.tasks.sentiment.PREFIX_LOSSES
-PRECISIONS = ("fp32", "bf16", "fp16")  # trainer.precision.PRECISIONS
+import settings
+from settings import setting
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    task: str = "sentiment"
-    data: str = "builtin"  # "builtin" (the embedded corpus) or "files" (--train/--valid)
-    train: str = ""  # training file(s); translation accepts "a.en,a.de"
-    valid: str = ""  # validation file(s), or a share ("10%") or count ("2000") of --train; "": 5%
-    test: str = ""  # test file(s), or a share/count of --train; evaluated once, with the best model
-    carve: str = "random"  # where shares of --train are carved from: random lines, or its end
-    cell: str = "gru"
-    attention: str = "general"  # translation: dot, general or additive
-    input_feeding: bool = False  # translation: the previous attentional vector feeds the decoder
-    pooling: str = "last"  # sentiment: last, mean or max over the per-token logits
-    prefix_loss: str = ""  # sentiment: none (final label only) or linear (every prefix); "": linear
-    tie_embeddings: bool = False  # autocomplete: output layer shares the embedding (E == H)
-    tokenizer: str = ""  # char, word or bpe; empty: the task's (char for autocomplete, else word)
-    vocab_size: int = 0  # 0: 8000 for bpe, 30000 for char and word
-    embed_dim: int = 0  # 0: the task's default
-    hidden_size: int = 0  # 0: the task's default
-    num_layers: int = 1
-    dropout: float = 0.0
-    epochs: int = 0  # 0: the task's default
-    batch_size: int = 64  # per worker, as in Ray Train
-    batch_type: str = "examples"  # examples, or tokens: --batch-size padded tokens per batch
-    bptt: int = 0  # autocomplete: truncated BPTT over the text as one stream; 0: per sequence
-    optimizer: str = "adam"  # adam, adamw, sgd, rmsprop
-    lr: float = 3e-3
-    momentum: float = 0.9  # sgd and rmsprop
-    weight_decay: float = 0.0
-    schedule: str = "none"  # none, cosine, plateau
-    plateau_factor: float = 0.5  # plateau: the rate is multiplied by this when validation stalls
-    warmup_steps: int = 0
-    clip_norm: float = 1.0  # 0: no clipping by norm
-    clip_value: float = 0.0  # 0: no clipping by value
-    weight_norm: bool = False  # weight normalization of input and recurrent weights
-    eval_completions: int = 200  # autocomplete: validation queries completed for MRR@10; 0: off
-    popular_max_queries: int = 1_000_000  # autocomplete: popular-query index size; 0: no index
-    beam_size: int = 0  # translation: > 1 also reports BLEU of beam search of this width
-    fit_decoding_pairs: int = 500  # translation: validation pairs beam defaults are fit on; 0: off
-    patience: int = 0  # early stopping: validations without improvement; 0: off
-    seed: int = 0
-    workers: int = 2  # data-parallel Ray Train workers; 0 trains in-process without Ray
-    use_gpu: bool = False
-    precision: str = "fp32"  # fp32, or bf16 / fp16 autocast (mixed precision; fp16: CUDA)
-    max_train_examples: int = 0  # 0: all
-    max_valid_examples: int = 0  # 0: all
-    out: str = "models"  # model repository the bundle is exported to
-    name: str = ""  # model name; empty: the task name
-    run_dir: str = "runs"  # Ray Train storage path (checkpoints, results)
-    run_name: str = ""  # empty: "<name>-<timestamp>"; an existing run of that name resumes
-    checkpoint_every_steps: int = 0  # also checkpoint every N optimizer steps; 0: per epoch only
-    keep_checkpoints: int = 0  # Ray Train: checkpoints kept (best and latest first); 0: all
-    max_failures: int = 1  # Ray Train: restarts of a failed worker group from its checkpoint
-    log_every: int = 50  # progress line every N optimizer steps
-    diagnose_every: int = 100  # gradient-flow diagnostics every N optimizer steps; 0: off
-    dry_run: bool = False  # one batch of training and a tiny export, for smoke tests
+    # fmt: off
+    task: str = setting("sentiment", "what to train", choices="trainer.tasks:TASKS")
+    data: str = setting("builtin", "builtin: the task's embedded corpus; files: --train/--valid",
+                        choices=("builtin", "files"))
+    train: str = setting("", "training data: files or glob patterns, comma-separated; "
+                         "translation also takes two aligned files 'a.en,a.de'")
+    valid: str = setting("", "validation data: files, or a share ('10%') or count ('2000') of "
+                         "--train's lines to carve out ('': hold out 5% of --train)")
+    test: str = setting("", "test data: files, or a share or count of --train; evaluated once, "
+                        "with the best epoch's model")
+    carve: str = setting("random", "where shares of --train are carved from: seeded random "
+                         "lines, or its end", choices=("random", "end"))
+    cell: str = setting("gru", "recurrent cell", choices="trainer.models.recurrent:CELLS")
+    attention: str = setting("general", "translation: attention score (additive: Bahdanau)",
+                             choices="trainer.models.seq2seq:ATTENTIONS")
+    input_feeding: bool = setting(False, "translation: feed the previous attentional vector to "
+                                  "the decoder (Luong input feeding)")
+    pooling: str = setting("last", "sentiment: the label pools the per-token logits by their "
+                           "last, mean or max; the service streams the same running pool",
+                           choices="trainer.models.classifier:POOLINGS")
+    prefix_loss: str = setting("", "sentiment: none scores the whole text's label only; linear "
+                               "also scores every prefix's running label, weighted by its length "
+                               "(trainer/tasks/sentiment.py); '': linear",
+                               choices="trainer.tasks.sentiment:PREFIX_LOSSES", blank=True)
+    tie_embeddings: bool = setting(False, "autocomplete: share the embedding with the output "
+                                   "layer (needs --embed-dim = --hidden-size)")
+    tokenizer: str = setting("", "tokenizer trained on the training split ('': the task's: char "
+                             "for autocomplete, else word)",
+                             choices="trainer.data.tokenizer:TOKENIZERS", blank=True)
+    vocab_size: int = setting(0, "vocabulary size (0: 8000 for bpe, 30000 for char and word)",
+                              min=0)
+    embed_dim: int = setting(0, "embedding width (0: the task's default)", min=0)
+    hidden_size: int = setting(0, "recurrent width (0: the task's default)", min=0)
+    num_layers: int = setting(1, "stacked recurrent layers", min=1)
+    dropout: float = setting(0.0, "dropout between layers", min=0, below=1)
+    epochs: int = setting(0, "passes over the training data (0: the task's default)", min=0)
+    batch_size: int = setting(64, "examples per batch and worker (as in Ray Train), or padded "
+                              "tokens with --batch-type tokens", min=1)
+    batch_type: str = setting("examples", "examples: random batches of --batch-size examples; "
+                              "tokens: examples of similar length up to --batch-size padded "
+                              "tokens", choices=("examples", "tokens"))
+    bptt: int = setting(0, "autocomplete: truncated BPTT over the text as one stream, chunks of "
+                        "this many tokens (0: per sequence)", min=0)
+    optimizer: str = setting("adam", "optimizer (--momentum, --weight-decay)",
+                             choices="trainer.optim:OPTIMIZERS")
+    lr: float = setting(3e-3, "learning rate", above=0)
+    momentum: float = setting(0.9, "sgd and rmsprop: momentum", min=0)
+    weight_decay: float = setting(0.0, "weight decay", min=0)
+    schedule: str = setting("none", "learning-rate schedule (plateau: times --plateau-factor "
+                            "when validation stalls)", choices="trainer.optim:SCHEDULES")
+    plateau_factor: float = setting(0.5, "plateau: the rate is multiplied by this when "
+                                    "validation stalls", above=0, below=1)
+    warmup_steps: int = setting(0, "optimizer steps of linear warm-up", min=0)
+    clip_norm: float = setting(1.0, "clip gradients by global norm (0: no clipping by norm)",
+                               min=0)
+    clip_value: float = setting(0.0, "clip gradients by value (0: no clipping by value)", min=0)
+    weight_norm: bool = setting(False, "weight normalization of the input and recurrent weights")
+    eval_completions: int = setting(200, "autocomplete: validation queries completed for MRR@10 "
+                                    "(0: off); also those the ranking weights are fit on", min=0)
+    popular_max_queries: int = setting(1_000_000, "autocomplete: the bundle's popular-query "
+                                       "index keeps the N most frequent training queries (0: no "
+                                       "index, model-only suggestions)", min=0)
+    beam_size: int = setting(0, "translation: also report validation BLEU of beam search with "
+                             "this width (0/1: greedy only)", min=0)
+    fit_decoding_pairs: int = setting(500, "translation: validation pairs the served beam width "
+                                      "and length penalty are fit on, recorded in the bundle "
+                                      "(0: not fit)", min=0)
+    patience: int = setting(0, "early stopping: validations without improvement of the task's "
+                            "metric (0: off); the best epoch is exported", min=0)
+    seed: int = setting(0, "random seed of the model, the batches and carved splits")
+    workers: int = setting(2, "Ray Train data-parallel workers; 0 trains in-process without "
+                           "Ray", min=0)
+    use_gpu: bool = setting(False, "one GPU per worker (NCCL); in-process: CUDA")
+    precision: str = setting("fp32", "fp32, or mixed precision: bf16 or fp16 autocast (fp16 with "
+                             "loss scaling, CUDA only)", choices="trainer.precision:PRECISIONS")
+    max_train_examples: int = setting(0, "use only the first N training examples (0: all)",
+                                      min=0)
+    max_valid_examples: int = setting(0, "use only the first N validation examples (0: all)",
+                                      min=0)
+    out: str = setting("models", "model repository to export the bundle to", metavar="DIR")
+    name: str = setting("", "model name in the repository ('': the task)")
+    run_dir: str = setting("runs", "where runs keep checkpoints (Ray Train storage): a directory "
+                           "every node mounts, or a URI (s3://bucket/runs with AWS_ENDPOINT_URL "
+                           "for a non-AWS endpoint, gs://, file://)", metavar="DIR")
+    run_name: str = setting("", "the run's directory name ('': <name>-<timestamp>); an existing "
+                            "run of that name resumes")
+    checkpoint_every_steps: int = setting(0, "also checkpoint every N optimizer steps (0: once "
+                                          "per epoch)", min=0)
+    keep_checkpoints: int = setting(0, "Ray Train: checkpoints to keep, best and latest first "
+                                    "(0: all)", min=0)
+    max_failures: int = setting(1, "Ray Train: restarts of a failed worker group from its "
+                                "checkpoint (-1: no limit)", min=-1)
+    log_every: int = setting(50, "a progress line every N optimizer steps", min=1)
+    diagnose_every: int = setting(100, "gradient-flow diagnostics every N optimizer steps "
+                                  "(0: off)", min=0)
+    dry_run: bool = setting(False, "one batch of training and an export to a temporary "
+                            "directory, for smoke tests")
+    # fmt: on
 
     @property
     def model_name(self) -> str:
@@ -97,26 +135,12 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     def validate(self) -> None:
-        """Raise ValueError naming the flag of the first invalid setting."""
+        """Raise ValueError naming the flag of the first invalid setting: out of its declared
+        bounds or choices, or not fitting the others."""
+        settings.check(self)
         checks = [
-            *self._choices(),
             (self.data != "files" or bool(self.train), "--data files needs --train"),
             (self.data == "files" or not self.test, "--test applies to --data files"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (
-                0.0 < self.plateau_factor < 1.0,
-                f"--plateau-factor must be in (0, 1), got {self.plateau_factor}",
-            ),
-            (self.num_layers >= 1, f"--num-layers must be >= 1, got {self.num_layers}"),
-            (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
-            *(
-                (
-                    getattr(self, name) >= 0,
-                    f"--{_flag(name)} must be >= 0, got {getattr(self, name)}",
-                )
-                for name in _NON_NEGATIVE
-            ),
             (
                 self.bptt == 0 or self.task == "autocomplete",
                 "--bptt applies to language models (--task autocomplete)",
@@ -135,16 +159,6 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
-    def _choices(self) -> list[tuple[bool, str]]:
-        checks = []
-        for name, choices in _CHOICES.items():
-            value = getattr(self, name)
-            listed = ", ".join(c for c in choices if c)
-            checks.append(
-                (value in choices, f"--{_flag(name)} must be one of {listed}, got {value!r}")
-            )
-        return checks
-
     def _task_only(self) -> list[tuple[bool, str]]:
         """Flags of one task's network, refused for the others rather than ignored."""
         only = [
@@ -160,62 +174,6 @@ class TrainConfig:
         ]
 
 
-_CHOICES = {
-    "task": TASKS,
-    "data": ("builtin", "files"),
-    "cell": CELLS,
-    "optimizer": ("adam", "adamw", "sgd", "rmsprop"),
-    "schedule": ("none", "cosine", "plateau"),
-    "tokenizer": ("", *TOKENIZERS),
-    "carve": ("random", "end"),
-    "batch_type": ("examples", "tokens"),
-    "precision": PRECISIONS,
-    "attention": ATTENTIONS,
-    "pooling": POOLINGS,
-    "prefix_loss": ("", *PREFIX_LOSSES),
-}
-_NON_NEGATIVE = (
-    "workers", "epochs", "clip_norm", "clip_value", "bptt", "diagnose_every", "patience",
-    "max_train_examples", "max_valid_examples", "eval_completions", "popular_max_queries",
-    "beam_size", "fit_decoding_pairs", "checkpoint_every_steps", "keep_checkpoints", "vocab_size",
-)  # fmt: skip
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
-
-
-def _parse(field_type: Any, raw: str, name: str) -> Any:
-    kind = field_type if isinstance(field_type, str) else field_type.__name__
-    try:
-        if kind == "bool":
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(raw)
-        return {"int": int, "float": float, "str": str}[kind](raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a valid {kind}") from None
-
-
-def _from_file(field_type: Any, value: Any, name: str) -> Any:
-    """`value` of a config file's key, checked against the field's type."""
-    kind = field_type if isinstance(field_type, str) else field_type.__name__
-    if isinstance(value, str) and kind in ("int", "float"):
-        return _parse(kind, value, name)  # YAML reads 3e-3 (no dot) as a string
-    numeric = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = {
-        "bool": isinstance(value, bool),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": numeric,
-        "str": isinstance(value, str),
-    }[kind]
-    if not ok:
-        raise ValueError(f"{name} must be a {kind}, got {value!r}")
-    return float(value) if kind == "float" else value
-
-
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The settings of a `.toml`, `.yaml` or `.yml` file, keyed by field name.
 
@@ -223,37 +181,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         ValueError: a missing or unparsable file, an unknown key (named, with the closest field),
             or a value of the wrong type.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"--config: no such file: {p}")
-    try:
-        if p.suffix.lower() == ".toml":
-            with p.open("rb") as f:
-                data: Any = tomllib.load(f)
-        elif p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        else:
-            raise ValueError(f"--config: {p}: expected a .toml, .yaml or .yml file")
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"--config: {p}: not valid TOML: {e}") from None
-    except Exception as e:
-        if type(e).__module__.startswith("yaml"):
-            raise ValueError(f"--config: {p}: not valid YAML: {e}") from None
-        raise
-    if not isinstance(data, dict):
-        raise ValueError(f"--config: {p}: expected a table of settings, got {type(data).__name__}")
-    known = {f.name: f for f in fields(TrainConfig)}
-    values = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"--config: {p}: unknown key {key!r}{hint}")
-        values[name] = _from_file(known[name].type, value, f"--config: {p}: {key}")
-    return values
+    return settings.read_file(TrainConfig, path)
 
 
 def resolve(
@@ -262,15 +190,8 @@ def resolve(
     file_values: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
     """Defaults < `file_values` (a config file's) < `RECUR_<FIELD>` environment < `overrides`
-    (the flags that were given)."""
-    environ = os.environ if environ is None else environ
-    values: dict[str, Any] = dict(file_values or {})
-    for f in fields(TrainConfig):
-        env_name = f"RECUR_{f.name.upper()}"
-        if env_name in environ:
-            values[f.name] = _parse(f.type, environ[env_name], env_name)
-        if overrides.get(f.name) is not None:
-            values[f.name] = overrides[f.name]
-    cfg = TrainConfig(**values)
+    (the flags that were given), validated."""
+    cfg = settings.resolve(TrainConfig, overrides, os.environ if environ is None else environ,
+                           file_values)  # fmt: skip
     cfg.validate()
     return cfg

@@ -22,6 +22,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY protos/ protos/
+COPY settings/ settings/
 COPY services/ services/
 COPY clients/ clients/
 # The wheel lists trainer/ as a package; its code is inert here without the `train` extra.

@@ -32,6 +32,7 @@ RUN (id -u 1000 >/dev/null 2>&1 \
 WORKDIR /home/ray/recur
 COPY --chown=1000:100 pyproject.toml constraints.txt README.md ./
 COPY --chown=1000:100 protos/ protos/
+COPY --chown=1000:100 settings/ settings/
 COPY --chown=1000:100 trainer/ trainer/
 COPY --chown=1000:100 services/ services/
 COPY --chown=1000:100 clients/ clients/

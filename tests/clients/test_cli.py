@@ -301,8 +301,8 @@ def test_environment_gives_target_and_timeout(
     [
         (["translate"], {}, "the following arguments are required: text"),
         (["translate", "x", "--max-tokens", "-1"], {}, "expected 0 (the server default) or more"),
-        (["complete", "x", "--timeout", "0"], {}, "expected a positive number of seconds, got '0'"),
-        (["models"], {"RECUR_TIMEOUT": "soon"}, "got 'soon'"),
+        (["complete", "x", "--timeout", "0"], {}, "--timeout must be > 0, got 0.0"),
+        (["models"], {"RECUR_TIMEOUT": "soon"}, "RECUR_TIMEOUT='soon' is not a valid float"),
         (["sentiment", "x", "--attention"], {}, "unrecognized arguments: --attention"),
         (["bench", "--rate", "0"], {}, "expected a positive number, got '0'"),
         (["bench", "--rate", "5", "--concurrency", "2"], {}, "not allowed with argument"),

@@ -144,7 +144,7 @@ def test_processes_must_be_positive(tiny_models: Path) -> None:
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2
-    assert "--processes is out of range: 0" in result.stderr
+    assert "--processes must be >= 1, got 0" in result.stderr
 
 
 def _zombie(pid: int) -> bool:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer import config, precision
+import settings
+from trainer import precision
 from trainer.config import TrainConfig
 from trainer.loop import train_loop
 from trainer.tasks import get_task
 
 
-def test_the_flag_and_the_module_list_the_same_precisions() -> None:
-    assert config.PRECISIONS == precision.PRECISIONS
+def test_the_flag_offers_the_precisions_of_the_module() -> None:
+    (spec,) = [s for s in settings.specs(TrainConfig) if s.name == "precision"]
+    assert spec.choices() == precision.PRECISIONS
 
 
 @pytest.mark.parametrize("task_name", ["translation", "sentiment", "autocomplete"])
