@@ -62,13 +62,14 @@ class Engine:
         registry: ModelRegistry,
         cfg: EngineConfig | None = None,
         *,
-        workers: int = 2,
         observe: BatchObserver | None = None,
         on_slots: Callable[[Runtime], None] | None = None,
     ) -> None:
         self.registry = registry
-        self.cfg = cfg or EngineConfig(concurrency=workers)
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ort")
+        self.cfg = cfg or EngineConfig()
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.cfg.executor_workers, thread_name_prefix="ort"
+        )
         self.observe = observe
         self.on_slots = on_slots
         self.ready = True  # False while the server loads and warms its models

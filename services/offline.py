@@ -219,12 +219,12 @@ class Offline:
         cfg = EngineConfig(
             max_batch_size=max(256, self.streams * rows),
             state_slots=self.streams * (rows + 1),  # a completion holds its own and its beams
-            concurrency=self.workers,
+            executor_workers=self.workers,
         )
 
         async def main() -> list[T]:
             engine = Engine(ModelRegistry({(self.model.name, self.model.version): self.model}),
-                            cfg, workers=self.workers)  # fmt: skip
+                            cfg)  # fmt: skip
             results: list[T | None] = [None] * len(jobs)
             queue = iter(range(len(jobs)))
             done = 0

@@ -30,15 +30,16 @@ class EngineConfig:
         max_batch_size: Most rows in one ONNX Runtime call (1: batching off).
         state_slots: Slots in each model's pool (a stream holds one, a beam search one per beam).
         prefill_chunk: Longest piece of a prompt read in one step, so prompts take turns.
-        concurrency: Batches of one model in flight at once.
-        inline_step_seconds: Steps known to take less run on the event loop's thread (0: never).
+        executor_workers: Threads running ONNX Runtime calls, and so batches of one model in
+            flight at once.
+        inline_step_ms: Steps known to take less run on the event loop's thread (0: never).
     """
 
     max_batch_size: int = 256
     state_slots: int = 1024
     prefill_chunk: int = 32
-    concurrency: int = 2
-    inline_step_seconds: float = 0.0
+    executor_workers: int = 2
+    inline_step_ms: float = 0.0
 
 
 class Runtime:
@@ -61,9 +62,9 @@ class Runtime:
             self.pool,
             executor,
             max_batch_size=cfg.max_batch_size,
-            concurrency=cfg.concurrency,
+            executor_workers=cfg.executor_workers,
             observe=observe,
-            inline_below=cfg.inline_step_seconds,
+            inline_step_ms=cfg.inline_step_ms,
         )
         self.prefill_chunk = cfg.prefill_chunk
         self.on_slots = on_slots

@@ -16,7 +16,7 @@ The next batch is formed one event-loop turn after a request arrives, so the str
 previous batch have all queued their next step by then and ride together.
 
 A step that is known to be short (recent calls of its graph and shape at about this batch size
-averaged under `inline_below` seconds) runs on the event-loop thread itself: two thread
+averaged under `inline_step_ms` milliseconds) runs on the event-loop thread itself: two thread
 hand-offs cost more than such a call, and the loop is blocked no longer than a hand-off would
 have taken. Every other step, and the first of each graph, shape and size, runs in the executor.
 """
@@ -60,10 +60,11 @@ class Scheduler:
         pool: Its state-slot pool.
         executor: Where ONNX Runtime runs (it releases the GIL).
         max_batch_size: Most rows in one call; 1 turns batching off.
-        concurrency: Most batches in flight at once (usually the executor's thread count).
+        executor_workers: Most batches in flight at once: one per thread of the executor.
         observe: Called after every batch with its role, rows and duration.
-        inline_below: Run a step on the loop's thread when its graph's recent calls at this
-            batch size (rounded to a power of two) averaged less than this many seconds; 0: never.
+        inline_step_ms: Run a step on the loop's thread when its graph's recent calls at this
+            batch size (rounded to a power of two) averaged less than this many milliseconds;
+            0: never.
     """
 
     def __init__(
@@ -73,17 +74,17 @@ class Scheduler:
         executor: Executor,
         *,
         max_batch_size: int,
-        concurrency: int,
+        executor_workers: int,
         observe: BatchObserver | None = None,
-        inline_below: float = 0.0,
+        inline_step_ms: float = 0.0,
     ) -> None:
         self.model = model
         self.pool = pool
         self.executor = executor
         self.max_batch_size = max_batch_size
-        self.concurrency = concurrency
+        self.executor_workers = executor_workers
         self.observe = observe
-        self.inline_below = inline_below
+        self.inline_step_ms = inline_step_ms
         self.inline_calls = 0  # steps run on the loop's thread (for tests and curiosity)
         self._cost: dict[tuple[object, int], float] = {}  # (key, size class) -> mean call seconds
         self._queue: deque[_Request] = deque()
@@ -133,7 +134,7 @@ class Scheduler:
 
     def _kick(self) -> None:
         self._kick_scheduled = False
-        while self._in_flight < self.concurrency:
+        while self._in_flight < self.executor_workers:
             batch = self._take()
             if not batch:
                 return
@@ -190,7 +191,7 @@ class Scheduler:
         size = (key, rows.bit_length())  # graph, shape and about this many rows
         mean = self._cost.get(size)
         started = time.perf_counter()
-        if mean is not None and mean < self.inline_below:
+        if mean is not None and mean * 1000 < self.inline_step_ms:
             self.inline_calls += 1
             outputs = self.model.run(role, feeds)
         else:

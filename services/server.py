@@ -112,13 +112,12 @@ async def build_server(
         max_batch_size=cfg.max_batch_size,
         state_slots=cfg.state_slots,
         prefill_chunk=cfg.prefill_chunk,
-        concurrency=cfg.executor_workers,
-        inline_step_seconds=cfg.inline_step_ms / 1000,
+        executor_workers=cfg.executor_workers,
+        inline_step_ms=cfg.inline_step_ms,
     )
     engine = Engine(
         registry,
         engine_cfg,
-        workers=cfg.executor_workers,
         observe=metrics.observe_batch if metrics.recording else None,
         on_slots=metrics.observe_slots if metrics.recording else None,
     )

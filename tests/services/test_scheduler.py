@@ -134,7 +134,7 @@ def test_batch_composition_is_fifo_by_shape(
     expected_order: list[str],
     reason: str,
 ) -> None:
-    engine = Engine(registry, EngineConfig(max_batch_size=max_batch, concurrency=1))
+    engine = Engine(registry, EngineConfig(max_batch_size=max_batch, executor_workers=1))
     requests = [("a", 1), ("b", 4), ("c", 1), ("d", 1)]
     calls, finished = asyncio.run(recorded_batches(engine, requests))
     assert calls == expected_calls, reason
@@ -188,18 +188,18 @@ def test_optimized_graphs_serve_the_same_tokens(tiny_models: Path) -> None:
 def test_steps_known_to_be_short_run_on_the_loop_with_the_same_results(
     registry: ModelRegistry,
 ) -> None:
-    """With a generous `inline_step_seconds` every graph's first call per size runs in the
+    """With a generous `inline_step_ms` every graph's first call per size runs in the
     executor (nothing is known yet) and later ones on the loop; with 0 none does. Either way the
     streams get the same tokens."""
     import threading
 
     def engine(inline: float) -> tuple[Engine, set[int]]:
         cfg = EngineConfig(max_batch_size=64, state_slots=64, prefill_chunk=4,
-                           inline_step_seconds=inline)  # fmt: skip
+                           inline_step_ms=inline)  # fmt: skip
         threads: set[int] = set()
         return Engine(registry, cfg, observe=lambda *a: threads.add(threading.get_ident())), threads
 
-    inline, _ = engine(10.0)
+    inline, _ = engine(10_000.0)
     executor, _ = engine(0.0)
     assert [signature(s) for s in asyncio.run(everything(inline))] == [
         signature(s) for s in asyncio.run(everything(executor))
