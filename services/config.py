@@ -17,8 +17,8 @@ from settings import setting
 @dataclass(frozen=True)
 class ServeConfig:
     # fmt: off
-    models: str = setting("models", "model repository to serve: "
-                          "<models>/<name>/<version>/manifest.json", metavar="DIR")
+    models: str = setting("models", "the model repository: "
+                          "`<models>/<name>/<version>/manifest.json`", metavar="DIR")
     host: str = setting("0.0.0.0", "address the gRPC port listens on")
     port: int = setting(50051, "gRPC port (0: any free port, printed at start)", min=0, max=65535)
     metrics_host: str = setting("0.0.0.0", "address the Prometheus /metrics port listens on")
@@ -26,8 +26,8 @@ class ServeConfig:
                                 min=-1, max=65535)
     max_input_chars: int = setting(2000, "longest accepted request text, in characters", min=1)
     max_tokens_limit: int = setting(512, "largest accepted max_tokens of a request", min=1)
-    max_streams: int = setting(256, "streams in flight; beyond them RESOURCE_EXHAUSTED at once",
-                               min=1)
+    max_streams: int = setting(256, "streams in flight; beyond them RESOURCE_EXHAUSTED at once, "
+                               "with `retry-after-ms`", min=1)
     default_max_tokens: int = setting(32, "tokens an autocomplete request gets when its "
                                       "max_tokens is 0", min=1)
     ort_threads: int = setting(1, "ONNX Runtime intra-op threads per session", min=1)
@@ -37,8 +37,8 @@ class ServeConfig:
                           choices="services.offline:GRAPHS")
     executor_workers: int = setting(2, "threads running ONNX Runtime calls off the event loop; "
                                     "also the batches of one model in flight at once", min=1)
-    grace_seconds: float = setting(10.0, "seconds in-flight streams get to finish on SIGTERM",
-                                   min=0)
+    grace_seconds: float = setting(10.0, "SIGTERM drains: NOT_SERVING, new calls refused, streams "
+                                   "in flight get this many seconds to finish", min=0)
     max_batch_size: int = setting(256, "rows per batched ONNX Runtime call (1: batching off)",
                                   min=1)
     state_slots: int = setting(1024, "recurrent-state slots per model (a stream holds one, a "
@@ -50,7 +50,9 @@ class ServeConfig:
                                     "(0: never)", min=0)
     max_beam_size: int = setting(8, "largest accepted beam_size / num_suggestions of a request",
                                  min=1)
-    session_ttl_seconds: float = setting(300.0, "close autocomplete sessions idle this long",
+    session_ttl_seconds: float = setting(300.0, "an autocomplete session with no client message "
+                                         "and no finished answer for this long ends with "
+                                         "DEADLINE_EXCEEDED, whatever its handler is doing",
                                          above=0)
     reload_seconds: float = setting(5.0, "scan the repository for new model versions this often "
                                     "(0: never)", min=0)
@@ -73,12 +75,14 @@ class ServeConfig:
                                    "request's stream_interval overrides it); what a stream "
                                    "produced while its previous message was being written "
                                    "always goes out together", min=1)
-    metrics: bool = setting(True, "record Prometheus metrics (--no-metrics turns recording off, "
-                            "to measure its cost)")
+    metrics: bool = setting(True, "record Prometheus metrics (--no-metrics: none, to measure "
+                            "what recording costs); `recur_inter_token_latency_seconds` is per "
+                            "message")
     processes: int = setting(1, "server processes sharing --port (SO_REUSEPORT): the kernel "
                              "spreads client connections over them, each serves its connections "
                              "with its own engine (--max-streams and --state-slots are per "
-                             "process); one process uses about one core (docs/scaling.md)",
+                             "process), one /metrics for all; one process turns about one core "
+                             "into tokens (docs/scaling.md)",
                              min=1)
     # fmt: on
 

@@ -117,9 +117,11 @@ class Spec:
         return ("", *listed) if self.setting.blank else listed
 
     def describe(self) -> str:
-        """The help text, with the choices when there are some."""
-        listed = ", ".join(c for c in self.choices() if c)
-        return f"{self.setting.help} (one of: {listed})" if listed else self.setting.help
+        """The help text, with the choices when it does not name them all itself."""
+        choices = [c for c in self.choices() if c]
+        if all(c in self.setting.help for c in choices):
+            return self.setting.help
+        return f"{self.setting.help} (one of: {', '.join(choices)})"
 
     def shown_default(self) -> str:
         if self.default is None or self.default == "":
@@ -314,12 +316,19 @@ def check(settings: DataclassInstance) -> None:
             raise ValueError(problem)
 
 
-def markdown_table(cls: type[DataclassInstance]) -> str:
-    """The flag table of a program's docs: flag, environment variable, default, help."""
-    rows = ["| flag | env | default | |", "|---|---|---|---|"]
+def markdown_table(cls: type[DataclassInstance], *, config_file: bool = False) -> str:
+    """The flag table of a program's docs: flag, environment variable, default, help; with
+    `config_file`, a first row for `--config` (see `read_file`)."""
+    rows = ["| flag | env | default | what |", "|---|---|---|---|"]
+    if config_file:
+        rows.append(
+            "| `--config FILE` | | | a `.toml` or `.yaml` file of these settings, keys as "
+            "the flags without their dashes; the environment and the flags win |"
+        )
     for spec in specs(cls):
+        flag = f"`{spec.flag}`, `--no-{spec.flag[2:]}`" if spec.kind is bool else f"`{spec.flag}`"
         help_text = spec.describe().replace("|", "\\|")
-        rows.append(f"| `{spec.flag}` | `{spec.env}` | `{spec.shown_default()}` | {help_text} |")
+        rows.append(f"| {flag} | `{spec.env}` | {spec.shown_default()} | {help_text} |")
     return "\n".join(rows) + "\n"
 
 

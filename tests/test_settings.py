@@ -140,3 +140,16 @@ def test_choices_come_from_the_modules_that_define_them() -> None:
     assert choices(TrainConfig, "cell") == recurrent.CELLS
     assert choices(TrainConfig, "tokenizer") == ("", *tokenizer.TOKENIZERS)
     assert choices(TrainConfig, "task") == tuple(TASKS)
+
+
+def test_the_docs_flag_tables_follow_the_declarations() -> None:
+    """Every program's flag table is in the docs between its markers, as generated; after a
+    change to a declaration, `python -m scripts.flag_tables` rewrites them."""
+    from scripts import flag_tables
+
+    marked = set()
+    for page in flag_tables.pages():
+        text = page.read_text()
+        marked |= {m[2] for m in flag_tables.MARKED.finditer(text)}
+        assert flag_tables.render(text) == text, f"{page.name}: run python -m scripts.flag_tables"
+    assert marked == set(flag_tables.PROGRAMS)

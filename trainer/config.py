@@ -112,7 +112,7 @@ class TrainConfig:
     run_dir: str = setting("runs", "where runs keep checkpoints (Ray Train storage): a directory "
                            "every node mounts, or a URI (s3://bucket/runs with AWS_ENDPOINT_URL "
                            "for a non-AWS endpoint, gs://, file://)", metavar="DIR")
-    run_name: str = setting("", "the run's directory name ('': <name>-<timestamp>); an existing "
+    run_name: str = setting("", "the run's directory name ('': `<name>-<timestamp>`); an existing "
                             "run of that name resumes")
     checkpoint_every_steps: int = setting(0, "also checkpoint every N optimizer steps (0: once "
                                           "per epoch)", min=0)
