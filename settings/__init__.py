@@ -124,8 +124,11 @@ class Spec:
         return f"{self.setting.help} (one of: {', '.join(choices)})"
 
     def shown_default(self) -> str:
-        if self.default is None or self.default == "":
-            return '""' if self.default == "" else "none"
+        """The default as --help and the docs show it: `""`, `none`, `true`, `50051`."""
+        if self.default == "":
+            return '""'
+        if self.default is None:
+            return "none"
         return str(self.default).lower() if self.kind is bool else str(self.default)
 
     def problem(self, value: Any) -> str | None:

@@ -409,5 +409,5 @@ def test_process_exit_codes(target: str, closed_target: str) -> None:
     assert not_serving.returncode == 1
     assert b"cannot reach the server" in unreachable.communicate(timeout=20)[1]
     assert unreachable.returncode == 1
-    assert b"expected a positive number" in bad_flag.communicate(timeout=20)[1]
+    assert b"--timeout must be > 0, got -1.0" in bad_flag.communicate(timeout=20)[1]
     assert bad_flag.returncode == 2
