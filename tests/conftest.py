@@ -9,9 +9,12 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from trainer.checkpoint import Checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -26,7 +29,7 @@ def tiny_config(task: str, tmp: Path, **overrides: object) -> object:
     return resolve({**flags, **TINY, "log_every": 1000, **overrides}, environ={})
 
 
-def untrained_checkpoint(task_name: str, cell: str = "gru") -> dict[str, Any]:
+def untrained_checkpoint(task_name: str, cell: str = "gru") -> Checkpoint:
     """A checkpoint of a small untrained 2-layer model (random weights exercise parity too)."""
     import torch
 
@@ -46,8 +49,7 @@ def untrained_checkpoint(task_name: str, cell: str = "gru") -> dict[str, Any]:
     data = task.prepare(cfg)
     torch.manual_seed(0)
     model = task.build_model(cfg, data.tokenizer.get_vocab_size()).eval()
-    extra = {"metrics": {"valid_loss": 1.0}, "steps": 0, "epochs": 0, "wall_seconds": 0.0}
-    return make_checkpoint(task, data, cfg, model, extra)
+    return make_checkpoint(task, data, cfg, model, metrics={"valid_loss": 1.0})
 
 
 @pytest.fixture(scope="session")

@@ -42,12 +42,12 @@ def load_torch(models: Path, task: str) -> tuple[Any, Any]:
 
     from tokenizers import Tokenizer
 
-    from trainer.export import load_checkpoint
+    from trainer.checkpoint import load
 
     bundle = models / task / "1"
     manifest = json.loads((bundle / "manifest.json").read_text())
     runs = Path(json.loads(manifest["training"]["config_json"])["run_dir"])
-    checkpoint = load_checkpoint(next(runs.glob(f"{task}-*/checkpoint.pt")))
+    checkpoint = load(next(runs.glob(f"{task}-*/checkpoint.pt")))
     return rebuild_model(checkpoint), Tokenizer.from_file(str(bundle / "tokenizer.json"))
 
 

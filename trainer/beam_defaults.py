@@ -14,9 +14,8 @@ is what alpha 0 picks from the full set too.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import sacrebleu
 
@@ -26,6 +25,7 @@ from services.model import LoadedModel
 from services.offline import Offline, Outcome, open_model
 from services.requests import TranslateParams
 from trainer import metrics
+from trainer.config import TrainConfig
 from trainer.tasks.translation import MAX_TOKENS
 
 BEAM_SIZES = (1, 3, 5, 8)  # within the service's default --max-beam-size (8); 1: greedy
@@ -106,15 +106,12 @@ def fit(engine: Offline, pairs: list[tuple[str, str]], *,
 
 
 def add_decoding_defaults(
-    staging: Path, manifest: bundle_pb2.BundleManifest, checkpoint: dict[str, Any]
+    staging: Path, manifest: bundle_pb2.BundleManifest, cfg: TrainConfig
 ) -> None:
     """Fit the defaults on the run's first `--fit-decoding-pairs` validation pairs through the
     staged graphs and record them in `manifest.decoding`."""
-    from trainer.config import TrainConfig
     from trainer.tasks import get_task
 
-    known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in checkpoint["config"].items() if k in known})
     _, valid, _ = get_task("translation").load_raw(cfg)
     engine = Offline(open_model(staging, staged=manifest))
     manifest.decoding.CopyFrom(fit(engine, list(valid)[: cfg.fit_decoding_pairs]))

@@ -16,11 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import settings
+from trainer.checkpoint import (
+    FILE,
+    LAST,
+    Checkpoint,
+    CheckpointError,
+    best_and_latest,
+    resume,
+    save,
+    save_latest,
+)
 from trainer.config import TrainConfig, read_config_file, resolve
 from trainer.data.files import DataError
 from trainer.export import ExportError, export_checkpoint
 from trainer.loop import print_report
-from trainer.resume import atomic_save
 from trainer.storage import is_uri, publish, staging_dir
 
 
@@ -41,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def save_each_epoch(path: Path, metrics: dict[str, float], checkpoint: Any) -> None:
+def save_each_epoch(path: Path, metrics: dict[str, float], checkpoint: Checkpoint | None) -> None:
     """The in-process `report`: print, and keep the latest checkpoint for a resume (at every
     epoch and every `--checkpoint-every-steps` steps), and the best validation's as `best.pt`.
 
@@ -49,12 +58,11 @@ def save_each_epoch(path: Path, metrics: dict[str, float], checkpoint: Any) -> N
     the previous checkpoint intact.
     """
     print_report(metrics, checkpoint)
-    atomic_save(checkpoint, path)
-    if checkpoint.get("improved"):
-        atomic_save(checkpoint, path.with_name("best.pt"))
+    assert checkpoint is not None  # only ranks other than 0 report none
+    save_latest(checkpoint, path)
 
 
-def evaluate_test(task: Any, test: Any, checkpoint: dict[str, Any]) -> dict[str, float]:
+def evaluate_test(task: Any, test: Any, checkpoint: Checkpoint) -> dict[str, float]:
     """`--test` metrics (`test_*`) of the best checkpoint's model, on the CPU, printed."""
     from trainer.export import rebuild_model
 
@@ -67,31 +75,32 @@ def evaluate_test(task: Any, test: Any, checkpoint: dict[str, Any]) -> dict[str,
     }
     shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
     print(f"[{task.name}] test ({len(test.valid):,} examples, best epoch "
-          f"{checkpoint.get('epochs', 0)}, {time.perf_counter() - started:.0f} s): {shown}",
+          f"{checkpoint.position.epoch}, {time.perf_counter() - started:.0f} s): {shown}",
           flush=True)  # fmt: skip
     return metrics
 
 
 def write_run_artifacts(
-    checkpoint: dict[str, Any], run_dir: Path, *, test: dict[str, float] | None = None
+    checkpoint: Checkpoint, run_dir: Path, *, test: dict[str, float] | None = None
 ) -> None:
     """metrics.json (per-epoch metrics, gradient flow, test metrics of the best model) and their
     PNG plots in the run directory, from the last epoch's checkpoint (which holds the whole
     history)."""
     from trainer import plots
 
-    history, flows = checkpoint.get("history", []), checkpoint.get("gradient_flow", [])
-    record = {"history": history, "gradient_flow": flows, "data": checkpoint.get("data_report", [])}
+    history, flows = checkpoint.history, checkpoint.gradient_flow
+    record: dict[str, Any] = {"history": history, "gradient_flow": flows,
+                              "data": checkpoint.data.report}  # fmt: skip
     tested = {k: v for k, v in (test or {}).items() if k.startswith("test_")}
     if tested:
         record["test"] = tested
     (run_dir / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
-    title = f"{checkpoint['task']} ({checkpoint['model_config']['cell']})"
+    title = f"{checkpoint.task} ({checkpoint.model_config.cell})"
     if history:
         plots.loss_curve(history, run_dir / "loss_curve.png", title=title)
     if flows:
         plots.gradient_flow(flows, run_dir / "gradient_flow.png", title=f"gradient flow: {title}")
-    print(f"[{checkpoint['task']}] run artifacts in {run_dir}", flush=True)
+    print(f"[{checkpoint.task}] run artifacts in {run_dir}", flush=True)
 
 
 def run(cfg: TrainConfig) -> Path | None:
@@ -114,22 +123,18 @@ def run(cfg: TrainConfig) -> Path | None:
     (run_dir / "tokenizer.json").write_text(data.tokenizer.to_str())
     if cfg.workers == 0 or cfg.dry_run:
         device = torch.device("cuda" if cfg.use_gpu else "cpu")
-        last, best = run_dir / "last.pt", run_dir / "best.pt"
-        resume = torch.load(last, weights_only=True)["resume"] if last.is_file() else None
-        report = partial(save_each_epoch, last)
-        train_loop(task, data, cfg, device=device, report=report, resume=resume)
-        latest = torch.load(last, weights_only=True)
-        # best.pt spans every launch of the run (a relaunch of a finished one trains nothing).
-        checkpoint = torch.load(best, weights_only=True) if best.is_file() else latest
+        report = partial(save_each_epoch, run_dir / LAST)
+        train_loop(task, data, cfg, device=device, report=report, resume=resume(run_dir / LAST))
+        checkpoint, latest = best_and_latest(run_dir)
     else:
         from trainer.ray_job import train_with_ray
 
         tokenizer = data.tokenizer.to_str()
         checkpoint, latest = train_with_ray(cfg, tokenizer_json=tokenizer, run_name=run_name)
     if (test := data.test_view()) is not None:
-        checkpoint["metrics"] = {**checkpoint["metrics"], **evaluate_test(task, test, checkpoint)}
-    torch.save(checkpoint, run_dir / "checkpoint.pt")  # the best checkpoint, for re-export
-    write_run_artifacts(latest, run_dir, test=checkpoint["metrics"])  # the whole run's history
+        checkpoint.metrics = {**checkpoint.metrics, **evaluate_test(task, test, checkpoint)}
+    save(checkpoint, run_dir / FILE)  # the best checkpoint, for re-export
+    write_run_artifacts(latest, run_dir, test=checkpoint.metrics)  # the whole run's history
     if (published := publish(run_dir, cfg.run_dir, run_name)) != str(run_dir):
         print(f"[{cfg.task}] run files copied to {published}", flush=True)
     if cfg.dry_run:
@@ -140,7 +145,7 @@ def run(cfg: TrainConfig) -> Path | None:
         return None
     bundle = export_checkpoint(checkpoint, out=Path(cfg.out), name=cfg.model_name,
                                fit_decoding=True)  # fmt: skip
-    shown = " ".join(f"{k}={v:.4g}" for k, v in checkpoint["metrics"].items())
+    shown = " ".join(f"{k}={v:.4g}" for k, v in checkpoint.metrics.items())
     print(f"[{cfg.task}] exported {bundle} ({shown})", flush=True)
     return bundle
 
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"recur-train configuration:\n{cfg.to_json()}", flush=True)
     try:
         run(cfg)
-    except (DataError, ExportError) as e:
+    except (DataError, ExportError, CheckpointError) as e:
         print(f"recur-train: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as e:  # a full disk, a read-only or vanished run directory

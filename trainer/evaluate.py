@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from trainer.data.tokenizer import is_character_level
 from trainer.tasks.autocomplete import MAX_CHARS
 from trainer.tasks.sentiment import MAX_TOKENS as SENTIMENT_MAX_TOKENS
 from trainer.tasks.translation import MAX_TOKENS as TRANSLATION_MAX_TOKENS
+
+if TYPE_CHECKING:
+    from trainer.checkpoint import Checkpoint
 
 # The metric that gates a quantization, and whether higher is better.
 HEADLINE = {
@@ -270,14 +273,9 @@ def held_out(task: str, config: dict[str, Any], *, num_classes: int = 2) -> list
     return list(splits.test if splits.test is not None else splits.valid)
 
 
-def checkpoint_examples(checkpoint: dict[str, Any]) -> list[Any]:
+def checkpoint_examples(checkpoint: Checkpoint) -> list[Any]:
     """The validation split a checkpoint was trained with (built-in, `--valid`, or held out)."""
-    from dataclasses import fields
-
-    from trainer.config import TrainConfig
     from trainer.tasks import get_task
 
-    known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in checkpoint["config"].items() if k in known})
-    _, valid, _ = get_task(checkpoint["task"]).load_raw(cfg)
+    _, valid, _ = get_task(checkpoint.task).load_raw(checkpoint.config)
     return list(valid)

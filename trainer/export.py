@@ -15,12 +15,12 @@ Every graph is also written as `<role>.opt.onnx`, ONNX Runtime's offline optimiz
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -30,27 +30,16 @@ from torch import nn
 
 from protos.recur.v1 import bundle_pb2
 from trainer import bundle
+from trainer.checkpoint import MODELS, Checkpoint, weight_normalize
 from trainer.graphs import GraphDef, graphs_for
-from trainer.models import (
-    Classifier,
-    ClassifierConfig,
-    LanguageModel,
-    LanguageModelConfig,
-    Seq2Seq,
-    Seq2SeqConfig,
-)
-from trainer.models.recurrent import state_names
+from trainer.models import ClassifierConfig
+from trainer.models.recurrent import remove_weight_norm, state_names
 from trainer.optimize import OPTIMIZATION_LEVEL, optimize_graph
 
 OPSET = 17
 TOLERANCE = 1e-4
 # (batch, length) pairs checked for every graph: batch 1 and 4, two or more lengths each.
 PARITY_SHAPES = ((1, 1), (1, 9), (4, 3), (4, 12))
-_MODELS: dict[str, tuple[type[nn.Module], type[Any]]] = {
-    "translation": (Seq2Seq, Seq2SeqConfig),
-    "sentiment": (Classifier, ClassifierConfig),
-    "autocomplete": (LanguageModel, LanguageModelConfig),
-}
 _TASKS = {
     "translation": bundle_pb2.TASK_TRANSLATION,
     "sentiment": bundle_pb2.TASK_SENTIMENT,
@@ -62,11 +51,15 @@ class ExportError(RuntimeError):
     """The export was refused; no bundle was written."""
 
 
-def rebuild_model(checkpoint: dict[str, Any]) -> nn.Module:
-    """The trained model, from a checkpoint alone, in eval mode."""
-    model_cls, config_cls = _MODELS[checkpoint["task"]]
-    model = model_cls(config_cls(**checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model_state"])
+def rebuild_model(checkpoint: Checkpoint) -> nn.Module:
+    """The trained model, from a checkpoint alone, in eval mode, with weight normalization (if
+    it trained with it) folded into plain weights."""
+    model_cls, _ = MODELS[checkpoint.task]
+    model = model_cls(checkpoint.model_config)
+    if checkpoint.config.weight_norm:
+        weight_normalize(model)
+    model.load_state_dict(checkpoint.weights)
+    remove_weight_norm(model)
     return model.eval()
 
 
@@ -159,63 +152,56 @@ def export_verified(graph: GraphDef, directory: Path, *, tolerance: float) -> bu
     return spec
 
 
-def build_manifest(checkpoint: dict[str, Any], name: str) -> bundle_pb2.BundleManifest:
+def build_manifest(checkpoint: Checkpoint, name: str) -> bundle_pb2.BundleManifest:
     """Everything of the manifest but the graphs, hashes and version."""
-    cfg = checkpoint["model_config"]
+    cfg = checkpoint.model_config
+    classifier = cfg if isinstance(cfg, ClassifierConfig) else None
     manifest = bundle_pb2.BundleManifest(
         name=name,
-        task=_TASKS[checkpoint["task"]],
-        cell=cfg["cell"],
+        task=_TASKS[checkpoint.task],
+        cell=cfg.cell,
         sizes=bundle_pb2.ModelSizes(
-            vocab_size=cfg["vocab_size"],
-            embed_dim=cfg["embed_dim"],
-            hidden_size=cfg["hidden_size"],
-            num_layers=cfg["num_layers"],
-            bidirectional=checkpoint["task"] == "translation",
-            num_classes=cfg.get("num_classes", 0),
+            vocab_size=cfg.vocab_size,
+            embed_dim=cfg.embed_dim,
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            bidirectional=checkpoint.task == "translation",
+            num_classes=classifier.num_classes if classifier else 0,
         ),
         special_tokens=bundle_pb2.SpecialTokens(pad_id=0, unk_id=1, bos_id=2, eos_id=3),
         tokenizer_file="tokenizer.json",
-        labels=checkpoint["labels"],
-        pooling=cfg.get("pooling", ""),
+        labels=checkpoint.labels,
+        pooling=classifier.pooling if classifier else "",
         versions=bundle_pb2.ExportVersions(
             torch=torch.__version__, onnx=onnx.__version__, onnxruntime=ort.__version__
         ),
     )
-    state_shape = [str(cfg["num_layers"]), "batch", str(cfg["hidden_size"])]
-    for name in state_names(cfg["cell"]):
+    state_shape = [str(cfg.num_layers), "batch", str(cfg.hidden_size)]
+    for name in state_names(cfg.cell):
         manifest.state.append(
             bundle_pb2.StateSpec(input=name, output=f"{name}_out", shape=state_shape)
         )
     training = manifest.training
-    training.data = checkpoint["data"]
-    training.train_examples = checkpoint["train_examples"]
-    training.valid_examples = checkpoint["valid_examples"]
-    training.epochs = checkpoint["epochs"]
-    training.steps = int(checkpoint["steps"])
-    training.workers = checkpoint["config"]["workers"]
-    training.wall_seconds = checkpoint["wall_seconds"]
-    training.metrics.update({k: float(v) for k, v in checkpoint["metrics"].items()})
-    training.config_json = _config_json(checkpoint["config"])
+    training.data = checkpoint.data.description
+    training.train_examples = checkpoint.data.train_examples
+    training.valid_examples = checkpoint.data.valid_examples
+    training.epochs = checkpoint.position.epoch
+    training.steps = checkpoint.position.steps
+    training.workers = checkpoint.config.workers
+    training.wall_seconds = checkpoint.wall_seconds
+    training.metrics.update({k: float(v) for k, v in checkpoint.metrics.items()})
+    training.config_json = json.dumps(
+        {**dataclasses.asdict(checkpoint.config), "python": platform.python_version()},
+        sort_keys=True,
+    )
     return manifest
-
-
-def _config(checkpoint: dict[str, Any], name: str) -> Any:
-    """A training setting of the checkpoint's run (the default for runs from before it)."""
-    from trainer.config import TrainConfig
-
-    return checkpoint["config"].get(name, getattr(TrainConfig(), name))
-
-
-def _config_json(config: dict[str, Any]) -> str:
-    return json.dumps({**config, "python": platform.python_version()}, sort_keys=True)
 
 
 def quantize_or_refuse(
     staging: Path,
     manifest: bundle_pb2.BundleManifest,
     graphs: list[GraphDef],
-    checkpoint: dict[str, Any],
+    checkpoint: Checkpoint,
     *,
     max_quality_drop: float,
 ) -> None:
@@ -245,7 +231,7 @@ def quantize_or_refuse(
 
 
 def export_checkpoint(
-    checkpoint: dict[str, Any],
+    checkpoint: Checkpoint,
     *,
     out: Path,
     name: str,
@@ -283,35 +269,28 @@ def export_checkpoint(
         graphs = graphs_for(model)
         for graph in graphs:
             manifest.graphs.append(export_verified(graph, staging, tolerance=tolerance))
-        (staging / "tokenizer.json").write_text(checkpoint["tokenizer"])
-        if checkpoint["task"] == "autocomplete" and _config(checkpoint, "popular_max_queries"):
+        (staging / "tokenizer.json").write_text(checkpoint.tokenizer)
+        cfg = checkpoint.config
+        if checkpoint.task == "autocomplete" and cfg.popular_max_queries:
             from trainer.ranking import add_popular_index
 
-            add_popular_index(staging, manifest, checkpoint)
+            add_popular_index(staging, manifest, cfg)
         if quantize:
             quantize_or_refuse(
                 staging, manifest, graphs, checkpoint, max_quality_drop=max_quality_drop
             )
         if (  # after quantization, whose gate need not measure the defaults
-            fit_decoding
-            and checkpoint["task"] == "translation"
-            and _config(checkpoint, "fit_decoding_pairs")
+            fit_decoding and checkpoint.task == "translation" and cfg.fit_decoding_pairs
         ):
             from trainer.beam_defaults import add_decoding_defaults
 
-            add_decoding_defaults(staging, manifest, checkpoint)
-        if checkpoint.get("history"):
+            add_decoding_defaults(staging, manifest, cfg)
+        if checkpoint.history:
             from trainer import plots
 
-            title = f"{checkpoint['task']} ({checkpoint['model_config']['cell']})"
-            plots.loss_curve(checkpoint["history"], staging / "loss_curve.png", title=title)
+            title = f"{checkpoint.task} ({checkpoint.model_config.cell})"
+            plots.loss_curve(checkpoint.history, staging / "loss_curve.png", title=title)
         return bundle.finalize(staging, manifest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by the trainer (`checkpoint.pt`)."""
-    result: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    return result

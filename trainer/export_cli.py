@@ -18,7 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trainer.export import TOLERANCE, ExportError, export_checkpoint, load_checkpoint
+from trainer.checkpoint import FILE, CheckpointError, load
+from trainer.export import TOLERANCE, ExportError, export_checkpoint
 from trainer.storage import fetch_checkpoint, is_uri
 
 
@@ -85,16 +86,14 @@ def export(parser: argparse.ArgumentParser, args: argparse.Namespace, *, downloa
         except (OSError, ValueError) as e:  # no such object, bucket or credentials
             parser.error(f"--checkpoint: {e}")
     elif path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / FILE
     if not path.is_file():
         parser.error(f"--checkpoint: no checkpoint at {path}")
     try:
-        checkpoint = load_checkpoint(path)
-    except Exception as e:  # a truncated or foreign file: say so, no traceback
-        parser.error(f"--checkpoint: {path} is not a Recur checkpoint ({type(e).__name__}: {e})")
-    if "model_config" not in checkpoint or "task" not in checkpoint:
-        parser.error(f"--checkpoint: {path} is not a Recur checkpoint (no model_config/task)")
-    name = args.name or checkpoint["config"].get("name") or checkpoint["task"]
+        checkpoint = load(path)
+    except CheckpointError as e:  # a truncated, foreign or older file: say so, no traceback
+        parser.error(f"--checkpoint: {e}")
+    name = args.name or checkpoint.config.name or checkpoint.task
     try:
         bundle = export_checkpoint(
             checkpoint,

@@ -9,13 +9,12 @@ checkpoint) are identity / print functions when the loop runs in-process (tests,
 `--dry-run`), and Ray Train's when it runs under `TorchTrainer`. Every rank reads its own shard
 (`EpochSampler`, padded to equal length), runs the same number of optimizer steps, and calls
 `report` at the same points: after every epoch, and every `--checkpoint-every-steps` steps
-inside one. Rank 0's checkpoint carries what a resume needs (`trainer/resume.py`), so a run
+inside one. Rank 0's checkpoint carries what a resume needs (`trainer/checkpoint.py`), so a run
 continues from any checkpoint, mid-epoch included, exactly as if it had not stopped.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from collections.abc import Callable
@@ -27,19 +26,28 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer.batches import epoch_losses, training_batches
+from trainer.checkpoint import (
+    MODELS,
+    Checkpoint,
+    CheckpointError,
+    DataSummary,
+    Position,
+    TrainingState,
+    check_world_size,
+    weight_normalize,
+)
 from trainer.config import TrainConfig
 from trainer.diagnostics import gradient_flow, probe_examples
-from trainer.models.recurrent import RecurrentStack, apply_weight_norm, remove_weight_norm
 from trainer.optim import EarlyStopping, Schedule, build_optimizer, clip_gradients
 from trainer.precision import grad_scaler
 from trainer.progress import Progress
-from trainer.resume import check_world_size, gather, rank_state, restore_rank_state
+from trainer.resume import gather, rank_state, restore_rank_state
 from trainer.tasks import Task, TaskData
 from trainer.tasks.base import Batch, unwrap
 from trainer.tbptt import TruncatedBPTT
 
 # report(metrics, checkpoint): the checkpoint is None on ranks other than 0.
-Report = Callable[[dict[str, float], dict[str, Any] | None], None]
+Report = Callable[[dict[str, float], Checkpoint | None], None]
 PROBE_POOL = 4096  # validation examples searched for the gradient-flow probe batch
 
 
@@ -47,14 +55,14 @@ PROBE_POOL = 4096  # validation examples searched for the gradient-flow probe ba
 class LoopResult:
     model: nn.Module  # unwrapped, in eval mode
     metrics: dict[str, float]
-    checkpoint: dict[str, Any] | None  # the best validation's; None on ranks other than 0
+    checkpoint: Checkpoint | None  # the best validation's; None on ranks other than 0
 
 
 def identity(x: Any) -> Any:
     return x
 
 
-def print_report(metrics: dict[str, float], checkpoint: dict[str, Any] | None) -> None:
+def print_report(metrics: dict[str, float], checkpoint: Checkpoint | None) -> None:
     if "batch" in metrics:  # a checkpoint inside an epoch: no validation yet
         print(f"checkpoint: epoch {metrics['epoch']:.0f} batch {metrics['batch']:.0f} "
               f"(step {metrics['steps']:.0f})", flush=True)  # fmt: skip
@@ -64,28 +72,34 @@ def print_report(metrics: dict[str, float], checkpoint: dict[str, Any] | None) -
 
 
 def make_checkpoint(
-    task: Task, data: TaskData, cfg: TrainConfig, model: nn.Module, extra: dict[str, Any]
-) -> dict[str, Any]:
-    """Everything needed to rebuild and export the model, with no other file.
+    task: Task, data: TaskData, cfg: TrainConfig, model: nn.Module, *,
+    metrics: dict[str, float], position: Position | None = None,
+    history: list[dict[str, float]] | None = None,
+    gradient_flow: list[dict[str, Any]] | None = None, wall_seconds: float = 0.0,
+    improved: bool = False, training: TrainingState | None = None,
+) -> Checkpoint:  # fmt: skip
+    """Everything needed to rebuild and export `model` (unwrapped), with no other file, and
+    what the run has done so far (see `Checkpoint`).
 
-    Weight-norm parametrizations are folded into plain weights, so the checkpoint loads into the
-    model built from its config alone.
+    The weights are copied to the CPU: the model trains on, the checkpoint keeps this moment.
     """
-    plain = copy.deepcopy(model).cpu()
-    remove_weight_norm(plain)
-    return {
-        "task": task.name,
-        "config": dataclasses.asdict(cfg),
-        "model_config": dataclasses.asdict(model.cfg),  # type: ignore[call-overload]
-        "model_state": {k: v.detach() for k, v in plain.state_dict().items()},
-        "tokenizer": data.tokenizer.to_str(),
-        "labels": list(data.labels),
-        "data": data.description,
-        "data_report": data.data_report,  # per file: usable lines, malformed lines by reason
-        "train_examples": len(data.train),
-        "valid_examples": len(data.valid),
-        **extra,
-    }
+    _, config_cls = MODELS[task.name]
+    return Checkpoint(
+        task=task.name,
+        config=cfg,
+        model_config=config_cls(**dataclasses.asdict(model.cfg)),  # type: ignore[call-overload]
+        weights={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        tokenizer=data.tokenizer.to_str(),
+        labels=list(data.labels),
+        data=DataSummary(data.description, data.data_report, len(data.train), len(data.valid)),
+        metrics=metrics,
+        position=position or Position(),
+        history=history or [],
+        gradient_flow=gradient_flow or [],
+        wall_seconds=wall_seconds,
+        improved=improved,
+        training=training,
+    )
 
 
 def build_model(task: Task, data: TaskData, cfg: TrainConfig, device: torch.device) -> nn.Module:
@@ -93,9 +107,7 @@ def build_model(task: Task, data: TaskData, cfg: TrainConfig, device: torch.devi
     torch.manual_seed(cfg.seed)
     model = task.build_model(cfg, data.tokenizer.get_vocab_size())
     if cfg.weight_norm:
-        for module in model.modules():
-            if isinstance(module, RecurrentStack):
-                apply_weight_norm(module)
+        weight_normalize(model)
     return model.to(device)
 
 
@@ -164,22 +176,24 @@ class _Run:
         self.grad_norms: list[float] = []  # of the epoch in progress
         self.started = time.perf_counter()
 
-    def restore(self, resume: dict[str, Any]) -> tuple[int, int]:
-        """Continue from a checkpoint's `resume` entry; returns (epoch, batch) to start at."""
-        self.optimizer.load_state_dict(resume["optimizer"])
-        if resume.get("scaler"):
-            self.step.scaler.load_state_dict(resume["scaler"])
-        self.schedule.load_state_dict(resume["schedule"])
-        self.stopping.best, self.stopping.bad_epochs = resume["stopping"]
-        self.progress.steps, self.history = resume["steps"], list(resume["history"])
-        self.step.flows = list(resume["flows"])
-        epoch, batch = resume["epoch"] + 1, resume.get("batch", 0)
+    def restore(self, resume: Checkpoint) -> tuple[int, int]:
+        """Continue from `resume`; returns (epoch, batch) to start at."""
+        state = resume.training
+        if state is None:
+            raise CheckpointError("the checkpoint holds no training state to resume from")
+        self.optimizer.load_state_dict(state.optimizer)
+        if state.scaler:
+            self.step.scaler.load_state_dict(state.scaler)
+        self.schedule.load_state_dict(state.schedule)
+        self.stopping.best, self.stopping.bad_epochs = state.stopping
+        self.progress.steps, self.history = resume.position.steps, list(resume.history)
+        self.step.flows = list(resume.gradient_flow)
+        epoch, batch = resume.position.epoch + 1, resume.position.batch
         if batch:
-            self.progress.loss_sum, self.progress.loss_count = resume["epoch_loss"]
-            self.grad_norms = list(resume["grad_norms"])
-        ranks = resume.get("ranks", [])
-        if len(ranks) == self.world_size:
-            carried = restore_rank_state(ranks[self.rank], self.device)
+            self.progress.loss_sum, self.progress.loss_count = state.epoch_loss
+            self.grad_norms = list(state.grad_norms)
+        if len(state.ranks) == self.world_size:
+            carried = restore_rank_state(state.ranks[self.rank], self.device)
             if self.tbptt is not None and batch:
                 self.tbptt.state = carried
         if self.rank == 0:
@@ -236,34 +250,28 @@ class _Run:
         return metrics
 
     def checkpoint(self, metrics: dict[str, float], *, epoch: int, batch: int,
-                   improved: bool = False) -> dict[str, Any] | None:  # fmt: skip
+                   improved: bool = False) -> Checkpoint | None:  # fmt: skip
         """Rank 0's checkpoint after `epoch` epochs and `batch` steps of the next (every rank
         must call this: it gathers each rank's generators and carried state)."""
         carried = self.tbptt.state if self.tbptt is not None else None
         ranks = gather(rank_state(carried), self.world_size)
         if self.rank != 0:
             return None
-        inner = unwrap(self.model)
-        resume = {
-            "model_state": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.step.scaler.state_dict(),  # empty unless fp16
-            "schedule": self.schedule.state_dict(),
-            "stopping": (self.stopping.best, self.stopping.bad_epochs),
-            "epoch": epoch,
-            "batch": batch,
-            "steps": self.progress.steps,
-            "history": list(self.history),
-            "flows": list(self.step.flows),
-            "epoch_loss": (self.progress.loss_sum, self.progress.loss_count),
-            "grad_norms": list(self.grad_norms),
-            "ranks": ranks,
-        }
-        extra = {"metrics": metrics, "steps": self.progress.steps, "epochs": epoch,
-                 "history": list(self.history), "gradient_flow": list(self.step.flows),
-                 "wall_seconds": time.perf_counter() - self.started, "improved": improved,
-                 "resume": resume}  # fmt: skip
-        return make_checkpoint(self.task, self.data, self.cfg, inner, extra)
+        training = TrainingState(
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.step.scaler.state_dict(),  # empty unless fp16
+            schedule=self.schedule.state_dict(),
+            stopping=(self.stopping.best, self.stopping.bad_epochs),
+            epoch_loss=(self.progress.loss_sum, self.progress.loss_count),
+            grad_norms=list(self.grad_norms),
+            ranks=ranks,
+        )
+        return make_checkpoint(
+            self.task, self.data, self.cfg, unwrap(self.model), metrics=metrics,
+            position=Position(epoch, batch, self.progress.steps), history=list(self.history),
+            gradient_flow=list(self.step.flows), improved=improved, training=training,
+            wall_seconds=time.perf_counter() - self.started,
+        )  # fmt: skip
 
 
 def train_loop(
@@ -277,11 +285,11 @@ def train_loop(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | None = None,
-    resume: dict[str, Any] | None = None,
+    resume: Checkpoint | None = None,
 ) -> LoopResult:
     """Train `task` on `data`; return the model and the checkpoint of its best validation.
 
-    `resume` (a checkpoint's "resume" entry) continues a run where that checkpoint was taken, at
+    `resume` (a checkpoint, `trainer.checkpoint.resume`) continues a run where it was taken, at
     an epoch boundary or inside an epoch, with the model, optimizer, schedule, early stopping,
     counters, data position and random state as they were: what follows is what an
     uninterrupted run would have done.
@@ -290,13 +298,13 @@ def train_loop(
     inner = build_model(task, data, cfg, device)
     if resume is not None:
         check_world_size(resume, world_size)
-        inner.load_state_dict(resume["model_state"])
+        inner.load_state_dict(resume.weights)
     run = _Run(task, data, cfg, wrap_model(inner), wrap_loader=wrap_loader, rank=rank,
                world_size=world_size, device=device)  # fmt: skip
     first_epoch, start = run.restore(resume) if resume is not None else (1, 0)
     metrics: dict[str, float] = run.history[-1] if run.history else {}
-    best: dict[str, Any] | None = None
-    last: dict[str, Any] | None = None
+    best: Checkpoint | None = None
+    last: Checkpoint | None = None
     for epoch in range(first_epoch, run.epochs + 1):
         run.train_epoch(epoch, start if epoch == first_epoch else 0, report)
         metrics = run.validate(epoch)

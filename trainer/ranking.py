@@ -24,9 +24,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -37,6 +36,7 @@ from services.model import LoadedModel
 from services.offline import Offline, open_model
 from services.popular import PopularIndex, RankingWeights, rank
 from services.requests import CompleteParams
+from trainer.config import TrainConfig
 
 INDEX_FILE = "popular.npz"
 CANDIDATES = 10  # suggestions taken from the index and from the beam for each prefix
@@ -203,17 +203,12 @@ def report(cases: list[Case], index: PopularIndex, weights: RankingWeights) -> d
     return result
 
 
-def add_popular_index(
-    staging: Path, manifest: bundle_pb2.BundleManifest, checkpoint: dict[str, Any]
-) -> None:
+def add_popular_index(staging: Path, manifest: bundle_pb2.BundleManifest, cfg: TrainConfig) -> None:
     """Write the popular-query index of the run's training log into the staged bundle, fit the
     ranking weights on (up to `--eval-completions` of) its validation queries through the staged
     graphs, and record both in `manifest.popular`."""
-    from trainer.config import TrainConfig
     from trainer.tasks import get_task
 
-    known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in checkpoint["config"].items() if k in known})
     train, valid, _ = get_task("autocomplete").load_raw(cfg)
     model = open_model(staging, staged=manifest)
     counts = query_counts(train, model.tokenizer)

@@ -7,7 +7,8 @@ on its own shard with the same number of steps, and moves batches to the device)
 the checkpoint of every epoch and of every `--checkpoint-every-steps` steps; every rank reports
 at the same points. Each checkpoint carries what a resumed run needs (model, optimizer,
 schedule, counters, data position, per-rank random state), so a relaunch with the same
-`--run-name`, or a restart after a worker failure, continues where the latest one was taken.
+`--run-name`, or a restart after a worker failure, continues where the latest one was taken
+(`trainer.checkpoint.resume`, the same function an in-process run resumes with).
 
 Ray keeps `--keep-checkpoints` of them ranked by `checkpoint_score`: the monitored validation
 metric (negated where lower is better) for an epoch's checkpoint, `UNSCORED` for one inside an
@@ -26,17 +27,16 @@ from typing import Any
 import ray
 import ray.train
 import ray.train.torch
-import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from trainer import checkpoint
+from trainer.checkpoint import Checkpoint
 from trainer.config import TrainConfig
 from trainer.loop import train_loop
-from trainer.resume import atomic_save
 from trainer.storage import filesystem_and_path
 from trainer.tasks import get_task
 
-CHECKPOINT_FILE = "checkpoint.pt"
 SCORE = "checkpoint_score"  # higher is better; what Ray ranks checkpoints by
 # Below any metric, and finite: Ray's checkpoint-manager snapshot (JSON in the run's storage)
 # writes -inf as null, and a relaunched run could not rank its checkpoints again.
@@ -51,16 +51,26 @@ def checkpoint_score(metrics: dict[str, float], *, monitor: str, mode: str) -> f
 
 
 def _report(
-    metrics: dict[str, float], checkpoint: dict[str, Any] | None, *, monitor: str, mode: str
+    metrics: dict[str, float], saved: Checkpoint | None, *, monitor: str, mode: str
 ) -> None:
     """Every rank reports the same metrics; only rank 0 has a checkpoint to attach."""
     metrics = {**metrics, SCORE: checkpoint_score(metrics, monitor=monitor, mode=mode)}
-    if checkpoint is None:
+    if saved is None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        atomic_save(checkpoint, Path(tmp) / CHECKPOINT_FILE)
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        checkpoint.save(saved, Path(tmp) / checkpoint.FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def resume_from(latest: ray.train.Checkpoint | None, *, rank: int) -> Checkpoint | None:
+    """The checkpoint Ray Train hands a relaunched run or a restarted worker group (its latest),
+    read by `trainer.checkpoint.resume` as the in-process run reads its `last.pt`."""
+    if latest is None:  # a new run
+        return None
+    with latest.as_directory() as directory:
+        return checkpoint.resume(Path(directory) / checkpoint.FILE, rank=rank,
+                                 shown_as=latest.path)  # fmt: skip
 
 
 def _train_worker(config: dict[str, Any]) -> None:
@@ -68,16 +78,8 @@ def _train_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig(**config["cfg"])
     task = get_task(cfg.task)
     data = task.prepare(cfg, tokenizer_json=config["tokenizer"])
-    resume = None
     rank = ray.train.get_context().get_world_rank()
-    if (latest := ray.train.get_checkpoint()) is not None:  # a relaunch or a restarted worker
-        with latest.as_directory() as directory:
-            resume = torch.load(
-                Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
-            )["resume"]
-        if rank == 0:  # which of the stored checkpoints a restarted worker group continues from
-            print(f"[{cfg.task}] restored {latest.path}: epoch {resume['epoch']} done, "
-                  f"batch {resume['batch']} of the next", flush=True)  # fmt: skip
+    resume = resume_from(ray.train.get_checkpoint(), rank=rank)
     train_loop(
         task,
         data,
@@ -111,12 +113,9 @@ def scaling_config(cfg: TrainConfig) -> ScalingConfig:
     )
 
 
-def _load(checkpoint: Checkpoint) -> dict[str, Any]:
-    with checkpoint.as_directory() as directory:
-        loaded: dict[str, Any] = torch.load(
-            Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True
-        )
-    return loaded
+def _load(kept: ray.train.Checkpoint) -> Checkpoint:
+    with kept.as_directory() as directory:
+        return checkpoint.load(Path(directory) / checkpoint.FILE)
 
 
 def start_local_ray(*, num_cpus: int, runtime_env: dict[str, Any], attempts: int = 3) -> None:
@@ -157,7 +156,7 @@ def _stop_half_started_node(error: BaseException) -> None:
 
 def train_with_ray(
     cfg: TrainConfig, *, tokenizer_json: str, run_name: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[Checkpoint, Checkpoint]:
     """Train on a Ray cluster (a local one when `RAY_ADDRESS` is unset); return the checkpoints
     of the best validation and of the last epoch.
 

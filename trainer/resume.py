@@ -1,20 +1,19 @@
-"""What lets a run stop anywhere and continue exactly: the data position, per-rank state, and
-checkpoint files written atomically.
+"""What lets a run stop anywhere and continue exactly: the data position and per-rank state.
 
-A checkpoint's `resume` entry says where the run is: `epoch` (the last epoch completed) and
-`batch` (optimizer steps already taken in the next one; 0 at an epoch boundary). The data order
+A checkpoint's `position` says where the run is: `epoch` (the last epoch completed) and `batch`
+(optimizer steps already taken in the next one; 0 at an epoch boundary). The data order
 of an epoch depends only on the seed and the epoch number (`EpochSampler`; TBPTT rows are fixed),
 so a resumed run skips `batch` batches of that order and sees what an uninterrupted run would
 have seen next. What differs per rank (its random-number generators, the recurrent state that
 truncated BPTT carries between chunks) is gathered from every rank into rank 0's checkpoint.
+Saving, finding and loading checkpoints is `trainer/checkpoint.py`'s.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-from collections.abc import Iterator, Sized
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sized
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -56,14 +55,32 @@ class EpochSampler(DistributedSampler[int]):
         return self.num_samples - self.start
 
 
-def rank_state(tbptt_state: tuple[torch.Tensor, ...] | None) -> dict[str, Any]:
-    """This rank's part of a resume: random-number generators and the carried TBPTT state."""
-    state: dict[str, Any] = {"cpu_rng": torch.get_rng_state(), "tbptt": None}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
-        state["cuda_rng"] = torch.cuda.get_rng_state()
-    if tbptt_state is not None:
-        state["tbptt"] = tuple(s.detach().cpu() for s in tbptt_state)
-    return state
+@dataclass
+class RankState:
+    """One rank's part of a resume: its random-number generators and the recurrent state that
+    truncated BPTT carries between chunks."""
+
+    cpu_rng: torch.Tensor
+    cuda_rng: torch.Tensor | None = None  # when this rank used CUDA
+    tbptt: tuple[torch.Tensor, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cpu_rng": self.cpu_rng, "cuda_rng": self.cuda_rng, "tbptt": self.tbptt}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RankState:
+        tbptt = d["tbptt"]
+        return cls(d["cpu_rng"], d["cuda_rng"], None if tbptt is None else tuple(tbptt))
+
+
+def rank_state(tbptt_state: tuple[torch.Tensor, ...] | None) -> RankState:
+    """This rank's generators now, and its carried TBPTT state (on the CPU)."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    return RankState(
+        cpu_rng=torch.get_rng_state(),
+        cuda_rng=torch.cuda.get_rng_state() if cuda else None,
+        tbptt=None if tbptt_state is None else tuple(s.detach().cpu() for s in tbptt_state),
+    )
 
 
 def gather(obj: Any, world_size: int) -> list[Any]:
@@ -75,40 +92,11 @@ def gather(obj: Any, world_size: int) -> list[Any]:
     return gathered
 
 
-def restore_rank_state(
-    state: dict[str, Any], device: torch.device
-) -> tuple[torch.Tensor, ...] | None:
+def restore_rank_state(state: RankState, device: torch.device) -> tuple[torch.Tensor, ...] | None:
     """Put back this rank's generators; return its carried TBPTT state (on `device`) or None."""
-    torch.set_rng_state(state["cpu_rng"])
-    if "cuda_rng" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda_rng"], device)
-    if state["tbptt"] is None:
+    torch.set_rng_state(state.cpu_rng)
+    if state.cuda_rng is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state.cuda_rng, device)
+    if state.tbptt is None:
         return None
-    return tuple(s.to(device) for s in state["tbptt"])
-
-
-def check_world_size(resume: dict[str, Any], world_size: int) -> None:
-    """A run resumed mid-epoch must have as many ranks as the run that saved it (the shards and
-    the token rows are cut per rank); at an epoch boundary any number will do."""
-    saved = len(resume.get("ranks", []))
-    if resume.get("batch", 0) and saved and saved != world_size:
-        raise ValueError(
-            f"the checkpoint stopped mid-epoch with {saved} workers; resume it with "
-            f"--workers {saved} (this run has {world_size})"
-        )
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """`torch.save` to a temporary file, flushed and fsynced, then renamed over `path`: a crash
-    mid-write leaves the previous file intact."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power cut
-    finally:
-        os.close(directory)
+    return tuple(s.to(device) for s in state.tbptt)

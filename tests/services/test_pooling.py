@@ -25,8 +25,8 @@ def test_running_label_follows_the_pooling(pooling: str, tmp_path: Path) -> None
     data = task.prepare(cfg)
     torch.manual_seed(0)
     model = task.build_model(cfg, data.tokenizer.get_vocab_size()).eval()
-    extra = {"metrics": {"valid_loss": 1.0}, "steps": 0, "epochs": 0, "wall_seconds": 0.0}
-    export_checkpoint(make_checkpoint(task, data, cfg, model, extra), out=tmp_path, name="s")
+    checkpoint = make_checkpoint(task, data, cfg, model, metrics={"valid_loss": 1.0})
+    export_checkpoint(checkpoint, out=tmp_path, name="s")
     engine = Engine(ModelRegistry.load(tmp_path))
     served = engine.registry.resolve("", "sentiment")
     assert served.bundle.manifest.pooling == pooling

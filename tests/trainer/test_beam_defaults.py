@@ -4,6 +4,7 @@ the manifest and reproduced by recur-eval."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ FIT_PAIRS = 12
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any]]:
     """A bundle with fitted defaults, and the validation pairs they were fit on."""
     checkpoint = untrained_checkpoint("translation")
-    checkpoint["config"] = {**checkpoint["config"], "fit_decoding_pairs": FIT_PAIRS}
+    checkpoint.config = dataclasses.replace(checkpoint.config, fit_decoding_pairs=FIT_PAIRS)
     out = tmp_path_factory.mktemp("models")
     path = export_checkpoint(checkpoint, out=out, name="tr", fit_decoding=True)
     return path, checkpoint_examples(checkpoint)[:FIT_PAIRS]

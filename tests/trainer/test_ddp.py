@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from trainer.checkpoint import load, save
 from trainer.config import TrainConfig
 from trainer.models import LanguageModel, LanguageModelConfig
 from trainer.tasks import get_task
@@ -110,9 +111,9 @@ def resume_worker(rank: int, port: int, workdir: str) -> None:
     with contextlib.suppress(Crash):
         train_loop(task, data, cfg, report=crash, **common)
     if rank == 0:
-        torch.save(saved[-1]["resume"], f"{workdir}/resume.pt")
+        save(saved[-1], Path(f"{workdir}/resume.pt"))
     dist.barrier()
-    resume = torch.load(f"{workdir}/resume.pt", weights_only=False)
+    resume = load(Path(f"{workdir}/resume.pt"))
     parts = train_loop(task, data, cfg, report=lambda m, c: None, resume=resume, **common)
     if rank == 0:
         torch.save({"whole": (whole.checkpoint, whole.model.state_dict()),
@@ -132,9 +133,10 @@ def test_two_ranks_resumed_mid_epoch_equal_an_uninterrupted_run(tmp_path: Path) 
     mp.spawn(resume_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD)
     out = torch.load(tmp_path / "out.pt", weights_only=False)
     (whole, whole_state), (parts, parts_state) = out["whole"], out["parts"]
-    assert (out["resume"]["epoch"], out["resume"]["batch"]) == (0, 5)
-    assert len(out["resume"]["ranks"]) == WORLD
-    carried = [r["tbptt"] for r in out["resume"]["ranks"]]
+    resume = out["resume"]
+    assert (resume.position.epoch, resume.position.batch) == (0, 5)
+    assert len(resume.training.ranks) == WORLD
+    carried = [r.tbptt for r in resume.training.ranks]
     assert not torch.equal(carried[0][0], carried[1][0])  # each rank carries its own rows' state
-    assert parts["history"] == whole["history"]
+    assert parts.history == whole.history
     assert all(torch.equal(whole_state[k], parts_state[k]) for k in whole_state)

@@ -14,6 +14,7 @@ from services.offline import Offline, open_model
 from services.requests import TranslateParams
 from tests.conftest import untrained_checkpoint
 from trainer import ranking
+from trainer.checkpoint import Checkpoint, Position
 from trainer.config import TrainConfig
 from trainer.evaluate import evaluate
 from trainer.export import export_checkpoint, rebuild_model
@@ -21,7 +22,7 @@ from trainer.loop import make_checkpoint
 from trainer.tasks import get_task
 
 
-def memorized(task_name: str, count: int, steps: int) -> tuple[dict[str, Any], list[Any]]:
+def memorized(task_name: str, count: int, steps: int) -> tuple[Checkpoint, list[Any]]:
     """A tiny model trained to memorize `count` training examples, and those raw examples."""
     cfg = TrainConfig(task=task_name, embed_dim=16, hidden_size=32, max_train_examples=200)
     task = get_task(task_name)
@@ -41,8 +42,8 @@ def memorized(task_name: str, count: int, steps: int) -> tuple[dict[str, Any], l
             optimizer.step()
     finally:
         torch.set_num_threads(threads)
-    extra = {"metrics": {}, "steps": steps, "epochs": 1, "wall_seconds": 0.0}
-    return make_checkpoint(task, data, cfg, model.eval(), extra), raw
+    position = Position(epoch=1, steps=steps)
+    return make_checkpoint(task, data, cfg, model.eval(), metrics={}, position=position), raw
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,7 @@ def test_metrics_through_onnx_equal_the_trainers_validation(
     checkpoint = untrained_checkpoint(task, "lstm")
     bundle = export_checkpoint(checkpoint, out=tmp_path, name=task)
     task_obj = get_task(task)
-    data = task_obj.prepare(TrainConfig(task=task, max_train_examples=200), checkpoint["tokenizer"])
+    data = task_obj.prepare(TrainConfig(task=task, max_train_examples=200), checkpoint.tokenizer)
     data.valid, data.valid_raw = data.valid[:100], data.valid_raw[:100]
     expected = task_obj.evaluate(rebuild_model(checkpoint), data)
     got = evaluate(open_model(bundle), list(data.valid_raw), completions=False)

@@ -6,16 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.conftest import untrained_checkpoint
+from trainer.checkpoint import save
 from trainer.export_cli import main
 
 
 def test_reexport_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "runs" / "r1"
     run.mkdir(parents=True)
-    torch.save(untrained_checkpoint("autocomplete", "lstm"), run / "checkpoint.pt")
+    save(untrained_checkpoint("autocomplete", "lstm"), run / "checkpoint.pt")
     for version in ("1", "2"):
         main(["--checkpoint", str(run), "--out", str(tmp_path / "models"), "--name", "ac"])
         assert f"wrote {tmp_path / 'models' / 'ac' / version}" in capsys.readouterr().out

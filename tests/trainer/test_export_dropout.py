@@ -21,7 +21,6 @@ def test_dropout_models_pass_parity(task_name: str, tmp_path: Path) -> None:
     data = task.prepare(cfg)
     torch.manual_seed(0)
     model = task.build_model(cfg, data.tokenizer.get_vocab_size())  # left in training mode
-    extra = {"metrics": {"valid_loss": 1.0}, "steps": 0, "epochs": 0, "wall_seconds": 0.0}
-    checkpoint = make_checkpoint(task, data, cfg, model, extra)
+    checkpoint = make_checkpoint(task, data, cfg, model, metrics={"valid_loss": 1.0})
     bundle = export_checkpoint(checkpoint, out=tmp_path, name=task_name)
     assert (bundle / "manifest.json").is_file()

@@ -20,6 +20,7 @@ import torch
 from services.offline import Offline, open_model
 from services.requests import TranslateParams
 from tests.conftest import untrained_checkpoint
+from trainer.checkpoint import Checkpoint
 from trainer.data.builtin import BUILTIN
 from trainer.data.tokenizer import BOS_ID, EOS_ID
 from trainer.export import export_checkpoint, rebuild_model
@@ -46,7 +47,7 @@ def assert_close(session: ort.InferenceSession, feeds: dict[str, Any], want: lis
 
 
 @functools.cache
-def checkpoint_of(task: str, cell: str) -> dict[str, Any]:
+def checkpoint_of(task: str, cell: str) -> Checkpoint:
     return untrained_checkpoint(task, cell)  # read-only below: shared by a cell's tests
 
 

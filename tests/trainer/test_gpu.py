@@ -49,7 +49,8 @@ def test_mixed_precision_cuda_training_resumes_with_its_loss_scale(
                         device=torch.device("cuda"))  # fmt: skip
     assert result.checkpoint is not None  # the best epoch's (by validation BLEU), not the last
     assert len(losses) == 2 and losses[-1] < losses[0], losses
-    scaler = result.checkpoint["resume"]["scaler"]
+    assert result.checkpoint.training is not None
+    scaler = result.checkpoint.training.scaler
     assert (precision == "fp16") == bool(scaler)  # fp16 checkpoints its loss scale
     if precision == "fp16":
         assert scaler["scale"] > 0

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from trainer.checkpoint import Checkpoint
 from trainer.config import TrainConfig
 from trainer.data.tokenizer import BOS_ID, EOS_ID, build_tokenizer
 from trainer.export import export_checkpoint, rebuild_model
@@ -33,7 +34,7 @@ def one_thread() -> Any:
     torch.set_num_threads(threads)
 
 
-def checkpoint_of(task_name: str, **overrides: Any) -> dict[str, Any]:
+def checkpoint_of(task_name: str, **overrides: Any) -> Checkpoint:
     """An untrained 2-layer model of `task_name` with `overrides`, as a checkpoint."""
     cfg = TrainConfig(task=task_name, embed_dim=12, hidden_size=12, num_layers=2, **overrides)
     task = get_task(task_name)
@@ -41,8 +42,7 @@ def checkpoint_of(task_name: str, **overrides: Any) -> dict[str, Any]:
     data = TaskData(tokenizer, [], [], "test", labels=task.labels())
     torch.manual_seed(0)
     model = task.build_model(cfg, tokenizer.get_vocab_size()).eval()
-    extra = {"metrics": {"valid_loss": 1.0}, "steps": 0, "epochs": 0, "wall_seconds": 0.0}
-    return make_checkpoint(task, data, cfg, model, extra)
+    return make_checkpoint(task, data, cfg, model, metrics={"valid_loss": 1.0})
 
 
 @pytest.mark.parametrize("input_feeding", [False, True])

@@ -31,7 +31,7 @@ def test_dry_run_trains_one_step_of_every_cell_and_head(task: str, cell: str,
     spec = get_task(task)
     result = train_loop(spec, spec.prepare(cfg), cfg)
     assert result.metrics["steps"] == 1
-    assert result.checkpoint is not None and result.checkpoint["model_config"]["cell"] == cell
+    assert result.checkpoint is not None and result.checkpoint.model_config.cell == cell
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -67,4 +67,4 @@ def test_best_checkpoint_is_kept_and_training_stops_early(tmp_path: Path) -> Non
     assert len(reported) < 8  # stopped early
     best = max(reported, key=lambda m: m["valid_accuracy"])
     assert result.checkpoint is not None
-    assert result.checkpoint["metrics"]["valid_accuracy"] == best["valid_accuracy"]
+    assert result.checkpoint.metrics["valid_accuracy"] == best["valid_accuracy"]

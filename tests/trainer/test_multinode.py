@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 
+from trainer.checkpoint import FILE, load
 from trainer.config import TrainConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -38,7 +39,7 @@ def config(root: Path, name: str) -> TrainConfig:
 def outcome(bundle: Path, run_dir: Path) -> tuple[list[dict[str, float]], dict[str, Any]]:
     """The run's per-epoch history and the exported model's weights."""
     history = json.loads((run_dir / "metrics.json").read_text())["history"]
-    weights = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model_state"]
+    weights = load(run_dir / FILE).weights
     assert json.loads((bundle / "manifest.json").read_text())["training"]["workers"] == 2
     return history, weights
 

@@ -42,11 +42,12 @@ def test_a_bf16_run_trains_and_keeps_float32_weights() -> None:
     task = get_task("sentiment")
     result = train_loop(task, task.prepare(cfg), cfg, report=lambda m, c: None)
     assert result.checkpoint is not None
-    history = result.checkpoint["history"]
+    history = result.checkpoint.history
     assert history[1]["train_loss"] < history[0]["train_loss"]
-    assert all(v.dtype == torch.float32 for v in result.checkpoint["model_state"].values()
+    assert all(v.dtype == torch.float32 for v in result.checkpoint.weights.values()
                if v.is_floating_point())  # fmt: skip
-    assert result.checkpoint["resume"]["scaler"] == {}  # no loss scaling outside fp16
+    assert result.checkpoint.training is not None
+    assert result.checkpoint.training.scaler == {}  # no loss scaling outside fp16
 
 
 def test_fp16_needs_a_gpu() -> None:

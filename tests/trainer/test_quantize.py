@@ -12,6 +12,7 @@ import pytest
 from services.bundle import verify
 from services.offline import open_model
 from tests.conftest import untrained_checkpoint
+from trainer.checkpoint import save
 from trainer.evaluate import evaluate
 from trainer.export import ExportError, export_checkpoint
 from trainer.export_cli import main
@@ -91,11 +92,9 @@ def test_a_drop_beyond_the_tolerance_refuses_and_writes_nothing(tmp_path: Path) 
 def test_cli_quantizes_refuses_and_needs_a_tolerance(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import torch
-
     run = tmp_path / "run"
     run.mkdir()
-    torch.save(untrained_checkpoint("sentiment", "lstm"), run / "checkpoint.pt")
+    save(untrained_checkpoint("sentiment", "lstm"), run / "checkpoint.pt")
     argv = ["--checkpoint", str(run), "--out", str(tmp_path / "models"), "--quantize", "int8"]
     with pytest.raises(SystemExit) as missing:
         main(argv)

@@ -48,7 +48,7 @@ def test_the_index_is_a_verified_file_of_the_bundle(bundle: Path) -> None:
 
 def test_no_index_when_asked_for_none(tmp_path: Path) -> None:
     checkpoint = untrained_checkpoint("autocomplete")
-    checkpoint["config"] = {**checkpoint["config"], "popular_max_queries": 0}
+    checkpoint.config = dataclasses.replace(checkpoint.config, popular_max_queries=0)
     path = export_checkpoint(checkpoint, out=tmp_path, name="ac")
     manifest = verify(path).manifest
     assert not manifest.HasField("popular") and "popular.npz" not in manifest.sha256

@@ -51,12 +51,12 @@ def test_two_ray_workers_train_and_export(
 
 def kept_positions(run_dir: Path) -> list[tuple[int, int]]:
     """(epoch, batch) of every checkpoint Ray kept (checkpoint_<timestamp> directories)."""
-    import torch
+    from trainer.checkpoint import FILE, load
 
     positions = []
     for directory in sorted(run_dir.glob("checkpoint_2*")):
-        resume = torch.load(directory / "checkpoint.pt", weights_only=False)["resume"]
-        positions.append((resume["epoch"], resume["batch"]))
+        at = load(directory / FILE).position
+        positions.append((at.epoch, at.batch))
     return sorted(positions)
 
 

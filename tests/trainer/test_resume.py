@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import untrained_checkpoint
 from trainer import cli
+from trainer.checkpoint import Checkpoint, Position, load
 from trainer.cli import run
 from trainer.config import TrainConfig
 
@@ -78,8 +81,7 @@ def crash_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
 
 
 def model_state(tmp_path: Path, name: str) -> dict[str, torch.Tensor]:
-    checkpoint = torch.load(tmp_path / "runs" / name / "checkpoint.pt", weights_only=False)
-    return dict(checkpoint["model_state"])
+    return load(tmp_path / "runs" / name / "checkpoint.pt").weights
 
 
 def queries_file(tmp_path: Path) -> str:
@@ -131,24 +133,23 @@ def test_dropout_and_probes_resume_mid_epoch_exactly(batch_type: str, batch_size
     task = get_task("sentiment")
     data = task.prepare(cfg)
     whole = train_loop(task, data, cfg, report=lambda m, c: None)
-    assert whole.checkpoint is not None and whole.checkpoint["steps"] > 2 * 12  # 2 epochs > 12
-    saved: list[dict[str, object]] = []
+    assert whole.checkpoint is not None and whole.checkpoint.position.steps > 2 * 12  # 2 epochs
+    saved: list[Checkpoint] = []
 
-    def crash_after_step_10(
-        metrics: dict[str, float], checkpoint: dict[str, object] | None
-    ) -> None:
-        saved.append(checkpoint)  # type: ignore[arg-type]
+    def crash_after_step_10(metrics: dict[str, float], checkpoint: Checkpoint | None) -> None:
+        assert checkpoint is not None
+        saved.append(checkpoint)
         if metrics["steps"] == 10:
             raise Crash
 
     with pytest.raises(Crash):
         train_loop(task, data, cfg, report=crash_after_step_10)
-    resume = saved[-1]["resume"]
-    assert (resume["epoch"], resume["batch"]) == (0, 10)  # type: ignore[index]
-    parts = train_loop(task, data, cfg, report=lambda m, c: None, resume=resume)  # type: ignore[arg-type]
+    resume = saved[-1]
+    assert (resume.position.epoch, resume.position.batch) == (0, 10)
+    parts = train_loop(task, data, cfg, report=lambda m, c: None, resume=resume)
     assert parts.checkpoint is not None and whole.checkpoint is not None
-    assert parts.checkpoint["history"] == whole.checkpoint["history"]
-    assert parts.checkpoint["gradient_flow"] == whole.checkpoint["gradient_flow"]
+    assert parts.checkpoint.history == whole.checkpoint.history
+    assert parts.checkpoint.gradient_flow == whole.checkpoint.gradient_flow
     a, b = whole.model.state_dict(), parts.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -163,10 +164,10 @@ def test_step_checkpoints_are_reported_inside_epochs_only(tmp_path: Path) -> Non
                       hidden_size=8, embed_dim=8, checkpoint_every_steps=6, log_every=1000,
                       diagnose_every=0)  # fmt: skip
     task = get_task("sentiment")
-    reports: list[tuple[dict[str, float], dict[str, object] | None]] = []
+    reports: list[tuple[dict[str, float], Checkpoint | None]] = []
     train_loop(task, task.prepare(cfg), cfg, report=lambda m, c: reports.append((m, c)))
     assert [m["steps"] for m, _ in reports] == [6, 12, 18, 20, 24, 30, 36, 40]
-    positions = [(c["resume"]["epoch"], c["resume"]["batch"]) for _, c in reports]  # type: ignore[index]
+    positions = [(c.position.epoch, c.position.batch) for _, c in reports if c is not None]
     assert positions == [(0, 6), (0, 12), (0, 18), (1, 0), (1, 4), (1, 10), (1, 16), (2, 0)]
     assert "valid_accuracy" not in reports[0][0] and "valid_accuracy" in reports[3][0]
 
@@ -194,25 +195,31 @@ def test_epoch_sampler_order_shards_and_start() -> None:
 def test_atomic_save_keeps_the_previous_file_when_a_write_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trainer import resume
+    from trainer import checkpoint
 
     path = tmp_path / "last.pt"
-    resume.atomic_save({"step": 1}, path)
+    first = untrained_checkpoint("sentiment")
+    checkpoint.save(first, path)
 
     def half_written(obj: object, f: object) -> None:
         f.write(b"PK\x03\x04 half a checkpoint")  # type: ignore[attr-defined]
         raise OSError("disk full")
 
-    monkeypatch.setattr(resume.torch, "save", half_written)
+    monkeypatch.setattr(checkpoint.torch, "save", half_written)
     with pytest.raises(OSError, match="disk full"):
-        resume.atomic_save({"step": 2}, path)
+        checkpoint.save(dataclasses.replace(first, position=Position(2, 0, 2)), path)
     monkeypatch.undo()
-    assert torch.load(path, weights_only=False) == {"step": 1}
+    assert checkpoint.load(path).position == first.position
 
 
 def test_resuming_mid_epoch_with_another_worker_count_is_refused() -> None:
-    from trainer.resume import check_world_size
+    from trainer.checkpoint import TrainingState, check_world_size
+    from trainer.resume import rank_state
 
-    check_world_size({"batch": 0, "ranks": [{}, {}]}, 1)  # an epoch boundary: any count
+    ranks = [rank_state(None), rank_state(None)]
+    state = TrainingState({}, {}, {}, (None, 0), (0.0, 0), [], ranks)
+    saved = dataclasses.replace(untrained_checkpoint("sentiment"), training=state)
+    check_world_size(saved, 1)  # an epoch boundary: any count
+    saved.position = Position(epoch=0, batch=5, steps=5)
     with pytest.raises(ValueError, match="resume it with --workers 2 \\(this run has 1\\)"):
-        check_world_size({"batch": 5, "ranks": [{}, {}]}, 1)
+        check_world_size(saved, 1)
