@@ -63,6 +63,23 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "models"
 
 
+@pytest.fixture(scope="session")
+def speaking_models(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundles with an untrained translator in place of the tiny trained one, which ends
+    every translation at once: a test comparing translated tokens needs tokens to compare, and
+    random weights write them until `max_tokens`. The translator is `untrained_checkpoint`'s
+    (seeded), so a test can rebuild the same PyTorch model."""
+    import shutil
+
+    from trainer.export import export_checkpoint
+
+    repo = tmp_path_factory.mktemp("speaking")
+    for task in ("sentiment", "autocomplete"):
+        shutil.copytree(tiny_models / task, repo / task)
+    export_checkpoint(untrained_checkpoint("translation"), out=repo, name="translation")
+    return repo
+
+
 @dataclass
 class Server:
     process: subprocess.Popen[str]

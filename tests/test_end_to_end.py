@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 
 from clients.sdk import RecurClient, RecurError
 from protos.recur.v1 import inference_pb2 as pb
-from tests.conftest import Server
+from tests.conftest import Server, start_server, stop_server, untrained_checkpoint
 from trainer.data.tokenizer import BOS_ID, EOS_ID
 from trainer.export import rebuild_model
 from trainer.models.seq2seq import greedy_decode
@@ -51,11 +52,20 @@ def load_torch(models: Path, task: str) -> tuple[Any, Any]:
     return rebuild_model(checkpoint), Tokenizer.from_file(str(bundle / "tokenizer.json"))
 
 
-def test_translate_streams_the_greedy_translation(served: Server, tiny_models: Path) -> None:
-    text = "the small black dog sees a red car"
-    events = run(call(served.target, lambda c: c.translate(text, include_attention=True)))
+@pytest.fixture(scope="module")
+def speaking(speaking_models: Path) -> Iterator[Server]:
+    """A server whose translator writes tokens (conftest's `speaking_models`)."""
+    server = start_server(speaking_models)
+    yield server
+    stop_server(server)
+
+
+def test_translate_streams_the_greedy_translation(speaking: Server, speaking_models: Path) -> None:
+    text = "the small black dog chases a brown cat"  # every word in the translator's vocabulary
+    events = run(call(speaking.target, lambda c: c.translate(text, include_attention=True)))
     *tokens, last = events
     assert last.WhichOneof("event") == "final" and all(e.HasField("token") for e in tokens)
+    assert len(tokens) > 1, "a translation with tokens to compare"
     final = last.final
     assert final.text == "".join(e.token.text for e in tokens)
     assert final.summary.output_tokens == len(tokens)
@@ -65,7 +75,10 @@ def test_translate_streams_the_greedy_translation(served: Server, tiny_models: P
     for e in tokens:
         assert len(e.token.attention) == len(final.source_tokens)
         assert sum(e.token.attention) == pytest.approx(1.0, abs=1e-4)
-    model, tokenizer = load_torch(tiny_models, "translation")
+    from tokenizers import Tokenizer
+
+    model = rebuild_model(untrained_checkpoint("translation"))  # the bundle's (seeded) weights
+    tokenizer = Tokenizer.from_file(str(speaking_models / "translation" / "1" / "tokenizer.json"))
     ids = tokenizer.encode(text).ids
     expected = greedy_decode(
         model, torch.tensor([ids]), torch.tensor([len(ids)]), bos_id=BOS_ID, eos_id=EOS_ID,
@@ -226,8 +239,6 @@ def test_server_refuses_a_busy_port_with_a_clear_error(served: Server, tiny_mode
 
 
 def test_sigterm_drains_and_exits_cleanly(tiny_models: Path) -> None:
-    from tests.conftest import start_server, stop_server
-
     server = start_server(tiny_models)
     run(call(server.target, lambda c: c.complete("weather", max_tokens=5)))
     output = stop_server(server)

@@ -25,8 +25,9 @@ from tests.conftest import Server, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
-def server(tiny_models: Path) -> Iterator[Server]:
-    running = start_server(tiny_models, "--session-ttl-seconds", "1")
+def server(speaking_models: Path) -> Iterator[Server]:
+    """The tiny bundles, with a translator that writes tokens (conftest's `speaking_models`)."""
+    running = start_server(speaking_models, "--session-ttl-seconds", "1")
     yield running
     stop_server(running)
 
@@ -92,7 +93,7 @@ def complete(target: str, **fields: Any) -> list[pb.CompleteResponse]:
 
 
 def test_beam_translation_over_the_wire_equals_the_engines(
-    server: Server, tiny_models: Path
+    server: Server, speaking_models: Path
 ) -> None:
     text = "the small dog sees a red car"
 
@@ -103,13 +104,14 @@ def test_beam_translation_over_the_wire_equals_the_engines(
             return await _events(stub.Translate(request, timeout=30))
 
     async def in_process() -> list[Any]:
-        engine = Engine(ModelRegistry.load(tiny_models))
+        engine = Engine(ModelRegistry.load(speaking_models))
         model = engine.registry.resolve("", "translation")
         params = TranslateParams(beam_size=4, length_penalty=0.6)
         stream = engine.translate(model, text, params, arrived=0.0)
         return [e async for batch in stream for e in batch]
 
     wire, local = asyncio.run(over_the_wire()), asyncio.run(in_process())
+    assert len(wire) > 2, "the search found a translation with tokens to compare"
     assert [e.token.id for e in wire[:-1]] == [e.id for e in local[:-1]]
     assert wire[-1].final.text == local[-1].text
     assert wire[-1].final.summary.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)

@@ -22,8 +22,9 @@ REVIEWS = ["not good", "a truly wonderful film , i loved it", "bad", "dull but w
 
 
 @pytest.fixture(scope="module")
-def registry(tiny_models: Path) -> ModelRegistry:
-    return ModelRegistry.load(tiny_models)
+def registry(speaking_models: Path) -> ModelRegistry:
+    """The tiny bundles with a translator that writes tokens (conftest's `speaking_models`)."""
+    return ModelRegistry.load(speaking_models)
 
 
 def make_engine(registry: ModelRegistry, max_batch_size: int) -> tuple[Engine, list[int]]:
@@ -61,6 +62,15 @@ async def everything(engine: Engine) -> list[list[Any]]:
     return await asyncio.gather(*(collect(s) for s in streams))
 
 
+# Where `everything`'s translations are among its streams: the greedy ones, then the beam search.
+TRANSLATIONS = slice(len(PREFIXES) + 2, len(PREFIXES) + 3 + len(SOURCES))
+
+
+def translated_tokens(results: list[list[Any]]) -> list[int]:
+    """How many tokens each of `everything`'s translations wrote."""
+    return [sum(isinstance(e, TokenEvent) for e in s) for s in results[TRANSLATIONS]]
+
+
 def signature(events: list[Any]) -> list[Any]:
     out: list[Any] = []
     for e in events:
@@ -78,6 +88,7 @@ def test_batched_results_equal_unbatched_token_for_token(registry: ModelRegistry
     alone, alone_rows = make_engine(registry, max_batch_size=1)
     together = asyncio.run(everything(batched))
     one_by_one = asyncio.run(everything(alone))
+    assert all(translated_tokens(together)), "every translation has tokens to compare"
     assert [signature(s) for s in together] == [signature(s) for s in one_by_one]
     assert max(batched_rows) > 4, "concurrent streams shared calls"
     assert len(batched_rows) < len(alone_rows) / 2
@@ -173,11 +184,13 @@ def test_cancelled_streams_give_their_slots_back(registry: ModelRegistry) -> Non
     assert runtime.scheduler.waiting == 0
 
 
-def test_optimized_graphs_serve_the_same_tokens(tiny_models: Path) -> None:
+def test_optimized_graphs_serve_the_same_tokens(speaking_models: Path) -> None:
     results, files = {}, {}
     for choice in ("fp32", "optimized", "int8"):
-        engine = Engine(ModelRegistry.load(tiny_models, graphs=choice))
-        results[choice] = [signature(s) for s in asyncio.run(everything(engine))]
+        engine = Engine(ModelRegistry.load(speaking_models, graphs=choice))
+        streams = asyncio.run(everything(engine))
+        assert all(translated_tokens(streams)), "every translation has tokens to compare"
+        results[choice] = [signature(s) for s in streams]
         files[choice] = sorted(f for m in engine.registry.models.values() for f in m.files.values())
     assert all(f.endswith(".opt.onnx") for f in files["optimized"])
     assert files["int8"] == files["optimized"], "no int8 copy in these bundles: the optimized one"
@@ -205,5 +218,5 @@ def test_steps_known_to_be_short_run_on_the_loop_with_the_same_results(
         signature(s) for s in asyncio.run(everything(executor))
     ]
     inline_calls = {rt.model.task: rt.scheduler.inline_calls for rt in inline._runtimes.values()}
-    assert inline_calls["autocomplete"] > 10, inline_calls  # (the tiny translator stops at once)
+    assert inline_calls["autocomplete"] > 10 and inline_calls["translation"] > 10, inline_calls
     assert all(rt.scheduler.inline_calls == 0 for rt in executor._runtimes.values())

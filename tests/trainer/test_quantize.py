@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -18,6 +19,8 @@ from trainer.export import ExportError, export_checkpoint
 from trainer.export_cli import main
 
 ANY_DROP = 1e9  # a tolerance no drop exceeds: accept whatever the untrained model does
+# What int8 may cost a trained model: a point of accuracy, a hundredth of a nat per token.
+TRAINED_DROP = 0.01
 
 
 def op_counts(path: Path) -> collections.Counter[str]:
@@ -58,6 +61,34 @@ def test_a_quantized_bundle_loads_and_runs(
     assert report.examples > 0 and report.max_quality_drop == ANY_DROP
     int8 = evaluate(open_model(bundle, graphs="int8"), checkpoint_examples_of(task)[:8])
     assert int8["examples"] == 8
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "learned"),
+    [
+        ("sentiment", "accuracy", lambda value: value > 0.55),  # above the majority label
+        ("autocomplete", "nats_per_token", lambda value: value < 3.3),  # uniform: ln 37 = 3.61
+    ],
+)
+def test_int8_costs_a_trained_model_little(
+    tiny_models: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    task: str,
+    metric: str,
+    learned: Callable[[float], bool],
+) -> None:
+    """The session's tiny trained models exported with `--quantize int8` under a real tolerance:
+    the gate passes because int8 keeps what the model learned, measured on its validation split."""
+    (run,) = (tiny_models.parent / "runs").glob(f"{task}-*")
+    out = tmp_path / "models"
+    argv = ["--checkpoint", str(run), "--out", str(out), "--quantize", "int8"]
+    main([*argv, "--max-quality-drop", str(TRAINED_DROP)])
+    assert f"int8: {metric}" in capsys.readouterr().out
+    report = verify(out / task / "1").manifest.quantization
+    assert report.metric == metric and report.examples >= 100
+    assert learned(report.fp32_value), f"the fp32 model learned something: {report.fp32_value}"
+    assert report.delta <= TRAINED_DROP and abs(report.int8_value - report.fp32_value) <= 0.05
 
 
 def test_lstm_graphs_shrink_to_under_half(tmp_path: Path) -> None:
