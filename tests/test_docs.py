@@ -1,5 +1,5 @@
-"""The documents say what the code does: the README's first commands, its links, and the server
-flag table of docs/serving.md against `recur-serve`'s own parser."""
+"""The documents hold together: the README's first commands, and every relative link of the
+README and docs/ (the flag tables are tests/test_settings.py's)."""
 
 from __future__ import annotations
 
@@ -23,20 +23,3 @@ def test_every_relative_link_of_the_documents_exists() -> None:
             if "://" not in target and not (doc.parent / target).exists():
                 missing.append(f"{doc.relative_to(ROOT)}: {target}")
     assert missing == []
-
-
-def test_the_serving_page_names_every_server_flag() -> None:
-    """A flag added to `recur-serve` without a line in the table fails here, naming it."""
-    from services.config import build_parser
-
-    page = (ROOT / "docs" / "serving.md").read_text()
-    table = page.split("## Server flags", 1)[1].split("\n## ", 1)[0]
-    documented = set(re.findall(r"`(--[a-z0-9-]+)", table))
-    flags = {
-        option
-        for action in build_parser()._actions
-        for option in action.option_strings
-        if option.startswith("--") and option != "--help"
-    }
-    assert flags - documented - {"--metrics"} == set(), "missing from docs/serving.md"
-    assert documented - flags == set(), "documented but not a flag of recur-serve"
