@@ -199,8 +199,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[DataclassInstance])
             parser.add_argument(spec.flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)  # fmt: skip
         else:
+            listed = [c for c in spec.choices() if c]
+            metavar = "{" + ",".join(listed) + "}" if listed else METAVARS[spec.kind]
             parser.add_argument(spec.flag, type=spec.kind, default=None, help=help_text,
-                                metavar=spec.setting.metavar or METAVARS[spec.kind])  # fmt: skip
+                                metavar=spec.setting.metavar or metavar)  # fmt: skip
 
 
 def parse_text(spec: Spec, raw: str, name: str) -> Any:
