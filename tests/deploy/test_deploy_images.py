@@ -31,6 +31,7 @@ RAY_VERSION = next(line.split("==")[1] for line in CONSTRAINTS if line.startswit
 OFFLINE = (
     r"NewConnectionError|Failed to establish a new connection|Temporary failure in name resolution"
     r"|Name or service not known|ConnectTimeoutError|Network is unreachable|ProxyError"
+    r"|ReadTimeoutError|Could not fetch URL"
 )
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,6 +168,15 @@ async def _load(target: str, stop: asyncio.Event, load: Load, request: pb.Comple
                 load.versions[events[-1].final.summary.version] += 1
 
 
+async def until(condition: Callable[[], bool], what: str, *, within: float = 60.0) -> None:
+    """Wait for what a test needs to have happened, instead of sleeping for a time a loaded
+    machine may not honour."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {within:g} s"
+        await asyncio.sleep(0.05)
+
+
 def test_sigterm_under_load_truncates_no_stream(tiny_models: Path) -> None:
     server = start_server(tiny_models, "--grace-seconds", "20")
     request = pb.CompleteRequest(text="weather in", max_tokens=60)
@@ -176,10 +185,10 @@ def test_sigterm_under_load_truncates_no_stream(tiny_models: Path) -> None:
     async def go() -> None:
         stop = asyncio.Event()
         clients = [asyncio.create_task(_load(server.target, stop, load, request)) for _ in range(8)]
-        await asyncio.sleep(1.5)
+        await until(lambda: load.finished > 8, "9 streams finished before SIGTERM")
         load.refused["at SIGTERM"] = load.finished
         server.process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(2.5)
+        await until(lambda: load.refused["UNAVAILABLE"] > 0, "calls refused after SIGTERM")
         stop.set()
         await asyncio.gather(*clients)
 
@@ -227,12 +236,15 @@ def test_sigkill_and_restart_the_sdk_carries_clients_over(tiny_models: Path) -> 
     async def go() -> Server:
         stop = asyncio.Event()
         clients = [asyncio.create_task(client(stop)) for _ in range(6)]
-        await asyncio.sleep(1.5)
+        await until(lambda: outcomes["ok"] > 0, "a stream finished before the kill")
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(10)
         outcomes["ok before the kill"] = outcomes["ok"]
         second = await asyncio.to_thread(start_server, tiny_models, "--port", str(port))
-        await asyncio.sleep(1.0)
+        await until(
+            lambda: outcomes["ok"] - outcomes["ok before the kill"] >= 6,
+            "6 streams finished on the restarted server",
+        )
         stop.set()
         await asyncio.gather(*clients)
         return second
@@ -302,7 +314,7 @@ def test_versions_come_and_go_under_load_and_a_torn_copy_waits(
             steps.append(("v3 complete", await until_listed(channel, {1, 2, 3})))
             shutil.rmtree(repo / "autocomplete" / "1")
             steps.append(("v1 removed", await until_listed(channel, {2, 3})))
-            await asyncio.sleep(0.5)  # streams on v2 and v3 only
+            await until(lambda: load.versions[3] > 0, "a stream finished on v3")
         stop.set()
         await asyncio.gather(*clients)
 

@@ -80,8 +80,8 @@ def test_dynamo_exporter_still_loses_to_torchscript(tmp_path: Path) -> None:
     correctly, with a dynamic time axis, and within 5x the TorchScript exporter's time."""
     pytest.importorskip(
         "onnxscript",
-        reason="the dynamo exporter needs onnxscript (pinned in constraints.txt, installed by no "
-        "extra), so there is nothing to compare",
+        reason="the dynamo exporter needs onnxscript: `make test-slow` installs it (the "
+        "`exporters` extra, pinned in constraints.txt); without it there is nothing to compare",
     )
     graph = gru_step()
     export_graph(graph, tmp_path / "warm-up.onnx")  # first-call set-up is not the exporter's cost
