@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +154,15 @@ def test_batch_composition_is_fifo_by_shape(
     assert finished == expected_order, reason
 
 
+async def until(condition: Callable[[], bool], what: str, *, within: float = 30.0) -> None:
+    """Wait for what a test needs to have happened, instead of a time a loaded machine may not
+    honour."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {within:g} s"
+        await asyncio.sleep(0.001)
+
+
 def test_cancelled_streams_give_their_slots_back(registry: ModelRegistry) -> None:
     engine, _ = make_engine(registry, max_batch_size=64)
     lm = engine.registry.resolve("", "autocomplete")
@@ -167,13 +178,13 @@ def test_cancelled_streams_give_their_slots_back(registry: ModelRegistry) -> Non
                                                      arrived=0.0)))
             for p in PREFIXES * 4
         ]  # fmt: skip
-        for _ in range(20):  # until the streams hold their slots
-            await asyncio.sleep(0.001)
-        in_use = engine.runtime(lm).pool.used
+        pool = engine.runtime(lm).pool
+        await until(lambda: pool.used > len(PREFIXES), "the streams hold their slots")
+        in_use = pool.used
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.sleep(0.05)  # let a batch that was running land
+        await until(lambda: pool.used == 0, "a batch that was running landed: every slot back")
         return in_use
 
     in_use = asyncio.run(scenario())
