@@ -34,9 +34,23 @@ def test_an_abandoned_stream_task_is_cancelled_with_its_call() -> None:
 
 
 def test_outside_a_call_nothing_is_adopted() -> None:
-    async def go() -> None:
-        task = asyncio.create_task(asyncio.sleep(0))
-        scope.adopt(task)  # no scope open in this context: a no-op
-        await task
+    """A task adopted where no call's scope is open belongs to no call, not even to one whose
+    scope is open at the same moment in another task: that call's end leaves it running."""
 
-    asyncio.run(go())
+    async def a_call(opened: asyncio.Event, ending: asyncio.Event) -> int:
+        tasks = scope.open_scope()
+        opened.set()
+        await ending.wait()
+        scope.cancel(tasks)
+        return len(tasks)
+
+    async def go() -> tuple[int, str]:
+        opened, ending = asyncio.Event(), asyncio.Event()
+        call = asyncio.create_task(a_call(opened, ending))
+        await opened.wait()
+        task = asyncio.create_task(asyncio.sleep(0.01, result="finished"))
+        scope.adopt(task)  # no scope open in this context: a no-op
+        ending.set()
+        return await call, await task
+
+    assert asyncio.run(go()) == (0, "finished")
