@@ -235,6 +235,12 @@ def test_the_performance_page_is_written_from_the_json(tmp_path: Path) -> None:
     again = measured(12.5)
     assert row.format("12.50x", "met") in again and "4.53x" not in again
 
+    empty, kept = tmp_path / "fresh-clone", tmp_path / "kept.md"
+    kept.write_text("the committed page")
+    redraw = [sys.executable, "-m", "scripts.bench", "--report-only", "--out", str(empty)]
+    done = subprocess.run([*redraw, "--page", str(kept)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and "left as it is" in done.stdout, done.stderr
+    assert kept.read_text() == "the committed page", "no JSON: the page is not emptied"
     assert default_page(ROOT / "bench-results") == ROOT / "docs" / "performance.md"
     assert default_page(tmp_path) == tmp_path / "performance.md"
     committed = (ROOT / "docs" / "performance.md").read_text()

@@ -141,8 +141,11 @@ def redraw(out: Path, names: list[str], *, page: Path) -> int:
         if "status" in data:
             report.plot(name, data, out / f"{name}.png")
     summary = report.write_summary(out, mode="redrawn", argv=["--report-only"])
-    written = report.write_page(out, page)
     print(report.targets_table(out))
+    if not report.scenario_results(out):  # a fresh clone: keep the committed page
+        print(f"bench: no scenario's JSON in {out}; {page} left as it is")
+        return 0
+    written = report.write_page(out, page)
     print(f"bench: redrew {len(found)} plots, {summary} and {written}")
     return 0
 

@@ -116,7 +116,7 @@ def footer(data: dict[str, Any]) -> str:
     return textwrap.fill(text, width=170, max_lines=3)
 
 
-def _results(out: Path) -> list[tuple[str, dict[str, Any]]]:
+def scenario_results(out: Path) -> list[tuple[str, dict[str, Any]]]:
     """The scenarios' results found in `out` (files of another shape, e.g. those
     `scripts/bench_export.py` writes on its own, are left out)."""
     found = []
@@ -130,7 +130,7 @@ def _results(out: Path) -> list[tuple[str, dict[str, Any]]]:
 def targets_table(out: Path) -> str:
     """Every target of every scenario found in `out`, one line each."""
     lines = [f"{'scenario':<10} {'target':<58} {'measured':>10} {'goal':>9}  verdict"]
-    for name, data in _results(out):
+    for name, data in scenario_results(out):
         if data["status"] != "ok":
             lines.append(f"{name:<10} {data['status'] + ': ' + data['reason']:<80.80}")
         for t in data.get("targets", []):
@@ -194,7 +194,7 @@ def scenario_sections(
 
 def write_summary(out: Path, *, mode: str, argv: Sequence[str]) -> Path:
     """`SUMMARY.md`: the machine, every target, then each scenario's table and plot."""
-    results = _results(out)
+    results = scenario_results(out)
     lines = ["# Recur benchmark results", ""]
     command = "python -m scripts.bench " + " ".join(argv)
     lines.append(f"Written {time.strftime('%Y-%m-%d %H:%M %Z')} by `{command.strip()}` ({mode}).")
@@ -220,8 +220,6 @@ PAGE_HEADER = Path(__file__).with_name("performance_header.md")
 def provenance(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     """Which run or runs the JSON files come from: when, by which command, quick or full, and
     how loaded the machine was; a page mixing runs says so."""
-    if not results:
-        return ["No scenario's JSON file was found: `make bench` writes them."]
     runs: dict[tuple[str, str, str], list[str]] = {}
     for name, data in results:
         run = data.get("run") or {"command": "unknown command", "mode": "unknown mode"}
@@ -258,7 +256,9 @@ def write_page(out: Path, page: Path) -> Path:
     """The performance page (docs/performance.md): the hand-written header kept in
     `performance_header.md`, then which run measured, every target and every scenario's table,
     all from the JSON files in `out`, so that the page cannot drift from the measurements."""
-    results = _results(out)
+    results = scenario_results(out)
+    if not results:
+        raise FileNotFoundError(f"no scenario's JSON file in {out}: nothing to write {page} from")
     lines = [
         PAGE_HEADER.read_text().rstrip("\n"),
         "",
