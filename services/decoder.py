@@ -13,8 +13,14 @@ language model, `decoder_step` for translation, whose rows also carry their own 
 leave between turns (continuous batching), and the scheduler still batches the decoder's step
 with other streams' one-token steps.
 
+Beam searches run on the same loop (`Search`): each turn their live beams' logits take one
+log-softmax together, each search picks its survivors, every survivor's state moves into its
+beam's slot with one copy for all searches, and their rows join the same batched step. A beam
+search costs no await per step and shares its calls with every other stream's decoding.
+
 This is vLLM V1's shape on a small scale: per stream, nothing waits and nothing wakes per token;
-the only per-row work is what cannot be batched (detokenization and stop strings).
+the only per-row work is what cannot be batched (detokenization, stop strings, a search's choice
+of survivors).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from services.decoding import Sampler
+from services.decoding import BeamSearch, Hypothesis, Sampler, log_softmax
 from services.detokenizer import Detokenizer
 from services.events import Event, FinishReason, TokenEvent
 from services.model import Arrays
@@ -81,6 +87,45 @@ class Generation:
             self.done.set_result(reason)
 
 
+@dataclass(eq=False)
+class Search:
+    """One stream's beam search from `logits`, with beam `i`'s state in `slots[i]`.
+
+    Attributes:
+        beam: The search's bookkeeping (live and ended hypotheses).
+        slots: `(beam.size,)` pool rows; the root's state (after the prompt) is in `slots[0]`.
+        logits: `(live, V)` next-token logits of the live beams (first: the root's, `(1, V)`).
+        context: The graph's other per-row inputs of the stream, `(1, ...)` each (translation:
+            `memory` and `src_mask`), given to every live beam.
+        is_stale: True once the search's answer is no longer wanted; it stops with what it has.
+    """
+
+    beam: BeamSearch
+    slots: np.ndarray
+    logits: np.ndarray
+    context: Arrays = field(default_factory=dict)
+    is_stale: Callable[[], bool] = lambda: False
+    done: asyncio.Future[list[Hypothesis]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.done = asyncio.get_running_loop().create_future()
+
+    def finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(self.beam.ranked())
+
+
+@dataclass(eq=False)
+class _Rows:
+    """What one stream puts into a decode step: its slots, the token each row reads, and its
+    context rows (`(len(slots), ...)` each)."""
+
+    owner: Generation | Search
+    slots: np.ndarray
+    tokens: list[int]
+    context: Arrays
+
+
 class Decoder:
     """The decode loop of one model: `lm_step` (language models) or `decoder_step` (the
     translation decoder), whichever its bundle has."""
@@ -91,7 +136,8 @@ class Decoder:
         self.role = "decoder_step" if "decoder_step" in graphs else "lm_step"
         self.token_input = _TOKEN_INPUT[self.role]
         self.live: list[Generation] = []  # their logits are fresh: a token to choose
-        self.ready: list[tuple[Generation, int]] = []  # chosen on joining: a step to take
+        self.searching: list[Search] = []  # their logits are fresh: survivors to choose
+        self.ready: list[_Rows] = []  # chosen on joining: a step to take
         self._task: asyncio.Task[None] | None = None
 
     async def run(self, generation: Generation) -> FinishReason:
@@ -100,74 +146,128 @@ class Decoder:
         Its first token is chosen at once, in the caller's turn (time to first token); the loop
         takes it from there.
         """
-        self.ready += self._choose([generation])
-        if self.ready and (self._task is None or self._task.done()):
-            self._task = asyncio.create_task(self._loop())
+        self._join(self._choose([generation]))
         try:
             return await generation.done
         finally:  # finished, failed or cancelled: it takes no further step
-            self.live = [g for g in self.live if g is not generation]
-            self.ready = [(g, t) for g, t in self.ready if g is not generation]
+            self._leave(generation)
+
+    async def search(self, search: Search) -> list[Hypothesis]:
+        """Run `search` to its end; returns its best `beam.size` hypotheses, best first (those
+        it has when it turns stale). Its first survivors are chosen at once, in the caller's
+        turn."""
+        self._join(self._survivors([search]))
+        try:
+            return await search.done
+        finally:
+            self._leave(search)
+
+    def _join(self, rows: list[_Rows]) -> None:
+        self.ready += rows
+        if self.ready and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._loop())
+
+    def _leave(self, owner: Generation | Search) -> None:
+        self.live = [g for g in self.live if g is not owner]
+        self.searching = [s for s in self.searching if s is not owner]
+        self.ready = [r for r in self.ready if r.owner is not owner]
 
     async def _loop(self) -> None:
-        while self.live or self.ready:
-            going, self.ready = self.ready + self._choose(self.live), []
-            self.live = [g for g, _ in going]  # streams that join during the step come next turn
+        while self.live or self.searching or self.ready:
+            going = self.ready + self._choose(self.live) + self._survivors(self.searching)
+            self.ready = []  # streams that join during the step come next turn
+            self.live = [r.owner for r in going if isinstance(r.owner, Generation)]
+            self.searching = [r.owner for r in going if isinstance(r.owner, Search)]
             if not going:
                 continue
-            size = self.runtime.scheduler.max_batch_size  # 1: batching off, a call per stream
-            if len(going) <= size:
+            parts = _parts(going, self.runtime.scheduler.max_batch_size)  # 1: a call per stream
+            if len(parts) == 1:
                 await self._step(going)
             else:
-                parts = [going[start : start + size] for start in range(0, len(going), size)]
                 await asyncio.gather(*(self._step(part) for part in parts))
 
-    async def _step(self, going: list[tuple[Generation, int]]) -> None:
-        """One batched step for `going`: each generation's next logits (and attention)."""
-        slots = np.array([g.slot for g, _ in going], dtype=np.int64)
+    async def _step(self, going: list[_Rows]) -> None:
+        """One batched step for `going`: each generation's next logits (and attention), each
+        search's live beams' next logits."""
+        slots = np.concatenate([r.slots for r in going])
         try:
             out = await self.runtime.step(self.role, slots, self._feeds(going))
         except Exception as error:  # the step failed: so do the streams that took it
-            for generation, _ in going:
-                if not generation.done.done():
-                    generation.done.set_exception(error)
+            for rows in going:
+                self._leave(rows.owner)
+                if not rows.owner.done.done():
+                    rows.owner.done.set_exception(error)
             return
         logits = out["logits"]
         logits = logits[:, -1] if logits.ndim == 3 else logits  # lm_step: (B, T, V)
-        for row, (generation, _) in enumerate(going):
-            generation.logits = logits[row]
-            if generation.with_attention:
-                width = generation.context["src_mask"].shape[1]
-                generation.attention = tuple(out["attention"][row, :width].tolist())
+        start = 0
+        for rows in going:
+            owner, end = rows.owner, start + len(rows.slots)
+            if isinstance(owner, Search):
+                owner.logits = logits[start:end]
+            else:
+                owner.logits = logits[start]
+                if owner.with_attention:
+                    width = owner.context["src_mask"].shape[1]
+                    owner.attention = tuple(out["attention"][start, :width].tolist())
+            start = end
 
-    def _feeds(self, going: list[tuple[Generation, int]]) -> Arrays:
+    def _feeds(self, going: list[_Rows]) -> Arrays:
         """The step's inputs: the tokens `(B, 1)` and every row's context, stacked (sources
         padded to the longest; the mask's padding is False, so attention ignores it)."""
-        feeds = {self.token_input: np.array([[token] for _, token in going], dtype=np.int64)}
-        for name in going[0][0].context:
-            parts = [g.context[name] for g, _ in going]
+        tokens = [token for rows in going for token in rows.tokens]
+        feeds = {self.token_input: np.array(tokens, dtype=np.int64)[:, None]}
+        for name in going[0].context:
+            parts = [rows.context[name] for rows in going]
             if len(parts) == 1:
                 feeds[name] = parts[0]
-            else:  # (1, S, ...) per row: the source axis is 1
+            else:  # (n, S, ...) per stream: the source axis is 1
                 width = max(part.shape[1] for part in parts)
                 feeds[name] = stack_padded(parts, 1, width, 0)
         return feeds
 
-    def _choose(self, batch: list[Generation]) -> list[tuple[Generation, int]]:
+    def _survivors(self, searches: list[Search]) -> list[_Rows]:
+        """Every search's next survivors, from one log-softmax over all their live beams; the
+        survivors' states move into their beams' slots with one copy. Returns the searches that
+        go on, with their rows for the next step; the others finish."""
+        if not searches:
+            return []
+        logprobs = log_softmax(np.concatenate([s.logits for s in searches]))  # (rows, V)
+        going, sources, targets = [], [], []
+        start = 0
+        for search in searches:
+            end = start + len(search.logits)
+            parents = search.beam.advance(logprobs[start:end])
+            start = end
+            if search.beam.done or search.is_stale():
+                search.finish()
+                continue
+            live = len(search.beam.live)
+            sources.append(search.slots[np.array(parents)])
+            targets.append(search.slots[:live])
+            context = {k: np.repeat(v, live, axis=0) for k, v in search.context.items()}
+            tokens = [h.tokens[-1] for h in search.beam.live]
+            going.append(_Rows(search, search.slots[:live], tokens, context))
+        if sources:
+            self.runtime.pool.copy(np.concatenate(sources), np.concatenate(targets))
+        return going
+
+    def _choose(self, batch: list[Generation]) -> list[_Rows]:
         """Each generation's next token, chosen for the whole batch at once; returns the ones
         that go on, with the token to feed."""
         if not batch:
             return []
         logits = np.stack([g.logits for g in batch])  # (B, V)
         tokens, logprobs = _greedy_rows(logits)
-        going = []
+        going: list[_Rows] = []
         for row, generation in enumerate(batch):
             if not generation.sampler.params.greedy:
                 tokens[row], logprobs[row] = generation.sampler.choose(generation.logits)
             token = int(tokens[row])
             reason = self._advance(generation, token, float(logprobs[row]))
             if reason is None:
-                going.append((generation, token))
+                slots = np.array([generation.slot], dtype=np.int64)
+                going.append(_Rows(generation, slots, [token], generation.context))
             else:
                 generation.finish(reason)
         return going
@@ -187,6 +287,20 @@ class Decoder:
         if generation.index >= generation.max_tokens:
             return FinishReason.LENGTH
         return None
+
+
+def _parts(going: list[_Rows], size: int) -> list[list[_Rows]]:
+    """`going` in consecutive parts of at most `size` rows (a stream's rows stay together; a
+    stream with more rows than `size` is a part of its own)."""
+    parts: list[list[_Rows]] = [[]]
+    rows = 0
+    for entry in going:
+        if parts[-1] and rows + len(entry.slots) > size:
+            parts.append([])
+            rows = 0
+        parts[-1].append(entry)
+        rows += len(entry.slots)
+    return parts
 
 
 _TOKEN_INPUT = {"lm_step": "tokens", "decoder_step": "prev"}  # each decode graph's token input

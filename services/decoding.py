@@ -120,10 +120,14 @@ class BeamSearch:
         """Extend the live beams by one token; returns each new live beam's parent index."""
         totals = np.array([h.logprob for h in self.live])[:, None] + logprobs  # (n, V)
         order = np.argsort(-totals, axis=None, kind="stable")[: 2 * self.size]
+        # the candidates as Python numbers at once (numpy scalars one by one cost more)
+        rows, tokens = (a.tolist() for a in np.divmod(order, logprobs.shape[1]))
+        picked = zip(
+            rows, tokens, totals.ravel()[order].tolist(), logprobs.ravel()[order].tolist(),
+            strict=True,
+        )  # fmt: skip
         live, parents = [], []
-        for flat in order:
-            parent, token = divmod(int(flat), logprobs.shape[1])
-            total = float(totals[parent, token])
+        for parent, token, total, token_logprob in picked:
             before = self.live[parent]
             if token == self.eos_id:
                 score = total / length_penalty(len(before.tokens) + 1, self.alpha)
@@ -132,7 +136,7 @@ class BeamSearch:
                 )
                 continue
             grown = (*before.tokens, token)
-            token_logprobs = (*before.token_logprobs, float(logprobs[parent, token]))
+            token_logprobs = (*before.token_logprobs, token_logprob)
             score = total / length_penalty(len(grown), self.alpha)
             live.append(Hypothesis(grown, token_logprobs, total, score, False))
             parents.append(parent)

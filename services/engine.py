@@ -3,10 +3,11 @@
 Every stream leases slots in its model's state pool and runs as a task of its own (see
 `collector.py`) that puts its events into its collector. It reads its prompt with steps from the
 model's scheduler, which batches the steps of all live streams into ONNX Runtime calls
-(continuous batching; `scheduler.py`), and hands token-by-token generation to the model's decode
-loop (`decoder.py`), which advances every generating stream with one step and processes the whole
-batch's outputs at once. A cancelled call or an expired deadline stops the stream's task at its
-next `await`, and its `with runtime.lease(...)` block gives the slots back.
+(continuous batching; `scheduler.py`), and hands token-by-token generation and beam search to
+the model's decode loop (`decoder.py`), which advances every generating stream and every search
+with one step and processes the whole batch's outputs at once. A cancelled call or an expired
+deadline stops the stream's task at its next `await`, and its `with runtime.lease(...)` block
+gives the slots back.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from services import suggestions
 from services.collector import Collector, collect
-from services.decoder import Generation
+from services.decoder import Generation, Search
 from services.decoding import BeamSearch, Hypothesis, Sampler, SamplingParams, log_softmax
 from services.detokenizer import Detokenizer
 from services.errors import InvalidArgument, Unavailable
@@ -151,23 +152,13 @@ class Engine:
                 "encoder", slots[:1], {"src": src, "src_len": np.array([src.shape[1]])}
             )
             memory = encoded["memory"]  # (1, S, E)
-            mask = np.ones((1, src.shape[1]), dtype=bool)
-
-            def feeds(prev: np.ndarray) -> Arrays:
-                rows = len(prev)
-                if rows == 1:  # greedy, and a beam's first step: no copies
-                    return {"prev": prev, "memory": memory, "src_mask": mask}
-                return {
-                    "prev": prev,
-                    "memory": np.repeat(memory, rows, axis=0),
-                    "src_mask": np.repeat(mask, rows, axis=0),
-                }
-
+            context = {"memory": memory, "src_mask": np.ones((1, src.shape[1]), dtype=bool)}
             bos = np.array([[model.bos_id]], dtype=np.int64)
-            first = await runtime.step("decoder_step", slots[:1], feeds(bos))
+            first = await runtime.step("decoder_step", slots[:1], {"prev": bos, **context})
             if params.beam_size > 1:
                 beam = BeamSearch(params.beam_size, model.eos_id, limit, params.length_penalty)
-                best = (await self._beam(runtime, "decoder_step", beam, slots, first, feeds))[0]
+                search = Search(beam, slots, first["logits"], context)
+                best = (await runtime.decoder.search(search))[0]
                 for index, (token, logprob) in enumerate(
                     zip(best.tokens, best.token_logprobs, strict=True)
                 ):
@@ -185,7 +176,7 @@ class Engine:
                     stop=(),
                     emit=out.put,
                     clock=clock,
-                    context={"memory": memory, "src_mask": mask},
+                    context=context,
                     with_attention=params.include_attention,
                     attention=_attention(first, params.include_attention),
                 )
@@ -200,32 +191,6 @@ class Engine:
                 source_tokens=tuple(encoding.tokens),
             )
         )
-
-    async def _beam(
-        self,
-        runtime: Runtime,
-        role: str,
-        beam: BeamSearch,
-        slots: np.ndarray,
-        first: Arrays,
-        feeds: Callable[[np.ndarray], Arrays],
-        is_stale: Callable[[], bool] = lambda: False,
-    ) -> list[Hypothesis]:
-        """Run `beam` from its root, whose state is in `slots[0]` and logits in `first`.
-
-        Beam `i` lives in `slots[i]`; after each step the survivors take their parents' state.
-        A stale search (its answer no longer wanted) stops with what it has.
-        """
-        out = first
-        while True:
-            logits = out["logits"].reshape(len(beam.live), -1)  # (live, V)
-            parents = beam.advance(log_softmax(logits))
-            if beam.done or is_stale():
-                return beam.ranked()
-            live = len(beam.live)
-            runtime.pool.copy(slots[np.array(parents)], slots[:live])
-            prev = np.array([[h.tokens[-1]] for h in beam.live], dtype=np.int64)
-            out = await runtime.step(role, slots[:live], feeds(prev))
 
     async def _analyze(
         self, model: LoadedModel, text: str, arrived: float, out: Collector[Event]
@@ -423,12 +388,8 @@ class Engine:
         beam = BeamSearch(width, runtime.model.eos_id, max_len)
         with runtime.lease(width) as slots:
             runtime.pool.write(slots[:1], state)
-
-            def feeds(prev: np.ndarray) -> Arrays:
-                return {"tokens": prev}
-
-            first = {"logits": logits}
-            return await self._beam(runtime, "lm_step", beam, slots, first, feeds, is_stale)
+            search = Search(beam, slots, logits[None], is_stale=is_stale)
+            return await runtime.decoder.search(search)  # on the decode loop, with the others
 
 
 def _attention(step: Arrays, wanted: bool) -> tuple[float, ...]:

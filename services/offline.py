@@ -25,11 +25,12 @@ import numpy as np
 
 from protos.recur.v1 import bundle_pb2
 from services.bundle import assembling, verify
+from services.decoder import Search
 from services.decoding import BeamSearch, Hypothesis, log_softmax
 from services.engine import Engine
 from services.errors import BundleError
 from services.events import Event, Finished, RunningLabel, TokenEvent
-from services.model import Arrays, LoadedModel, ModelRegistry
+from services.model import LoadedModel, ModelRegistry
 from services.requests import CompleteParams, TranslateParams
 from services.runtime import EngineConfig
 
@@ -120,8 +121,8 @@ class Offline:
         The search runs to its end, as it does under any length penalty above 0, whose choice
         it leaves to the caller: re-ranking these by `score / length_penalty(...)` gives what
         `Engine.translate` streams with that penalty, so a fit over many penalties searches
-        once per width. The steps are the engine's own (`Engine._beam`, with the request set up
-        as `Engine.translate` sets it up).
+        once per width. The steps are the engine's own (the decode loop's `Search`, with the
+        request set up as `Engine.translate` sets it up).
         """
 
         def job(text: str) -> Job[list[Hypothesis]]:
@@ -134,16 +135,11 @@ class Offline:
                     encoded = await runtime.step(
                         "encoder", slots[:1], {"src": src, "src_len": np.array([src.shape[1]])}
                     )
-
-                    def feeds(prev: np.ndarray) -> Arrays:
-                        rows = len(prev)
-                        return {"prev": prev,
-                                "memory": np.repeat(encoded["memory"], rows, axis=0),
-                                "src_mask": np.ones((rows, src.shape[1]), dtype=bool)}  # fmt: skip
-
+                    context = {"memory": encoded["memory"],
+                               "src_mask": np.ones((1, src.shape[1]), dtype=bool)}  # fmt: skip
                     bos = np.array([[model.bos_id]], dtype=np.int64)
-                    first = await runtime.step("decoder_step", slots[:1], feeds(bos))
-                    await engine._beam(runtime, "decoder_step", beam, slots, first, feeds)
+                    first = await runtime.step("decoder_step", slots[:1], {"prev": bos, **context})
+                    await runtime.decoder.search(Search(beam, slots, first["logits"], context))
                 return beam.ended or beam.live
 
             return search
@@ -167,7 +163,10 @@ class Offline:
                 self.model, text, params, arrived=time.perf_counter()
             )
 
-        return self._run([call(t) for t in texts], rows=max(params.suggestions, 1))
+        width = params.suggestions
+        if width and self.model.popular is not None and not params.model_only:
+            width = max(width, self.model.candidates)  # a ranked answer's beam: `Engine.ranked`
+        return self._run([call(t) for t in texts], rows=max(width, 1))
 
     def logprobs(self, sequences: Sequence[Sequence[int]], *, start: Sequence[int]) -> list[float]:
         """The log-probability of `seq[start[i]:]` after `seq[:start[i]]` for each of a language

@@ -109,6 +109,10 @@ class Scheduler:
         key, source_len = self._key(role, inputs)
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(role, slots, inputs, key, source_len, future))
+        # Pinned from now until the step has run or was dropped: a stream that leaves meanwhile
+        # (the decode loop's steps carry many streams' rows) frees its slots only then, so no
+        # new stream can take a slot that a queued step is about to overwrite.
+        self.pool.pin(slots)
         self._schedule_kick()
         return await future
 
@@ -146,7 +150,7 @@ class Scheduler:
     def _take(self) -> list[_Request]:
         """The oldest live request and the queued ones that can share its call, in FIFO order."""
         while self._queue and self._queue[0].future.done():  # cancelled while waiting
-            self._queue.popleft()
+            self.pool.unpin(self._queue.popleft().slots)
         if not self._queue:
             return []
         head = self._queue.popleft()
@@ -154,6 +158,7 @@ class Scheduler:
         while self._queue:
             request = self._queue.popleft()
             if request.future.done():
+                self.pool.unpin(request.slots)
                 continue
             if request.key == head.key and rows + request.rows <= self.max_batch_size:
                 batch.append(request)
@@ -165,8 +170,7 @@ class Scheduler:
 
     async def _run(self, batch: list[_Request]) -> None:
         slots = np.concatenate([r.slots for r in batch])
-        role = batch[0].role
-        self.pool.pin(slots)
+        role = batch[0].role  # its slots were pinned when queued
         started, outputs = time.perf_counter(), None
         try:
             feeds = self._feeds(batch, slots)

@@ -38,7 +38,7 @@ class SlotPool:
             for name, shape in shapes.items()
         }
         self._free = list(range(capacity - 1, -1, -1))  # a stack: recently freed slots are warm
-        self._pins = np.zeros(capacity, dtype=np.int32)  # batches in flight touching each slot
+        self._pins = np.zeros(capacity, dtype=np.int32)  # steps queued or running on each slot
         self._doomed: set[int] = set()  # released while pinned; freed at unpin
 
     @property

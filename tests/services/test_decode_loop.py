@@ -72,3 +72,48 @@ def test_batched_translation_rows_keep_their_own_source(registry: ModelRegistry)
             assert sum(event.attention) == pytest.approx(1.0, abs=1e-4), "padding got no weight"
             assert isinstance(single, TokenEvent)
             np.testing.assert_allclose(event.attention, single.attention, atol=1e-5)
+
+
+async def beam_translate_all(engine: Engine) -> list[list[int]]:
+    model = engine.registry.resolve("", "translation")
+    params = TranslateParams(max_tokens=8, beam_size=3, length_penalty=1.0)
+
+    async def one(text: str) -> list[int]:
+        events: list[Any] = []
+        async for batch in engine.translate(model, text, params, arrived=0.0):
+            events += batch
+        assert isinstance(events[-1], Finished)
+        return [e.id for e in events if isinstance(e, TokenEvent)]
+
+    found = await asyncio.gather(*(one(s) for s in SOURCES))
+    assert engine.runtime(model).pool.used == 0, "every search gave its slots back"
+    return found
+
+
+def test_beam_searches_share_the_decode_loop_and_match_one_at_a_time(
+    registry: ModelRegistry,
+) -> None:
+    """Four concurrent beam searches step together (one call carries several searches' beams,
+    each with its own source) and find what each finds alone."""
+    model = registry.resolve("", "translation")
+    rows: list[int] = []
+    run = model.run
+
+    def spy(role: str, feeds: Arrays) -> Arrays:
+        if role == "decoder_step":
+            rows.append(len(feeds["prev"]))
+        return run(role, feeds)
+
+    model.run = spy  # type: ignore[method-assign]
+    try:
+        batched = asyncio.run(beam_translate_all(Engine(registry, EngineConfig())))
+        assert max(rows) > 3, "beams of several searches shared a call"
+        rows.clear()
+        alone = asyncio.run(beam_translate_all(Engine(registry, EngineConfig(max_batch_size=1))))
+        assert max(rows) <= 3, "batching off: a call per search"
+    finally:
+        del model.run
+
+    for text, together, one_by_one in zip(SOURCES, batched, alone, strict=True):
+        assert together, f"{text!r}: the search produced tokens"
+        assert together == one_by_one, text

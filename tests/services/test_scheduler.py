@@ -231,3 +231,28 @@ def test_steps_known_to_be_short_run_on_the_loop_with_the_same_results(
     inline_calls = {rt.model.task: rt.scheduler.inline_calls for rt in inline._runtimes.values()}
     assert inline_calls["autocomplete"] > 10 and inline_calls["translation"] > 10, inline_calls
     assert all(rt.scheduler.inline_calls == 0 for rt in executor._runtimes.values())
+
+
+def test_a_slot_under_a_queued_step_is_not_handed_out_again(registry: ModelRegistry) -> None:
+    """A decode-loop step carries many streams' rows. One that leaves while the step waits in
+    the queue gets its slot back only once the step has run: the slot is never handed to a new
+    stream whose state the step would then overwrite."""
+    engine, _ = make_engine(registry, max_batch_size=64)
+    lm = engine.registry.resolve("", "autocomplete")
+    runtime = engine.runtime(lm)
+    pool = runtime.pool
+
+    async def scenario() -> None:
+        slots = pool.acquire(1)
+        tokens = np.array([[lm.bos_id]], dtype=np.int64)
+        step = asyncio.create_task(runtime.step("lm_step", slots, {"tokens": tokens}))
+        await asyncio.sleep(0)  # the step is queued, not yet running
+        assert runtime.scheduler.waiting == 1
+        pool.release(slots)  # its stream left
+        others = pool.acquire(pool.capacity - pool.used)  # every slot the pool gives now
+        assert int(slots[0]) not in others.tolist()
+        await step
+        pool.release(others)
+        assert pool.used == 0, "the step ran: its slot is free again"
+
+    asyncio.run(scenario())
