@@ -120,7 +120,7 @@ def test_complete_streams_the_greedy_completion(served: Server, tiny_models: Pat
     *tokens, last = events
     final = last.final
     assert final.completion == "".join(e.token.text for e in tokens)
-    assert len(tokens) == final.summary.output_tokens <= 12
+    assert 0 < len(tokens) == final.summary.output_tokens <= 12, "tokens to compare"
     expected_reason = pb.FINISH_REASON_LENGTH if len(tokens) == 12 else pb.FINISH_REASON_STOP
     assert final.summary.finish_reason == expected_reason
     model, tokenizer = load_torch(tiny_models, "autocomplete")
@@ -158,6 +158,7 @@ def test_session_answers_every_revision_like_complete(served: Server) -> None:
             return finals, expected
 
     finals, expected = run(scenario())
+    assert all(expected), f"every revision has a completion to compare: {expected}"
     assert finals == {i + 1: completion for i, completion in enumerate(expected)}
 
 
