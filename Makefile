@@ -33,6 +33,7 @@ test: setup-dev
 	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 
 test-slow: setup-dev
+	$(PIP) -e '.[exporters]'  # the dynamo exporter, for its canary
 	-scripts/images.sh --install-tools  # buildah, podman, debootstrap for the image tests (root)
 	$(PY) -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
 

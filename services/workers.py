@@ -2,11 +2,11 @@
 
 One server process turns at most one core into streamed tokens: gRPC's Python handlers, the
 engine's bookkeeping and the metrics all run on one event loop under one GIL, and ONNX Runtime is
-a small part of a token's cost (docs/performance.md). gRPC's own answer (its multiprocessing
-example) is several processes listening on one port with `SO_REUSEPORT`: the kernel spreads
-incoming *connections* over them, and each process serves its connections with its own engine,
-batches and state slots. A connection, and so every stream and session on it, stays with one
-process; a client that opens one channel is served by one process.
+a small part of a token's cost (docs/performance-analysis.md). gRPC's own answer (its
+multiprocessing example) is several processes listening on one port with `SO_REUSEPORT`: the
+kernel spreads incoming *connections* over them, and each process serves its connections with its
+own engine, batches and state slots. A connection, and so every stream and session on it, stays
+with one process; a client that opens one channel is served by one process.
 
 The parent process here only supervises:
 - it checks that no other program holds the port (a plain bind, as a single server does), then
