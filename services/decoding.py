@@ -7,6 +7,7 @@ next, so they are tested against brute force on tiny tables of log-probabilities
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -77,8 +78,7 @@ def length_penalty(length: int, alpha: float) -> float:
     return float(((5.0 + length) / 6.0) ** alpha)
 
 
-@dataclass(frozen=True)
-class Hypothesis:
+class Hypothesis(NamedTuple):  # a tuple: a beam makes tens of them per step
     tokens: tuple[int, ...]  # without the end-of-sequence token
     token_logprobs: tuple[float, ...]  # log p of each token in `tokens`
     logprob: float  # total, including the end-of-sequence token when it ended with one

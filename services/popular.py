@@ -59,16 +59,18 @@ class Suggestion:
 
 
 class _Keys(Sequence[bytes]):
-    """The sorted queries as bytes, for `bisect` (no copy of the blob)."""
+    """The sorted queries as bytes, for `bisect`: the blob as one `bytes` and the offsets as
+    Python ints, so that a probe is a plain slice (numpy indexing costs several times more, and
+    every keystroke probes the index a few hundred times)."""
 
     def __init__(self, blob: np.ndarray, offsets: np.ndarray) -> None:
-        self.blob, self.offsets = blob, offsets
+        self.data, self.offsets = blob.tobytes(), offsets.tolist()
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
     def __getitem__(self, i: int) -> bytes:  # type: ignore[override]
-        return bytes(self.blob[self.offsets[i] : self.offsets[i + 1]])
+        return self.data[self.offsets[i] : self.offsets[i + 1]]
 
 
 class PopularIndex:

@@ -83,7 +83,7 @@ async def score(
     if not completions:
         return {}
     model = runtime.model
-    rows = [[*model.tokenizer.encode(c).ids, model.eos_id] for c in completions]
+    rows = [[*e.ids, model.eos_id] for e in model.tokenizer.encode_batch(completions)]
     first = log_softmax(logits.astype(np.float64))  # (V,)
     width = max(len(row) for row in rows)
     later = None
