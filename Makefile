@@ -37,9 +37,10 @@ test-slow: setup-dev
 	-scripts/images.sh --install-tools  # buildah, podman, debootstrap for the image tests (root)
 	$(PY) -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
 
-# The gpu-marked tests (CUDA needed); scripts/gpu-check.sh runs them on a machine without Ray.
+# Every gpu-marked test and the GPU bench scenario's quick run, in-process, within 9 minutes
+# (scripts/gpu-check.sh; exit 3 when there is no CUDA device: nothing was checked).
 test-gpu: setup-dev
-	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+	PYTHON=$(PY) scripts/gpu-check.sh "" $(PYTEST_ARGS)
 
 # Every scenario of scripts/bench (QUICK=1: the reduced run, GPU=1: the GPU scenario must find CUDA);
 # results, plots and SUMMARY.md in bench-results/. Adds Ray Serve for the peer scenario.
