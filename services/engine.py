@@ -348,13 +348,7 @@ class Engine:
             is_stale=is_stale,
         )
         reason = await runtime.decoder.run(generation)
-        return clock.finish(
-            model,
-            reason=reason,
-            text=detok.output,
-            input_tokens=len(prefix) - 1,
-            output_tokens=len(detok.ids) - len(prefix),
-        )
+        return suggestions.completion_final(model, clock, reason, detok, prefix)
 
     async def suggest(
         self,

@@ -154,6 +154,14 @@ def replay(
         if any(detok.output.endswith(s) for s in params.stop):
             reason = FinishReason.STOP
             break
+    return completion_final(model, clock, reason, detok, prefix)
+
+
+def completion_final(
+    model: LoadedModel, clock: Clock, reason: FinishReason, detok: Detokenizer, prefix: list[int]
+) -> Finished:
+    """The final event of a completion of `prefix` (`[BOS]` and the text's tokens) whose tokens
+    `detok` holds after the prefix's, however they were chosen (decoded or replayed)."""
     return clock.finish(
         model,
         reason=reason,
