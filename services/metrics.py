@@ -151,16 +151,21 @@ class ServerMetrics:
                 yield batch
             return
         labels = (info.model, info.version, info.task, info.rpc)
+        # The stream's series, looked up at its first token and kept: `labels()` takes a lock
+        # and builds a key on every call, and this runs for every message of every stream.
+        series: tuple[Histogram, Counter] | None = None
         last: float | None = None
         with self.streaming(info):
             async for batch in _closing(batches):
                 now = time.perf_counter()
                 tokens = sum(isinstance(e, TokenEvent | RunningLabel) for e in batch)
                 if tokens:
+                    series = series or (self.itl.labels(*labels), self.generated.labels(*labels))
+                    itl, generated = series
                     if last is not None:
-                        self.itl.labels(*labels).observe(now - last)
+                        itl.observe(now - last)
                     last = now
-                    self.generated.labels(*labels).inc(tokens)
+                    generated.inc(tokens)
                 for event in batch:
                     if isinstance(event, Finished):
                         self.queue.labels(*labels).observe(event.queue_seconds)
