@@ -18,6 +18,7 @@ survive.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from functools import partial
@@ -27,7 +28,7 @@ from typing import Any
 import ray
 import ray.train
 import ray.train.torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from trainer import checkpoint
@@ -61,6 +62,11 @@ def _report(
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint.save(saved, Path(tmp) / checkpoint.FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    # `report` has persisted it (Ray Train's own line about it is below the WARNING level
+    # this trainer shows).
+    at = saved.position
+    print(f"[{saved.task}] checkpoint saved: epoch {at.epoch} done, batch {at.batch} of the next",
+          flush=True)  # fmt: skip
 
 
 def resume_from(latest: ray.train.Checkpoint | None, *, rank: int) -> Checkpoint | None:
@@ -73,8 +79,21 @@ def resume_from(latest: ray.train.Checkpoint | None, *, rank: int) -> Checkpoint
                                  shown_as=latest.path)  # fmt: skip
 
 
+def _quiet_reports() -> None:
+    """Ray Train V2 logs every report at INFO, once per worker and with the whole metrics dict
+    ("Reporting training result N: TrainingReport(...)"), on a logger named by its file's path:
+    outside the `ray.train` logger that `LoggingConfig` sets, so it is set here. This trainer
+    prints one line of its own per checkpoint (`_report`)."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray's layout: its lines stay, nothing breaks
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def _train_worker(config: dict[str, Any]) -> None:
     """The per-worker entry point: the plain loop with Ray's wrappers."""
+    _quiet_reports()
     cfg = TrainConfig(**config["cfg"])
     task = get_task(cfg.task)
     data = task.prepare(cfg, tokenizer_json=config["tokenizer"])
@@ -187,6 +206,9 @@ def train_with_ray(
                 checkpoint_score_attribute=SCORE,
                 checkpoint_score_order="max",
             ),
+            # Ray Train's own INFO lines (every report and checkpoint, worker-group set-up) would
+            # bury the progress lines; its system log files under the Ray session keep them all.
+            logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
         ),
     )
     result = trainer.fit()

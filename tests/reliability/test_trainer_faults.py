@@ -224,7 +224,7 @@ def test_a_ray_worker_killed_mid_training_recovers_from_its_checkpoint(tmp_path:
     for line in process.stdout:
         output.append(line)
         worker = re.search(r"\(RayTrainWorker pid=(\d+)\)", line)
-        if killed is None and worker and "Checkpoint successfully created" in line:
+        if killed is None and worker and "checkpoint saved:" in line:  # trainer/ray_job.py
             killed = int(worker.group(1))  # the worker that reported the first checkpoint
             os.kill(killed, signal.SIGKILL)
     assert process.wait(900) == 0, "".join(output[-60:])
