@@ -32,7 +32,7 @@ def graph_file(graph: bundle_pb2.GraphSpec, choice: str) -> str:
 class LoadedModel:
     """One model version: a session per graph, the tokenizer and the state layout."""
 
-    def __init__(self, bundle: Bundle, *, threads: int = 1, graphs: str = "optimized") -> None:
+    def __init__(self, bundle: Bundle, *, ort_threads: int = 1, graphs: str = "optimized") -> None:
         self.bundle = bundle
         manifest = bundle.manifest
         self.name = manifest.name
@@ -43,7 +43,7 @@ class LoadedModel:
         self.bos_id = manifest.special_tokens.bos_id
         self.eos_id = manifest.special_tokens.eos_id
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = ort_threads
         options.inter_op_num_threads = 1
         self.files = {graph.role: graph_file(graph, graphs) for graph in manifest.graphs}
         try:
@@ -116,12 +116,12 @@ class ModelRegistry:
     models: dict[tuple[str, int], LoadedModel] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, root: Path, *, threads: int = 1, graphs: str = "optimized") -> ModelRegistry:
+    def load(cls, root: Path, *, ort_threads: int = 1, graphs: str = "optimized") -> ModelRegistry:
         """Load every bundle under `root`; one that fails verification is logged and skipped."""
         registry = cls()
         for path in discover(root):
             try:
-                model = LoadedModel(verify(path), threads=threads, graphs=graphs)
+                model = LoadedModel(verify(path), ort_threads=ort_threads, graphs=graphs)
             except BundleError as e:
                 log.error("refusing bundle: %s", e)
                 continue

@@ -39,9 +39,9 @@ def warm_up(model: LoadedModel) -> None:
             model.run(role, {"tokens": tokens, **state})
 
 
-def load(path: Path, threads: int, graphs: str) -> LoadedModel:
+def load(path: Path, ort_threads: int, graphs: str) -> LoadedModel:
     """Verify, load and warm one bundle (blocking)."""
-    model = LoadedModel(verify(path), threads=threads, graphs=graphs)
+    model = LoadedModel(verify(path), ort_threads=ort_threads, graphs=graphs)
     try:
         warm_up(model)
     except Exception as e:  # graphs that load but do not run as the manifest says
@@ -57,13 +57,13 @@ class Reloader:
         engine: Engine,
         root: Path,
         *,
-        threads: int,
+        ort_threads: int,
         graphs: str = "optimized",
         on_change: Callable[[LoadedModel, bool], None] = lambda model, loaded: None,
     ) -> None:
         self.engine = engine
         self.root = root
-        self.threads = threads
+        self.ort_threads = ort_threads
         self.graphs = graphs
         self.on_change = on_change
         self._refused: dict[Path, float] = {}  # path -> mtime when it was refused
@@ -85,7 +85,7 @@ class Reloader:
             if path in loaded_paths or self._refused.get(path) == _mtime(path):
                 continue
             try:
-                model = await loop.run_in_executor(None, load, path, self.threads, self.graphs)
+                model = await loop.run_in_executor(None, load, path, self.ort_threads, self.graphs)
             except BundleError as e:
                 self._refused[path] = _mtime(path)
                 log.error("refusing bundle: %s", e)

@@ -131,7 +131,7 @@ async def build_server(
         metrics,
         limits,
         default_max_tokens=cfg.default_max_tokens,
-        session_ttl=cfg.session_ttl_seconds,
+        session_ttl_seconds=cfg.session_ttl_seconds,
         stream_interval=cfg.stream_interval,
     )
     pb_grpc.add_TranslationServiceServicer_to_server(servicers, server)
@@ -225,7 +225,7 @@ async def serve(cfg: ServeConfig, worker: Worker | None = None) -> None:
     reloader = Reloader(
         running.engine,
         Path(cfg.models),
-        threads=cfg.ort_threads,
+        ort_threads=cfg.ort_threads,
         graphs=cfg.graphs,
         on_change=lambda model, loaded: model_changed(metrics, model, loaded=loaded),
     )

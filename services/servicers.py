@@ -118,14 +118,14 @@ class Servicers(
         limits: validation.Limits,
         *,
         default_max_tokens: int,
-        session_ttl: float = 300.0,
+        session_ttl_seconds: float = 300.0,
         stream_interval: int = 1,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.limits = limits
         self.default_max_tokens = default_max_tokens
-        self.session_ttl = session_ttl
+        self.session_ttl_seconds = session_ttl_seconds
         self.stream_interval = stream_interval
 
     def _model(self, name: str, task: str) -> LoadedModel:
@@ -250,7 +250,7 @@ class Servicers(
         interval = self._interval(first.stream_interval)
         model = self._model(first.model, "autocomplete")
         info = current_call()
-        idle = IdleTimer(self.session_ttl, lambda: expire(info, self._idle_error()))
+        idle = IdleTimer(self.session_ttl_seconds, lambda: expire(info, self._idle_error()))
 
         async def inputs() -> AsyncIterator[SessionInput]:
             yield self._session_input(first)
@@ -283,7 +283,7 @@ class Servicers(
 
     def _idle_error(self) -> Expired:
         return Expired(
-            f"session idle for more than {self.session_ttl:g} s (--session-ttl-seconds); "
+            f"session idle for more than {self.session_ttl_seconds:g} s (--session-ttl-seconds); "
             "open a new one"
         )
 

@@ -357,7 +357,7 @@ def test_a_bundle_that_verifies_but_does_not_load_is_refused_and_the_rest_load(
 
     async def go() -> tuple[list[int], list[int]]:
         engine = Engine(ModelRegistry())
-        reloader = Reloader(engine, repo, threads=1)
+        reloader = Reloader(engine, repo, ort_threads=1)
         first = [m.version for m in await reloader.scan()]
         again = [m.version for m in await reloader.scan()]
         engine.close()

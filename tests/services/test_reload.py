@@ -49,7 +49,7 @@ def test_not_serving_until_models_are_loaded_and_warm(tiny_models: Path) -> None
                 code, details = grpc.StatusCode.OK, ""
             except aio.AioRpcError as error:
                 code, details = error.code(), error.details() or ""
-            await Reloader(running.engine, tiny_models, threads=1).scan()
+            await Reloader(running.engine, tiny_models, ort_threads=1).scan()
             await ready(running, metrics)
             after = [await _health(channel, s) for s in services]
             version = await _complete_version(channel)
