@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,15 +20,10 @@ SOURCES = ["a dog", "the small dog sees a red car", "her white cow", "a cat runs
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
-    """An untrained translator: the tiny trained one ends every translation at once, random
-    weights write tokens until `max_tokens`."""
-    from tests.conftest import untrained_checkpoint
-    from trainer.export import export_checkpoint
-
-    repo = tmp_path_factory.mktemp("untrained")
-    export_checkpoint(untrained_checkpoint("translation"), out=repo, name="translation")
-    return ModelRegistry.load(repo)
+def registry(speaking_models: Path) -> ModelRegistry:
+    """conftest's bundles with an untrained translator, which writes tokens until `max_tokens`
+    (the tiny trained one ends every translation at once)."""
+    return ModelRegistry.load(speaking_models)
 
 
 async def translate_all(engine: Engine) -> list[list[Any]]:
