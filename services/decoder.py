@@ -121,7 +121,7 @@ class _Rows:
     context rows (`(len(slots), ...)` each)."""
 
     owner: Generation | Search
-    slots: np.ndarray
+    slots: list[int]
     tokens: list[int]
     context: Arrays
 
@@ -189,7 +189,7 @@ class Decoder:
     async def _step(self, going: list[_Rows]) -> None:
         """One batched step for `going`: each generation's next logits (and attention), each
         search's live beams' next logits."""
-        slots = np.concatenate([r.slots for r in going])
+        slots = np.array([slot for rows in going for slot in rows.slots], dtype=np.int64)
         try:
             out = await self.runtime.step(self.role, slots, self._feeds(going))
         except Exception as error:  # the step failed: so do the streams that took it
@@ -247,7 +247,7 @@ class Decoder:
             targets.append(search.slots[:live])
             context = {k: np.repeat(v, live, axis=0) for k, v in search.context.items()}
             tokens = [h.tokens[-1] for h in search.beam.live]
-            going.append(_Rows(search, search.slots[:live], tokens, context))
+            going.append(_Rows(search, search.slots[:live].tolist(), tokens, context))
         if sources:
             self.runtime.pool.copy(np.concatenate(sources), np.concatenate(targets))
         return going
@@ -266,8 +266,7 @@ class Decoder:
             token = int(tokens[row])
             reason = self._advance(generation, token, float(logprobs[row]))
             if reason is None:
-                slots = np.array([generation.slot], dtype=np.int64)
-                going.append(_Rows(generation, slots, [token], generation.context))
+                going.append(_Rows(generation, [generation.slot], [token], generation.context))
             else:
                 generation.finish(reason)
         return going

@@ -124,6 +124,18 @@ def served(tiny_models: Path) -> Iterator[Server]:
 
 
 @pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """PyTorch on one thread for the test: runs compared bit for bit stay so, and tiny models
+    gain nothing from a second thread but contention."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data sets not found at {SHARED_DATA} (the ../shared/data folder)")

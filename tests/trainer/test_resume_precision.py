@@ -8,7 +8,6 @@ as on CUDA, so the loss-scale restore is exercised, not only its absence.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,7 @@ import torch
 from tests.trainer.resume_check import assert_resumed_like_uninterrupted, train_and_resume
 from trainer.config import TrainConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One thread: the CPU runs are compared bit for bit (and tiny models gain nothing more)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
