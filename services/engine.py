@@ -313,10 +313,10 @@ class Engine:
         )
         beam = suggestions.from_beam(model, prefix, found)
         query = suggestions.normal_form(model.tokenizer, text)
-        indexed = model.popular.completions(query, k=model.candidates)
-        unscored = [c for c, _ in indexed if c not in beam]
+        indexed, lent = suggestions.candidates(model, query)
+        unscored = [c for c in (*indexed, *(c.completion for c in lent)) if c not in beam]
         scored = await suggestions.score(runtime, state, logits, unscored)
-        return suggestions.rank(model, query, beam, scored, n)
+        return suggestions.rank(model, query, beam, scored, n, known=bool(indexed), lent=lent)
 
     async def generate(
         self,

@@ -60,17 +60,14 @@ class LoadedModel:
         except Exception as e:  # verified files that ONNX Runtime or the tokenizer cannot parse
             raise BundleError(f"{bundle.path}: verified but does not load: {e}") from None
         self.outputs = {g.role: [t.name for t in g.outputs] for g in manifest.graphs}
-        self.popular = _popular_index(bundle)
-        ranking = manifest.popular.ranking
-        self.ranking = RankingWeights(
-            ranking.model_weight,
-            ranking.popularity_weight,
-            ranking.unseen_log_popularity,
-            ranking.unscored_logprob,
-        )
+        popular = manifest.popular
+        self.popular = _popular_index(bundle, popular.file, "popular-query index")
+        self.suffixes = _popular_index(bundle, popular.suffix_file, "suffix index")
+        self.ranking = RankingWeights.from_proto(popular.ranking)
+        self.suffix_ranking = RankingWeights.from_proto(popular.suffix_ranking)
         # Candidates taken from the index and from the beam per prefix, as when the weights were
         # fit (0 in bundles that predate the field: the fit's 10).
-        self.candidates = ranking.candidates or 10
+        self.candidates = popular.ranking.candidates or 10
 
     def zero_state(self, batch: int) -> Arrays:
         """The initial recurrent state for `batch` streams, keyed by graph input name."""
@@ -95,17 +92,17 @@ class LoadedModel:
         return dict(zip(self.outputs[role], results, strict=True))
 
 
-def _popular_index(bundle: Bundle) -> PopularIndex | None:
-    """The bundle's popular-query index, loaded once with the model (None: a model-only bundle).
+def _popular_index(bundle: Bundle, name: str, what: str) -> PopularIndex | None:
+    """The bundle's popular-query or suffix index `name`, loaded once with the model (None:
+    the bundle has none).
 
     The file must be one the manifest lists, so its sha256 was checked by `verify`;
     `PopularIndex.load` checks it again as it reads, and checks the arrays.
     """
-    name = bundle.manifest.popular.file
     if not name:
         return None
     if name not in bundle.manifest.sha256:
-        raise BundleError(f"{bundle.path}: popular-query index {name!r} is not listed")
+        raise BundleError(f"{bundle.path}: {what} {name!r} is not listed")
     return PopularIndex.load(bundle.path / name, sha256=bundle.manifest.sha256[name])
 
 

@@ -5,12 +5,20 @@ that start with the prefix (MostPopularCompletion's answer), plus the language m
 completions, which also cover prefixes no past query starts with. Every candidate scores
 
     model_weight * model_logprob + popularity_weight * log_popularity
+        + length_weight * len(completion) + suffix terms
 
 with `log_popularity = ln(count / total_count)` of the query in the index (a candidate the index
 does not hold takes `unseen_log_popularity`) and `model_logprob` the model's log-probability of the
 completion and its end given the prefix (an index candidate the model did not score takes
 `unscored_logprob`). The weights are fit on the validation split by recur-train and kept in the
 manifest (`bundle.proto`: `PopularIndex`, `RankingWeights`).
+
+A prefix that no indexed query completes (a third or more of a real log's prefixes) gets no
+index candidates; for it, the suffix index (every query's word-boundary endings, Mitra and
+Craswell, CIKM 2015) lends candidates: its last words are looked up among popular endings
+("best flights to den" + "to denver" lends "ver"). Its suffix terms are `suffix_weight *
+ln(ending count) + fragment_weight * words matched` (`unlent_score` for the beam's candidates),
+with a second set of weights fit on such prefixes (`suffix_ranking`).
 
 The index file is a NumPy `.npz` of three arrays, loaded with `allow_pickle=False`: `blob`
 (uint8, every query's UTF-8 bytes in byte order), `offsets` (int64, queries + 1) and `counts`
@@ -23,19 +31,26 @@ Torch-free and grpc-free: numpy only.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import math
 import zipfile
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from services.errors import BundleError
 
+if TYPE_CHECKING:
+    from protos.recur.v1 import bundle_pb2
+
 MAX_INDEX_BYTES = 256 << 20  # refuse larger index files (uncompressed arrays) outright
 ARRAYS = ("blob", "offsets", "counts")
+SUFFIX_WORDS = 3  # the most words of a prefix's end looked up among popular query endings
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,23 @@ class RankingWeights:
     popularity_weight: float = 1.0
     unseen_log_popularity: float = -20.0
     unscored_logprob: float = -30.0
+    length_weight: float = 0.0
+    suffix_weight: float = 0.0
+    fragment_weight: float = 0.0
+    unlent_score: float = 0.0
+
+    @classmethod
+    def from_proto(cls, message: bundle_pb2.RankingWeights) -> RankingWeights:
+        """The weights of a manifest's `RankingWeights` message."""
+        return cls(**{f.name: getattr(message, f.name) for f in dataclasses.fields(cls)})
+
+
+class Lent(NamedTuple):
+    """A candidate that a popular query ending lent to a prefix no indexed query completes."""
+
+    completion: str
+    ending_count: int  # in the suffix index
+    words: int  # of the prefix's end that the ending matched
 
 
 @dataclass(frozen=True)
@@ -193,6 +225,45 @@ class PopularIndex:
         return math.log(count / self.total_count)
 
 
+def query_suffixes(counts: Mapping[str, int]) -> Counter[str]:
+    """The suffix index's entries (Mitra and Craswell, CIKM 2015): every query's endings that
+    start at one of its words after the first ("cheap flights to denver" gives "flights to
+    denver", "to denver" and "denver"), each counted as often as queries end with it."""
+    suffixes: Counter[str] = Counter()
+    for query, n in counts.items():
+        words = query.split(" ")
+        for start in range(1, len(words)):
+            ending = " ".join(words[start:])
+            if ending:
+                suffixes[ending] += n
+    return suffixes
+
+
+def suffix_completions(
+    suffixes: PopularIndex, prefix: str, *, k: int, max_words: int = SUFFIX_WORDS
+) -> list[Lent]:
+    """Completions of `prefix` lent by popular query endings, for prefixes that no past query
+    starts with: the prefix's last words (up to `max_words`, the word being typed included;
+    the longest first) are looked up in the suffix index, and each ending that extends them
+    lends the rest of it ("best flights to den" + "to denver" gives "ver").
+
+    Returns:
+        Up to `k` candidates with distinct completions, from the longest matching fragment
+        first, most frequent first within a fragment.
+    """
+    words = prefix.split(" ")
+    found: dict[str, Lent] = {}
+    for start in range(max(0, len(words) - max_words), len(words)):
+        fragment = " ".join(words[start:])
+        if not fragment:
+            continue
+        for completion, n in suffixes.completions(fragment, k=k):
+            found.setdefault(completion, Lent(completion, n, len(words) - start))
+        if len(found) >= k:
+            break
+    return list(found.values())[:k]
+
+
 def _read_arrays(path: Path, *, max_bytes: int) -> dict[str, np.ndarray]:
     """The archive's three arrays, refusing pickles, other members and oversized contents."""
     try:
@@ -229,6 +300,7 @@ def rank(
     n: int = 10,
     index_k: int = 10,
     model_logprobs: Mapping[str, float] | None = None,
+    lent: Sequence[Lent] = (),
 ) -> list[Suggestion]:
     """The top `n` distinct suggestions for `prefix`, best first.
 
@@ -236,11 +308,14 @@ def rank(
         index: the popular-query index (None: model-only ranking).
         prefix: the text typed so far, in the tokenizer's normal form.
         beam: the model's beam completions of the prefix as `(completion, logprob)`.
-        weights: the manifest's ranking weights.
+        weights: the manifest's ranking weights (`ranking` for a prefix that the index holds
+            completions of, `suffix_ranking` otherwise).
         n: suggestions to return.
         index_k: candidates taken from the index (its most frequent completions).
-        model_logprobs: the model's log-probabilities of index completions that it scored
-            (`completion -> logprob`); beam completions carry their own.
+        model_logprobs: the model's log-probabilities of index and lent completions that it
+            scored (`completion -> logprob`); beam completions carry their own.
+        lent: the suffix index's candidates (`suffix_completions`), for a prefix that the index
+            holds no completion of.
 
     Returns:
         Suggestions by descending score (ties: the more frequent, then the text); an empty
@@ -251,7 +326,8 @@ def rank(
     for completion, beam_logprob in beam:
         scored.setdefault(completion, beam_logprob)
     from_index = index.completions(prefix, k=index_k) if index is not None else []
-    candidates = dict.fromkeys([*(c for c, _ in from_index), *(c for c, _ in beam)])
+    lenders = {c.completion: c for c in lent}
+    candidates = dict.fromkeys([*(c for c, _ in from_index), *(c for c, _ in beam), *lenders])
     suggestions = []
     for completion in candidates:
         if not completion:
@@ -264,7 +340,17 @@ def rank(
             else weights.unseen_log_popularity
         )
         model = logprob if logprob is not None else weights.unscored_logprob
-        score = weights.model_weight * model + weights.popularity_weight * popularity
+        lender = lenders.get(completion)
+        suffix = weights.unlent_score
+        if lender is not None:
+            suffix = weights.suffix_weight * math.log(lender.ending_count)
+            suffix += weights.fragment_weight * lender.words
+        score = (
+            weights.model_weight * model
+            + weights.popularity_weight * popularity
+            + weights.length_weight * len(completion)
+            + suffix
+        )
         suggestions.append(Suggestion(completion, score, logprob, count))
     suggestions.sort(key=lambda s: (-s.score, -s.count, s.completion))
     return suggestions[:n]

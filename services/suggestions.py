@@ -1,8 +1,9 @@
 """Autocomplete's served suggestions: generate, then rank.
 
-The candidates of a prefix are the popular-query index's most frequent completions of it and the
-language model's beam-search completions (`manifest.popular.ranking.candidates` of each, as when
-the weights were fit). The model scores every index candidate the beam did not find, by teacher
+The candidates of a prefix are the popular-query index's most frequent completions of it (or,
+for a prefix it holds none of, the candidates that popular query endings lend: `popular.py`) and
+the language model's beam-search completions (`manifest.popular.ranking.candidates` of each, as
+when the weights were fit). The model scores every index candidate the beam did not find, by teacher
 forcing from the prefix's state in one batched `lm_step`, so that `popular.rank` weighs both
 signals for every candidate, as recur-train did when it fit the weights (trainer/ranking.py).
 The best candidate's tokens and their log-probabilities are kept, so that `replay` can stream it
@@ -105,20 +106,40 @@ async def score(
     return found
 
 
+def candidates(model: LoadedModel, query: str) -> tuple[list[str], list[popular.Lent]]:
+    """The index's most frequent completions of `query` (the prefix in normal form) and, when
+    it holds none, the suffix index's lent candidates (none without a suffix index)."""
+    assert model.popular is not None
+    indexed = [c for c, _ in model.popular.completions(query, k=model.candidates)]
+    if indexed or model.suffixes is None:
+        return indexed, []
+    return [], popular.suffix_completions(model.suffixes, query, k=model.candidates)
+
+
 def rank(
-    model: LoadedModel, query: str, beam: dict[str, Candidate], scored: dict[str, Candidate], n: int
+    model: LoadedModel,
+    query: str,
+    beam: dict[str, Candidate],
+    scored: dict[str, Candidate],
+    n: int,
+    *,
+    known: bool,
+    lent: list[popular.Lent],
 ) -> list[Ranked]:
     """The top `n` distinct candidates by `popular.rank` with the model's weights: `query` is the
-    prefix in normal form, `beam` the model's completions, `scored` the index's that the beam
-    did not find."""
+    prefix in normal form, `beam` the model's completions, `scored` the index's or the lent
+    ones that the beam did not find, `known` whether the index holds completions of `query`
+    (its weights are `ranking`, otherwise `suffix_ranking` when the bundle has a suffix index)."""
+    weights = model.ranking if known or model.suffixes is None else model.suffix_ranking
     found = popular.rank(
         model.popular,
         query,
         [(text, c.logprob) for text, c in beam.items()],
-        model.ranking,
+        weights,
         n=n,
         index_k=model.candidates,
         model_logprobs={text: c.logprob for text, c in scored.items()},
+        lent=lent,
     )
     return [
         Ranked(

@@ -219,7 +219,8 @@ def autocomplete_metrics(
         from trainer import ranking
 
         index = ranking.bundle_index(model)
-        cases = ranking.build_cases(engine, index, examples)
+        suffixes = ranking.bundle_index(model, "suffix_file")
+        cases = ranking.build_cases(engine, index, examples, suffixes)
         result["mrr_at_10"] = ranking.model_mrr(cases)
         if index is not None:
             result |= ranking.report(cases, index, ranking.weights_of(model.bundle.manifest))

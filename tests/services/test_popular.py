@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from services.errors import BundleError
-from services.popular import PopularIndex, RankingWeights, rank
+from services.popular import (
+    Lent,
+    PopularIndex,
+    RankingWeights,
+    query_suffixes,
+    rank,
+    suffix_completions,
+)
 
 LOG = {"weather": 5, "weather today": 9, "web mail": 3, "wet": 1, "zebra": 2, "über": 4, "we": 7}
 
@@ -39,6 +46,34 @@ def index(tmp_path: Path) -> PopularIndex:
 def test_completions(index: PopularIndex, prefix: str, k: int,
                      expected: list[tuple[str, int]], reason: str) -> None:  # fmt: skip
     assert index.completions(prefix, k=k) == expected, reason
+
+
+def test_query_suffixes_are_word_boundary_endings() -> None:
+    got = query_suffixes({"cheap flights to denver": 3, "fly to denver": 2, "denver": 5})
+    assert got == {"flights to denver": 3, "to denver": 5, "denver": 5}, "whole queries are not"
+
+
+ENDED = {"cheap flights to denver": 3, "fly to denver": 2, "tickets to dallas": 4,
+         "hotels in denmark": 1}  # fmt: skip
+SUFFIXES = PopularIndex.build(query_suffixes(ENDED))
+
+
+@pytest.mark.parametrize(
+    ("prefix", "k", "expected", "reason"),
+    [
+        ("best flights to den", 10, [Lent("ver", 3, 3), Lent("mark", 1, 1)],
+         "three words match first; a completion is lent once, by its longest match"),
+        ("zqx to d", 10, [Lent("enver", 5, 2), Lent("allas", 4, 2), Lent("enmark", 1, 1)],
+         "most frequent first within one match"),
+        ("zqx to d", 1, [Lent("enver", 5, 2)], "k bounds the answer"),
+        ("to d", 10, [Lent("enver", 5, 2), Lent("allas", 4, 2), Lent("enmark", 1, 1)],
+         "the whole prefix may match an ending"),
+        ("zqx", 10, [], "no ending starts with it"),
+        ("zqx ", 10, [], "a finished word that no ending has"),
+    ],
+)  # fmt: skip
+def test_suffix_completions(prefix: str, k: int, expected: list[Lent], reason: str) -> None:
+    assert suffix_completions(SUFFIXES, prefix, k=k) == expected, reason
 
 
 def test_counts_and_popularity(index: PopularIndex) -> None:

@@ -30,14 +30,16 @@ from protos.recur.v1 import inference_pb2_grpc as pb_grpc
 from services.bundle import verify
 from services.decoding import log_softmax
 from services.model import LoadedModel
-from services.popular import rank
+from services.popular import rank, suffix_completions
 from services.suggestions import normal_form
 from tests.conftest import Server, start_server, stop_server
 
 MAX_BEAM = 10  # the server's --max-beam-size: a model-only request can read the whole beam
 WIDE_BEAM = 12  # the "wide" translator's fitted width, over the server's limit
 FITTED_BEAM = 8  # the "fitted" translator's, within it
-PREFIXES = ["how", "weather", "w", "best pizza", "zqx"]  # seen, seen, short, longer, unseen
+# seen, seen, short, longer, unseen; unseen, and its last words start popular query endings
+PREFIXES = ["how", "weather", "w", "best pizza", "zqx", "zqx to"]
+LENDING = ["zqx to"]
 SOURCES = ["the small dog sees a red car", "her white cow sends a pilot", "a cat runs",
            "the black cat eats the big fish", "a dog"]  # fmt: skip
 
@@ -131,7 +133,8 @@ def model_logprob(model: LoadedModel, prefix: str, completion: str) -> float:
 
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_served_ranking_equals_popular_rank(server: Server, repo: Path, prefix: str) -> None:
-    """The suggestions are `popular.rank` of the index's completions and the model's beam, and
+    """The suggestions are `popular.rank` of the index's completions (or, for a prefix it holds
+    none of, the suffix index's lent ones, with the suffix weights) and the model's beam, and
     the streamed completion is the best of them, token by token."""
     model = LoadedModel(verify(_bundle(repo, "autocomplete")))
     assert model.popular is not None
@@ -143,9 +146,15 @@ def test_served_ranking_equals_popular_rank(server: Server, repo: Path, prefix: 
     beam = [(s.text, s.logprob) for s in beam_final.suggestions]
     query = normal_form(model.tokenizer, prefix)
     indexed = [c for c, _ in model.popular.completions(query, k=model.candidates)]
-    scored = {c: model_logprob(model, query, c) for c in indexed if c not in dict(beam)}
-    every = rank(model.popular, query, beam, model.ranking, n=1000, index_k=model.candidates,
-                 model_logprobs=scored)  # fmt: skip
+    assert model.suffixes is not None
+    lent = [] if indexed else suffix_completions(model.suffixes, query, k=model.candidates)
+    if prefix in LENDING:
+        assert lent, f"popular endings lend candidates to {prefix!r}"
+    weights = model.ranking if indexed else model.suffix_ranking
+    asked = [*indexed, *(c.completion for c in lent)]
+    scored = {c: model_logprob(model, query, c) for c in asked if c not in dict(beam)}
+    every = rank(model.popular, query, beam, weights, n=1000, index_k=model.candidates,
+                 model_logprobs=scored, lent=lent)  # fmt: skip
     expected = {s.completion: (s.score, s.count) for s in every}
 
     # `rank`'s order up to ties that the wire's float32 log-probabilities cannot tell apart: the
@@ -297,23 +306,35 @@ def test_bad_translation_fields_name_the_field(
     assert (info.value.details() or "").startswith(message), reason
 
 
-def _corrupt(manifest: dict[str, Any], folder: Path) -> None:
-    file = folder / manifest["popular"]["file"]
-    file.write_bytes(b"not an archive")
-    manifest["sha256"][file.name] = hashlib.sha256(file.read_bytes()).hexdigest()
+def _corrupt(key: str) -> Any:
+    def edit(manifest: dict[str, Any], folder: Path) -> None:
+        file = folder / manifest["popular"][key]
+        file.write_bytes(b"not an archive")
+        manifest["sha256"][file.name] = hashlib.sha256(file.read_bytes()).hexdigest()
+
+    return edit
 
 
-def _unlisted(manifest: dict[str, Any], folder: Path) -> None:
-    manifest["popular"]["file"] = "elsewhere.npz"
+def _unlisted(key: str) -> Any:
+    def edit(manifest: dict[str, Any], folder: Path) -> None:
+        manifest["popular"][key] = "elsewhere.npz"
+
+    return edit
 
 
 @pytest.mark.parametrize(
     ("edit", "message", "reason"),
     [
-        (_corrupt, "popular-query index is not an .npz archive", "listed and hashed, not an index"),
-        (_unlisted, "popular-query index 'elsewhere.npz' is not listed", "not a bundle file"),
+        (_corrupt("file"), "popular.npz: popular-query index is not an .npz archive",
+         "listed and hashed, not an index"),
+        (_unlisted("file"), "popular-query index 'elsewhere.npz' is not listed",
+         "not a bundle file"),
+        (_corrupt("suffix_file"), "suffixes.npz: popular-query index is not an .npz archive",
+         "the suffix index: listed and hashed, not an index"),
+        (_unlisted("suffix_file"), "suffix index 'elsewhere.npz' is not listed",
+         "the suffix index: not a bundle file"),
     ],
-)
+)  # fmt: skip
 def test_a_bad_index_refuses_the_bundle(
     repo: Path, tmp_path: Path, edit: Any, message: str, reason: str
 ) -> None:

@@ -27,7 +27,7 @@ def test_export_writes_a_verified_bundle(task: str, cell: str, tmp_path: Path) -
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert [g["role"] for g in manifest["graphs"]] == GRAPHS[task]
     graph_files = {f"{g}{suffix}" for g in GRAPHS[task] for suffix in (".onnx", ".opt.onnx")}
-    index = {"popular.npz"} if task == "autocomplete" else set()  # the popular-query index
+    index = {"popular.npz", "suffixes.npz"} if task == "autocomplete" else set()  # indexes
     assert set(manifest["sha256"]) == graph_files | {"tokenizer.json"} | index
     for graph in manifest["graphs"]:
         assert graph["optimized_file"] == f"{graph['role']}.opt.onnx"

@@ -13,7 +13,7 @@ import pytest
 from services.bundle import verify
 from services.decoding import SamplingParams
 from services.offline import Offline, open_model
-from services.popular import PopularIndex, RankingWeights
+from services.popular import Lent, PopularIndex, RankingWeights, query_suffixes
 from services.requests import CompleteParams
 from tests.conftest import untrained_checkpoint
 from trainer import ranking
@@ -42,8 +42,18 @@ def test_the_index_is_a_verified_file_of_the_bundle(bundle: Path) -> None:
     query, count = counts.most_common(1)[0]
     assert index.count(query) == count
     weights = popular.ranking
-    assert weights.model_weight == 1.0 and weights.fit_queries == 200  # --eval-completions
+    assert weights.model_weight == 1.0
     assert weights.popularity_weight in ranking.POPULARITY_WEIGHTS
+    # each validation prefix fits the weights that serve it (200: --eval-completions)
+    assert weights.fit_queries + popular.suffix_ranking.fit_queries == 200
+    assert popular.suffix_ranking.fit_queries > 0
+    assert popular.suffix_file == "suffixes.npz" and popular.suffix_file in manifest.sha256
+    suffixes = PopularIndex.load(bundle / popular.suffix_file,
+                                 sha256=manifest.sha256[popular.suffix_file])  # fmt: skip
+    endings = query_suffixes(counts)
+    assert len(suffixes) == popular.suffixes == len(endings)
+    ending, count = endings.most_common(1)[0]
+    assert suffixes.count(ending) == count
 
 
 def test_no_index_when_asked_for_none(tmp_path: Path) -> None:
@@ -94,15 +104,53 @@ def test_fit_finds_weights_that_use_both_signals() -> None:
     weights, mrr = ranking.fit(CASES, INDEX)
     assert weights.popularity_weight > 0, "popularity puts 'cheap flights' first for 'che'"
     assert mrr == pytest.approx(1.0)
-    assert [ranking.ranked(case, INDEX, weights)[0] for case in CASES] == [
+    assert [ranking.ranked(case, INDEX, ranking.Weights(weights))[0] for case in CASES] == [
         case.target for case in CASES]  # fmt: skip
     model_only, _ = ranking.fit([CASES[2]], INDEX)
     assert model_only.popularity_weight == 0.0, "the first grid point that is already perfect"
 
 
+LENT_CASES = [
+    # unseen prefixes: the right completion is lent by a popular ending matching two words; the
+    # beam prefers short completions, and a one-word match lends a more popular wrong one
+    ranking.Case("cheap tickets to par", "is", [], [("k", -0.5), ("ty", -1.0)],
+                 {"is": -3.0, "ma": -2.5}, False,
+                 [Lent("ma", 900, 1), Lent("is", 40, 2)]),
+    ranking.Case("last minute flights to ber", "lin", [], [("t", -0.4), ("lin", -2.0)],
+                 {"muda": -2.2}, False, [Lent("muda", 700, 1), Lent("lin", 30, 2)]),
+]  # fmt: skip
+
+
+def test_the_suffix_fit_ranks_lent_candidates() -> None:
+    weights, mrr = ranking.fit_suffix(LENT_CASES, INDEX)
+    assert mrr == pytest.approx(1.0)
+    assert weights.fragment_weight > 0, "only the matched words tell the right ending"
+    served = ranking.Weights(RankingWeights(), weights)
+    assert [ranking.ranked(case, INDEX, served)[0] for case in LENT_CASES] == ["is", "lin"]
+    assert ranking.fit_suffix(LENT_CASES[:1], INDEX)[0] != RankingWeights()
+
+
+@pytest.mark.parametrize(
+    ("cases", "weights"),
+    [
+        (CASES, RankingWeights(1.0, 0.5, -8.0, -2.5, 0.1)),
+        (CASES, RankingWeights(1.0, 0.0, -8.0, -2.5, 0.0)),
+        (LENT_CASES, RankingWeights(0.5, 0.0, -8.0, -2.5, 0.2, 0.5, 1.0, -3.0)),
+        (LENT_CASES, RankingWeights(0.0, 0.0, -8.0, -2.5, 0.0, 0.0, 0.0, 0.0)),  # all tied
+    ],
+)  # fmt: skip
+def test_the_fit_measures_what_is_served(cases: list[ranking.Case],
+                                         weights: RankingWeights) -> None:  # fmt: skip
+    """The grid's vectorized MRR@10 is the MRR@10 of `popular.rank` itself, ties included."""
+    served = ranking.report(cases, INDEX, ranking.Weights(weights, weights))
+    assert ranking._Table(cases, INDEX).mrr(weights) == pytest.approx(
+        served["ranked_mrr_at_10_all"]
+    )
+
+
 def test_report_by_system_and_class() -> None:
     weights = RankingWeights(1.0, 1.0, -math.log(INDEX.total_count) - 2, -10.0)
-    got = ranking.report(CASES, INDEX, weights)
+    got = ranking.report(CASES, INDEX, ranking.Weights(weights))
     assert got["qac_queries"] == 3
     assert got["qac_seen_share"] == pytest.approx(2 / 3)
     assert got["qac_len_1_3_share"] == pytest.approx(2 / 3)  # "che", "ch"

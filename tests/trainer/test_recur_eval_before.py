@@ -6,6 +6,12 @@ greedy, beam and pooling, trainer/completions.py, at commit 699c50b) reported fo
 bundles of `tests/conftest.py` (trained deterministically), with the digests of the graphs,
 tokenizers and index they were computed on and the fits in their manifests. A test that finds
 other bundles fails and says so, rather than comparing figures of different models.
+
+The autocomplete ranking has changed since (issue 18: the suffix index, a length term and a
+second set of weights, fit on the prefixes each serves), so its `ranked_*` figures and its
+ranking fits are not the old code's any more and are left out here; `tests/trainer/
+test_ranking.py` holds the ranking to `popular.rank`. The model's and MPC's figures, which the
+decoding alone decides, are still compared.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ def test_recur_eval_gives_the_figures_of_the_old_decoding(
     manifest = json.loads((bundle / "manifest.json").read_text())
     before = BEFORE[task]
     same_model = {name: manifest["sha256"].get(name) for name in before["graphs"]}
-    fits = {key: manifest[key] for key in before["fits"]}
+    fits = {key: _decoding_fit(manifest[key]) for key in before["fits"]}
+    before = {**before, "fits": {key: _decoding_fit(v) for key, v in before["fits"].items()}}
     assert (same_model, fits) == (before["graphs"], before["fits"]), (
         "the tiny bundles are not the ones the old figures belong to (did training or the "
         "export change?); the comparison only holds on the same bundles"
@@ -37,4 +44,14 @@ def test_recur_eval_gives_the_figures_of_the_old_decoding(
     got = json.loads(capsys.readouterr().out)["metrics"]
     assert got.keys() == before["metrics"].keys()
     for name, value in before["metrics"].items():
-        assert got[name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+        if not name.startswith(RANKED):
+            assert got[name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+
+
+RANKED = "ranked_"  # the autocomplete ranking's figures (see the module docstring)
+
+
+def _decoding_fit(fit: dict[str, object]) -> dict[str, object]:
+    """A manifest fit without the autocomplete ranking's weights (see the module docstring)."""
+    ranking = ("ranking", "suffix_file", "suffixes", "suffix_ranking")
+    return {key: value for key, value in fit.items() if key not in ranking}

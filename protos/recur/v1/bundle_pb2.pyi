@@ -503,6 +503,10 @@ class RankingWeights(_message.Message):
     FIT_QUERIES_FIELD_NUMBER: _builtins.int
     FIT_MRR_AT_10_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
+    LENGTH_WEIGHT_FIELD_NUMBER: _builtins.int
+    SUFFIX_WEIGHT_FIELD_NUMBER: _builtins.int
+    FRAGMENT_WEIGHT_FIELD_NUMBER: _builtins.int
+    UNLENT_SCORE_FIELD_NUMBER: _builtins.int
     model_weight: _builtins.float
     """Weight of the model's log-probability of the completion."""
     popularity_weight: _builtins.float
@@ -516,7 +520,17 @@ class RankingWeights(_message.Message):
     fit_mrr_at_10: _builtins.float
     """MRR@10 of the ranked suggestions on those queries with these weights."""
     candidates: _builtins.int
-    """Suggestions taken from the index and from the beam for each prefix when the weights were fit."""
+    """Suggestions taken from the index and from the beam for each prefix when the weights were fit
+    (and from the suffix index, for a prefix that the index does not hold).
+    """
+    length_weight: _builtins.float
+    """Weight of the completion's length in characters."""
+    suffix_weight: _builtins.float
+    """Weight of ln(count) of the popular query ending that lent a candidate (the suffix index's)."""
+    fragment_weight: _builtins.float
+    """Weight of how many of the prefix's last words that ending matched (1 to 3)."""
+    unlent_score: _builtins.float
+    """The suffix terms of a candidate that no ending lent (the beam's)."""
     def __init__(
         self,
         *,
@@ -527,10 +541,14 @@ class RankingWeights(_message.Message):
         fit_queries: _builtins.int = ...,
         fit_mrr_at_10: _builtins.float = ...,
         candidates: _builtins.int = ...,
+        length_weight: _builtins.float = ...,
+        suffix_weight: _builtins.float = ...,
+        fragment_weight: _builtins.float = ...,
+        unlent_score: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "fit_mrr_at_10", b"fit_mrr_at_10", "fit_queries", b"fit_queries", "model_weight", b"model_weight", "popularity_weight", b"popularity_weight", "unscored_logprob", b"unscored_logprob", "unseen_log_popularity", b"unseen_log_popularity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "fit_mrr_at_10", b"fit_mrr_at_10", "fit_queries", b"fit_queries", "fragment_weight", b"fragment_weight", "length_weight", b"length_weight", "model_weight", b"model_weight", "popularity_weight", b"popularity_weight", "suffix_weight", b"suffix_weight", "unlent_score", b"unlent_score", "unscored_logprob", b"unscored_logprob", "unseen_log_popularity", b"unseen_log_popularity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -552,6 +570,9 @@ class PopularIndex(_message.Message):
     TOTAL_COUNT_FIELD_NUMBER: _builtins.int
     LOG_QUERIES_FIELD_NUMBER: _builtins.int
     RANKING_FIELD_NUMBER: _builtins.int
+    SUFFIX_FILE_FIELD_NUMBER: _builtins.int
+    SUFFIXES_FIELD_NUMBER: _builtins.int
+    SUFFIX_RANKING_FIELD_NUMBER: _builtins.int
     file: _builtins.str
     """The file, relative to the bundle directory, e.g. "popular.npz"; listed in `sha256`."""
     queries: _builtins.int
@@ -560,9 +581,24 @@ class PopularIndex(_message.Message):
     """Sum of their counts (the denominator of log_popularity)."""
     log_queries: _builtins.int
     """Distinct queries in the training log; the index keeps the `queries` most frequent."""
+    suffix_file: _builtins.str
+    """The suffix index (Mitra and Craswell, CIKM 2015): every query's word-boundary endings ("to
+    denver" and "denver" of "flights to denver") with the summed counts of the queries that end
+    so, in the same three-array form. For a prefix that no indexed query completes, its last
+    words are looked up here and each ending that extends them lends a candidate. Empty: none
+    (older bundles).
+    """
+    suffixes: _builtins.int
+    """Distinct endings held (the `queries` most frequent at most)."""
     @_builtins.property
     def ranking(self) -> Global___RankingWeights:
-        """How suggestions are ranked."""
+        """How suggestions of a prefix that the index holds completions of are ranked."""
+
+    @_builtins.property
+    def suffix_ranking(self) -> Global___RankingWeights:
+        """How suggestions of a prefix that the index holds no completion of are ranked: the beam's and
+        the endings' candidates.
+        """
 
     def __init__(
         self,
@@ -572,10 +608,13 @@ class PopularIndex(_message.Message):
         total_count: _builtins.int = ...,
         log_queries: _builtins.int = ...,
         ranking: Global___RankingWeights | None = ...,
+        suffix_file: _builtins.str = ...,
+        suffixes: _builtins.int = ...,
+        suffix_ranking: Global___RankingWeights | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ranking", b"ranking"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ranking", b"ranking", "suffix_ranking", b"suffix_ranking"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "log_queries", b"log_queries", "queries", b"queries", "ranking", b"ranking", "total_count", b"total_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "log_queries", b"log_queries", "queries", b"queries", "ranking", b"ranking", "suffix_file", b"suffix_file", "suffix_ranking", b"suffix_ranking", "suffixes", b"suffixes", "total_count", b"total_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

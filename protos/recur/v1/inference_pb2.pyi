@@ -565,8 +565,10 @@ class CompleteRequest(_message.Message):
     num_suggestions: _builtins.int
     """How many suggestions the final event lists (0 to the server's beam limit, 8 by default), best
     first and distinct. With a model whose bundle holds a popular-query index (and `model_only`
-    unset) they are the index's completions of the prefix and the model's beam-search
-    completions, ranked by the bundle's fitted weights; otherwise the model's beam alone.
+    unset) they are the index's completions of the prefix (for a prefix it holds none of, the
+    completions that popular query endings lend, where the bundle has a suffix index) and the
+    model's beam-search completions, ranked by the bundle's fitted weights; otherwise the
+    model's beam alone.
     """
     stream_interval: _builtins.int
     """Tokens per response message after the first: at least this many (fewer only in the last
@@ -626,8 +628,9 @@ class Suggestion(_message.Message):
     logprob: _builtins.float
     """The model's total natural-log probability of its tokens (and of its end, where it ended)."""
     score: _builtins.float
-    """The ranking score: model_weight * logprob + popularity_weight * log-popularity (the bundle's
-    `RankingWeights`); with the model alone (no index, or `model_only`), `logprob`.
+    """The ranking score: model_weight * logprob + popularity_weight * log-popularity, plus the
+    length and suffix terms (the bundle's `RankingWeights`); with the model alone (no index, or
+    `model_only`), `logprob`.
     """
     count: _builtins.int
     """How often the whole query (prefix + text) occurs in the popular-query index; 0: it does not
