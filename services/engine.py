@@ -303,17 +303,22 @@ class Engine:
         params: CompleteParams,
         is_stale: Callable[[], bool] = lambda: False,
     ) -> list[suggestions.Ranked]:
-        """The top `params.suggestions` (at least 1) of the index's and the beam's completions
-        of `text`, ranked with the model's weights (`suggestions.py`)."""
+        """The top `params.suggestions` (at least 1) of the index's (or the lent) and the beam's
+        completions of `text`, ranked with the model's weights (`suggestions.py`). Where the
+        index alone holds enough completions to fill the answer, the model only scores them:
+        no beam search runs (its candidates did not change the ranked MRR, `docs/suggestions.md`,
+        and it is most of a key's cost)."""
         model = runtime.model
         assert model.popular is not None
         n = max(params.suggestions, 1)
-        found = await self._lm_beam(
-            runtime, state, logits, max(n, model.candidates), params.max_tokens, is_stale
-        )
-        beam = suggestions.from_beam(model, prefix, found)
         query = suggestions.normal_form(model.tokenizer, text)
         indexed, lent = suggestions.candidates(model, query)
+        found = []
+        if len(indexed) < n:
+            found = await self._lm_beam(
+                runtime, state, logits, max(n, model.candidates), params.max_tokens, is_stale
+            )
+        beam = suggestions.from_beam(model, prefix, found)
         unscored = [c for c in (*indexed, *(c.completion for c in lent)) if c not in beam]
         scored = await suggestions.score(runtime, state, logits, unscored)
         return suggestions.rank(model, query, beam, scored, n, known=bool(indexed), lent=lent)

@@ -89,6 +89,12 @@ class Case:
     seen: bool = False  # some training query starts with the prefix
     lent: list[Lent] = field(default_factory=list)  # the suffix index's, where `mpc` is empty
 
+    @property
+    def ranked_beam(self) -> list[tuple[str, float]]:
+        """The beam's candidates as the service ranks them: none where the index alone fills
+        the top `K` (the service runs no beam search then)."""
+        return [] if len(self.mpc) >= K else self.beam
+
 
 def split_text(query: str) -> tuple[str, str]:
     """The prefix (first max(1, len // 2) characters) and the completion of a query."""
@@ -173,8 +179,8 @@ class Weights:
 
 def ranked(case: Case, index: PopularIndex, weights: Weights) -> list[str]:
     """The served ranking's top `K` completions for the case."""
-    found = rank(index, case.prefix, case.beam, weights.of(case), n=K, index_k=CANDIDATES,
-                 model_logprobs=case.scored, lent=case.lent)  # fmt: skip
+    found = rank(index, case.prefix, case.ranked_beam, weights.of(case), n=K,
+                 index_k=CANDIDATES, model_logprobs=case.scored, lent=case.lent)  # fmt: skip
     return [s.completion for s in found]
 
 
@@ -200,7 +206,7 @@ class _Table:
         self.target = np.full(len(cases), -1)
         for i, case in enumerate(cases):
             texts = self._texts(case)
-            logprob = {**case.scored, **dict(case.beam)}
+            logprob = {**case.scored, **dict(case.ranked_beam)}
             counts = [index.count(case.prefix + c) for c in texts]
             lent = {c.completion: c for c in case.lent}
             n = len(texts)
@@ -218,7 +224,7 @@ class _Table:
 
     @staticmethod
     def _texts(case: Case) -> list[str]:
-        every = [*case.mpc, *(c for c, _ in case.beam), *(c.completion for c in case.lent)]
+        every = [*case.mpc, *(c for c, _ in case.ranked_beam), *(c.completion for c in case.lent)]
         return [c for c in dict.fromkeys(every) if c]
 
     def mrr(self, w: RankingWeights) -> float:

@@ -37,8 +37,9 @@ from tests.conftest import Server, start_server, stop_server
 MAX_BEAM = 10  # the server's --max-beam-size: a model-only request can read the whole beam
 WIDE_BEAM = 12  # the "wide" translator's fitted width, over the server's limit
 FITTED_BEAM = 8  # the "fitted" translator's, within it
-# seen, seen, short, longer, unseen; unseen, and its last words start popular query endings
-PREFIXES = ["how", "weather", "w", "best pizza", "zqx", "zqx to"]
+# seen (an index that fills 8 suggestions alone), seen, short, longer, unseen; unseen, and its
+# last words start popular query endings; seen, but one completion (the beam adds its own)
+PREFIXES = ["how", "weather", "w", "best pizza", "zqx", "zqx to", "weather in p"]
 LENDING = ["zqx to"]
 SOURCES = ["the small dog sees a red car", "her white cow sends a pilot", "a cat runs",
            "the black cat eats the big fish", "a dog"]  # fmt: skip
@@ -134,8 +135,9 @@ def model_logprob(model: LoadedModel, prefix: str, completion: str) -> float:
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_served_ranking_equals_popular_rank(server: Server, repo: Path, prefix: str) -> None:
     """The suggestions are `popular.rank` of the index's completions (or, for a prefix it holds
-    none of, the suffix index's lent ones, with the suffix weights) and the model's beam, and
-    the streamed completion is the best of them, token by token."""
+    none of, the suffix index's lent ones, with the suffix weights) and the model's beam (where
+    the index cannot fill the answer alone), and the streamed completion is the best of them,
+    token by token."""
     model = LoadedModel(verify(_bundle(repo, "autocomplete")))
     assert model.popular is not None
     max_tokens, n = 40, 8
@@ -151,6 +153,8 @@ def test_served_ranking_equals_popular_rank(server: Server, repo: Path, prefix: 
     if prefix in LENDING:
         assert lent, f"popular endings lend candidates to {prefix!r}"
     weights = model.ranking if indexed else model.suffix_ranking
+    if len(indexed) >= n:
+        beam = []  # the index fills the answer: the model only scores its completions
     asked = [*indexed, *(c.completion for c in lent)]
     scored = {c: model_logprob(model, query, c) for c in asked if c not in dict(beam)}
     every = rank(model.popular, query, beam, weights, n=1000, index_k=model.candidates,
