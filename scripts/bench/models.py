@@ -2,7 +2,7 @@
 
 Serving-sized (embedding 64, hidden 256, one GRU layer) and trained on a few hundred examples
 of the embedded corpora: speed does not depend on what the weights learned, only on their
-shapes. The cache is keyed by these settings, so changing them retrains.
+shapes. The cache is keyed by these settings and by `LAYOUT`, so changing either retrains.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ SETTINGS: dict[str, Any] = {
     "max_valid_examples": 64,
 }
 STAMP = "bench-models.json"
+LAYOUT = 2  # what an export writes; bump when it changes (2: the autocomplete suffix index)
 
 
 def bench_models(ctx: Context) -> Path:
@@ -35,7 +36,7 @@ def bench_models(ctx: Context) -> Path:
         return ctx.models
     root = ctx.out / "models"
     stamp = root / STAMP
-    wanted = {"settings": SETTINGS, "tasks": list(TASKS)}
+    wanted = {"settings": SETTINGS, "tasks": list(TASKS), "layout": LAYOUT}
     if stamp.is_file() and json.loads(stamp.read_text()) == wanted and _complete(root):
         return root
     shutil.rmtree(root, ignore_errors=True)
