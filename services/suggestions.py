@@ -1,11 +1,12 @@
 """Autocomplete's served suggestions: generate, then rank.
 
 The candidates of a prefix are the popular-query index's most frequent completions of it (or,
-for a prefix it holds none of, the candidates that popular query endings lend: `popular.py`) and
-the language model's beam-search completions (`manifest.popular.ranking.candidates` of each, as
-when the weights were fit). The model scores every index candidate the beam did not find, by teacher
-forcing from the prefix's state in one batched `lm_step`, so that `popular.rank` weighs both
-signals for every candidate, as recur-train did when it fit the weights (trainer/ranking.py).
+for a prefix it holds none of, the candidates that popular query endings lend: `popular.py`) and,
+unless the index alone fills the answer, the language model's beam-search completions
+(`manifest.popular.ranking.candidates` of each, as when the weights were fit). The model scores
+every index or lent candidate the beam did not find, by teacher forcing from the prefix's state
+in one batched `lm_step`, so that `popular.rank` weighs every signal for every candidate, as
+recur-train did when it fit the weights (trainer/ranking.py).
 The best candidate's tokens and their log-probabilities are kept, so that `replay` can stream it
 token by token under the request's finish rules.
 
