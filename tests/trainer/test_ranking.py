@@ -127,7 +127,10 @@ def test_the_suffix_fit_ranks_lent_candidates() -> None:
     assert weights.fragment_weight > 0, "only the matched words tell the right ending"
     served = ranking.Weights(RankingWeights(), weights)
     assert [ranking.ranked(case, INDEX, served)[0] for case in LENT_CASES] == ["is", "lin"]
-    assert ranking.fit_suffix(LENT_CASES[:1], INDEX)[0] != RankingWeights()
+    alone, mrr = ranking.fit_suffix(LENT_CASES[1:], INDEX)
+    assert mrr == pytest.approx(1.0), "one case: any weights that put 'lin' first"
+    served_alone = ranking.Weights(RankingWeights(), alone)
+    assert ranking.ranked(LENT_CASES[1], INDEX, served_alone)[0] == "lin"
 
 
 @pytest.mark.parametrize(
