@@ -305,16 +305,16 @@ class Engine:
     ) -> list[suggestions.Ranked]:
         """The top `params.suggestions` (at least 1) of the index's (or the lent) and the beam's
         completions of `text`, ranked with the model's weights (`suggestions.py`). Where the
-        index alone holds enough completions to fill the answer, the model only scores them:
-        no beam search runs (its candidates did not change the ranked MRR, `docs/suggestions.md`,
-        and it is most of a key's cost)."""
+        index's (or the lent) completions are enough to fill the answer, the model only scores
+        them: no beam search runs (its candidates did not change the ranked MRR,
+        `docs/suggestions.md`, and it is most of a key's cost)."""
         model = runtime.model
         assert model.popular is not None
         n = max(params.suggestions, 1)
         query = suggestions.normal_form(model.tokenizer, text)
         indexed, lent = suggestions.candidates(model, query)
         found = []
-        if len(indexed) < n:
+        if len(indexed) + len(lent) < n:
             found = await self._lm_beam(
                 runtime, state, logits, max(n, model.candidates), params.max_tokens, is_stale
             )

@@ -91,9 +91,9 @@ class Case:
 
     @property
     def ranked_beam(self) -> list[tuple[str, float]]:
-        """The beam's candidates as the service ranks them: none where the index alone fills
-        the top `K` (the service runs no beam search then)."""
-        return [] if len(self.mpc) >= K else self.beam
+        """The beam's candidates as the service ranks them: none where the index's (or the
+        lent) candidates fill the top `K` (the service runs no beam search then)."""
+        return [] if len(self.mpc) + len(self.lent) >= K else self.beam
 
 
 def split_text(query: str) -> tuple[str, str]:

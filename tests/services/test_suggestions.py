@@ -153,8 +153,8 @@ def test_served_ranking_equals_popular_rank(server: Server, repo: Path, prefix: 
     if prefix in LENDING:
         assert lent, f"popular endings lend candidates to {prefix!r}"
     weights = model.ranking if indexed else model.suffix_ranking
-    if len(indexed) >= n:
-        beam = []  # the index fills the answer: the model only scores its completions
+    if len(indexed) + len(lent) >= n:
+        beam = []  # the index or the endings fill the answer: the model only scores them
     asked = [*indexed, *(c.completion for c in lent)]
     scored = {c: model_logprob(model, query, c) for c in asked if c not in dict(beam)}
     every = rank(model.popular, query, beam, weights, n=1000, index_k=model.candidates,
