@@ -48,6 +48,7 @@ from services.popular import (
     suffix_completions,
 )
 from services.requests import CompleteParams
+from services.suggestions import normal_form
 from trainer.config import TrainConfig
 
 INDEX_FILE = "popular.npz"
@@ -64,12 +65,6 @@ SUFFIX_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)  # of ln(the lending ending's count)
 FRAGMENT_WEIGHTS = (0.0, 1.0, 2.0, 4.0)  # per word of the prefix that the ending matched
 UNLENT_SCORES = (0.0, -40.0, -10.0, 5.0)  # the suffix terms of the beam's candidates
 LENGTHS = (("len_1_3", 1, 3), ("len_4_8", 4, 8), ("len_9_plus", 9, math.inf))
-
-
-def normal_form(tokenizer: Tokenizer, query: str) -> str:
-    """`query` as the model reads it (the tokenizer's normalizer, e.g. NFKC)."""
-    normalizer = tokenizer.normalizer
-    return normalizer.normalize_str(query) if normalizer is not None else query
 
 
 def query_counts(queries: Iterable[str], tokenizer: Tokenizer) -> Counter[str]:
