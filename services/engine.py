@@ -13,7 +13,7 @@ gives the slots back.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -106,7 +106,7 @@ class Engine:
         *,
         arrived: float,
         interval: int = 1,
-    ) -> AsyncIterator[list[Event]]:
+    ) -> AsyncGenerator[list[Event], None]:
         """Translation, one event per target token (beam search: the best, once found), handed
         over in messages of at least `interval` tokens after the first (see `collector`)."""
         stream = functools.partial(self._translate, model, text, params, arrived)
@@ -114,7 +114,7 @@ class Engine:
 
     def analyze(
         self, model: LoadedModel, text: str, *, arrived: float, interval: int = 1
-    ) -> AsyncIterator[list[Event]]:
+    ) -> AsyncGenerator[list[Event], None]:
         """Running sentiment: the label and probabilities after every input token."""
         stream = functools.partial(self._analyze, model, text, arrived)
         return collect(stream, interval=interval, counts=_token)
@@ -127,7 +127,7 @@ class Engine:
         *,
         arrived: float,
         interval: int = 1,
-    ) -> AsyncIterator[list[Event]]:
+    ) -> AsyncGenerator[list[Event], None]:
         """Completion of a prefix: its tokens, then a final event with its suggestions (`answer`:
         ranked with the model's popular-query index where it has one)."""
         stream = functools.partial(self._complete, model, text, params, arrived)

@@ -171,13 +171,7 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
         return handler
 
     def _finish(self, info: CallInfo, started: float, code: grpc.StatusCode) -> None:
-        if not self.metrics.recording:
-            return
-        labels = (info.model, info.version, info.task, info.rpc)
-        self.metrics.requests.labels(*labels, code.name).inc()
-        self.metrics.duration.labels(*labels).observe(time.perf_counter() - started)
-        if code is not grpc.StatusCode.OK:
-            self.metrics.failures.labels(info.rpc, code.name.lower()).inc()
+        self.metrics.finished(info, code.name, time.perf_counter() - started)
 
     async def _abort(self, context: Context, error: BaseException) -> None:
         code, message = status_for(error)

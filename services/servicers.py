@@ -137,7 +137,9 @@ class Servicers(
     def _interval(self, requested: int) -> int:
         return validation.stream_interval(requested, self.limits, default=self.stream_interval)
 
-    def _observe(self, batches: AsyncIterator[list[Event]]) -> AsyncGenerator[list[Event], None]:
+    def _observe(
+        self, batches: AsyncGenerator[list[Event], None]
+    ) -> AsyncGenerator[list[Event], None]:
         return self.metrics.observe(batches, current_call())
 
     async def Translate(

@@ -74,11 +74,16 @@ def test_connections_spread_over_the_processes_and_sigterm_drains_them(tiny_mode
             assert await session.read() is aio.EOF
         for channel in channels:
             stub = pb_grpc.AutocompleteServiceStub(channel)
-            [e async for e in stub.Complete(pb.CompleteRequest(text="how", max_tokens=2))]
+            async for response in stub.Complete(pb.CompleteRequest(text="how", max_tokens=3)):
+                kind = response.WhichOneof("event")
+                if kind != "final":
+                    streamed.append(1 if kind == "token" else len(response.tokens.tokens))
         finished = scrape(metrics_url)
         for channel in channels:
             await channel.close()
         return open_sessions, finished
+
+    streamed: list[int] = []  # the tokens of each Complete message
 
     try:
         open_sessions, finished = asyncio.run(go())
@@ -97,6 +102,12 @@ def test_connections_spread_over_the_processes_and_sigterm_drains_them(tiny_mode
     for rpc in ("Session", "Complete"):
         ok = matching(finished, "recur_requests_total", rpc=rpc, code="OK")
         assert list(ok.values()) == [CONNECTIONS], ok
+    # The streams' tokens and message gaps, counted in each stream and added in bulk, read the
+    # same through the children's shared files.
+    generated = matching(finished, "recur_generated_tokens_total", rpc="Complete")
+    assert list(generated.values()) == [sum(streamed)], generated
+    gaps = matching(finished, "recur_inter_token_latency_seconds_count", rpc="Complete")
+    assert list(gaps.values()) == [len(streamed) - CONNECTIONS], (gaps, streamed)
     loaded = matching(finished, "recur_model_info", task="autocomplete")
     assert list(loaded.values()) == [1.0], loaded
 
