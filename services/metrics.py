@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.errors import Expired
-from services.events import Event, Finished
+from services.events import Event, Finished, FinishReason
 
 if TYPE_CHECKING:  # the engine's modules import numpy and ONNX Runtime; metrics need neither
     from services.runtime import Runtime
@@ -77,7 +77,8 @@ class ServerMetrics:
         )  # fmt: skip
         self.itl = Histogram(
             "recur_inter_token_latency_seconds",
-            "Time between consecutive streamed messages (a message may carry several tokens).",
+            "Time between consecutive streamed messages of one answer (a message may carry several "
+            "tokens).",
             labels, buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
         self.generated = Counter(
@@ -158,17 +159,20 @@ class ServerMetrics:
         return series
 
     @contextmanager
-    def streaming(self, info: CallInfo) -> Iterator[None]:
-        """Count the call in `recur_streams_active` while the block runs."""
+    def streaming(self, info: CallInfo) -> Iterator[StreamMeter | None]:
+        """Count the call in `recur_streams_active` while the block runs; yields the meter that
+        its messages go to (None when recording is off), flushed when the block ends."""
         if not self.recording:
-            yield
+            yield None
             return
-        gauge = self.series(info).active
-        gauge.inc()
+        series = self.series(info)
+        meter = StreamMeter(series)
+        series.active.inc()
         try:
-            yield
+            yield meter
         finally:
-            gauge.dec()
+            meter.flush()
+            series.active.dec()
 
     async def observe(
         self, batches: AsyncGenerator[list[Event], None], info: CallInfo
@@ -178,18 +182,14 @@ class ServerMetrics:
         `batches` is closed as soon as this generator is (Python leaves an async generator that
         is closed mid-iteration to garbage collection; a stream's holds state slots)."""
         async with contextlib.aclosing(batches):
-            if not self.recording:
-                async for batch in batches:
-                    yield batch
-                return
-            meter = StreamMeter(self.series(info))
-            with self.streaming(info):
-                try:
+            with self.streaming(info) as meter:
+                if meter is None:
                     async for batch in batches:
-                        meter.message(batch)
                         yield batch
-                finally:
-                    meter.flush()
+                    return
+                async for batch in batches:
+                    meter.message(batch)
+                    yield batch
 
 
 class CallSeries:
@@ -251,8 +251,9 @@ class StreamMeter:
         self.flushed = time.perf_counter()
 
     def message(self, batch: list[Event]) -> None:
-        """One message written: its token events, or the stream's final event (which ends a
-        stream's last message)."""
+        """One message written: its token events, or an answer's final event (which ends the
+        answer's last message; a session's next answer starts its own gaps). An answer that a
+        newer keystroke superseded before it started is not timed."""
         now = time.perf_counter()
         final = batch[-1] if isinstance(batch[-1], Finished) else None
         tokens = len(batch) - (final is not None)
@@ -264,8 +265,10 @@ class StreamMeter:
             self.last = now
             self.tokens += tokens
         if final is not None:
-            self.series.queue.observe(final.queue_seconds)
-            self.series.ttft.observe(final.time_to_first_token_seconds)
+            self.last = None
+            if final.reason != FinishReason.SUPERSEDED:
+                self.series.queue.observe(final.queue_seconds)
+                self.series.ttft.observe(final.time_to_first_token_seconds)
             self.series.input_tokens.inc(final.input_tokens)
         if now - self.flushed >= self.FLUSH_SECONDS:
             self.flush(now)

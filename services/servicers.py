@@ -269,10 +269,12 @@ class Servicers(
             interval=interval,
         )
         try:
-            with self.metrics.streaming(info):  # an open session is a stream in progress
+            with self.metrics.streaming(info) as meter:  # an open session: a stream in progress
                 async with contextlib.aclosing(answers) as stream:
                     async for batch in stream:
                         for revision, run in _revisions(batch):
+                            if meter is not None:
+                                meter.message(run)
                             event = run[0]
                             if isinstance(event, Finished):
                                 idle.touch()

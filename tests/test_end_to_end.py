@@ -224,6 +224,57 @@ def test_metrics_are_scraped_over_http(served: Server) -> None:
     assert "recur_inter_token_latency_seconds_count" in text
 
 
+def scrape(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in lines if line[:1] != "#")}
+
+
+def test_a_session_records_its_answers_tokens_and_latencies(served: Server) -> None:
+    """A session's answers count like Complete's: their tokens, each answer's time to first
+    token, and the gaps between the messages of one answer (not the user's pause between
+    keystrokes)."""
+    from grpc import aio
+
+    from protos.recur.v1 import inference_pb2_grpc as pb_grpc
+
+    keys = ["w", "we", "wea"]
+    labels = 'model="autocomplete",rpc="Session",task="autocomplete",version="1"'
+
+    def value(page: dict[str, float], name: str) -> float:
+        return page.get(f"{name}{{{labels}}}", 0.0)
+
+    async def go() -> list[int]:
+        messages = []  # tokens of each token message
+        async with aio.insecure_channel(served.target) as channel:
+            session = pb_grpc.AutocompleteServiceStub(channel).Session(timeout=60)
+            for text in keys:
+                await session.write(pb.SessionRequest(text=text, max_tokens=6, model_only=True))
+                answer = []
+                while (response := await session.read()).WhichOneof("event") != "final":
+                    answer.append(1 if response.HasField("token") else len(response.tokens.tokens))
+                messages.append(answer)
+                await asyncio.sleep(0.05)  # the user's pause: not an inter-token gap
+            await session.done_writing()
+            await session.read()
+        return messages
+
+    before = scrape(served.metrics_url)
+    messages = run(go())
+    after = scrape(served.metrics_url)
+    tokens = sum(map(sum, messages))
+    assert tokens > 0
+    assert (
+        value(after, "recur_generated_tokens_total") - value(before, "recur_generated_tokens_total")
+        == tokens
+    )
+    ttft = "recur_time_to_first_token_seconds_count"
+    assert value(after, ttft) - value(before, ttft) == len(keys)
+    itl = "recur_inter_token_latency_seconds_count"
+    gaps = sum(len(answer) - 1 for answer in messages if answer)
+    assert value(after, itl) - value(before, itl) == gaps  # none across the user's pauses
+
+
 def test_server_refuses_a_busy_port_with_a_clear_error(served: Server, tiny_models: Path) -> None:
     import subprocess
     import sys
