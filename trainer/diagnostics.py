@@ -13,7 +13,6 @@ hooks and costs the other ranks nothing.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +66,8 @@ def _first_stack(model: nn.Module) -> RecurrentStack:
 
 
 def _unroll(stack: RecurrentStack, captured: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Make `stack` step one token at a time, keeping every step's output and state.
+    """Make `stack` step one token at a time, keeping every step's output and state (until
+    `del stack.forward` gives it its own forward back).
 
     A fused RNN keeps h_t inside its kernel; stepping it token by token exposes h_t twice: as the
     step's output (the path to this step's prediction) and as the state handed to step t+1 (the
@@ -79,8 +79,6 @@ def _unroll(stack: RecurrentStack, captured: list[tuple[torch.Tensor, torch.Tens
         outputs = []
         for t in range(x.size(1)):
             out, state = step(x[:, t : t + 1], state)
-            out.retain_grad()
-            state[0].retain_grad()
             captured.append((out, state[0]))
             outputs.append(out)
         return torch.cat(outputs, 1), state
@@ -90,18 +88,31 @@ def _unroll(stack: RecurrentStack, captured: list[tuple[torch.Tensor, torch.Tens
 
 def gradient_flow(task: Task, model: nn.Module, batch: Batch, *, step: int,
                   grad_norm: float) -> GradientFlow:  # fmt: skip
-    """Measure ‖∂loss/∂h_t‖ for every t of `batch` on a copy of `model` (unwrapped)."""
-    probe = copy.deepcopy(model).train()
+    """Measure ‖∂loss/∂h_t‖ for every t of `batch` on `model` (unwrapped), in training mode.
+
+    The gradients are taken with `torch.autograd.grad`, so the model's weights and its `.grad`
+    are left as they were: no copy of the model is needed (a weight-normalized RNN cannot be
+    deep-copied once it has run a forward pass: its flat weights are computed tensors).
+    """
+    stack = _first_stack(model)
+    training = model.training
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
-    _unroll(_first_stack(probe), captured)
-    loss, _ = task.loss(probe, batch)
-    loss.backward()  # type: ignore[no-untyped-call]
+    _unroll(stack, captured)
+    try:
+        model.train()
+        loss, _ = task.loss(model, batch)
+        tensors = [tensor for pair in captured for tensor in pair]
+        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+    finally:
+        del stack.forward  # the class's own forward again
+        model.train(training)
     per_step = []
-    for out, state in captured:  # out: (B, 1, H); state: (L, B, H), the top layer is h_t
+    for t, (out, _) in enumerate(captured):  # out: (B, 1, H); state: (L, B, H), top layer h_t
         grad = torch.zeros_like(out[:, 0])
-        if out.grad is not None:
-            grad += out.grad[:, 0]
-        if state.grad is not None:
-            grad += state.grad[-1]
+        out_grad, state_grad = grads[2 * t], grads[2 * t + 1]
+        if out_grad is not None:
+            grad += out_grad[:, 0]
+        if state_grad is not None:
+            grad += state_grad[-1]
         per_step.append(float(grad.norm(dim=1).mean()))
     return GradientFlow(step=step, grad_norm=grad_norm, per_step=per_step)

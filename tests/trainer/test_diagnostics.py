@@ -10,6 +10,7 @@ import torch
 
 from trainer.config import TrainConfig
 from trainer.diagnostics import GradientFlow, gradient_flow, probe_examples
+from trainer.models.recurrent import RecurrentStack
 from trainer.tasks import get_task
 
 
@@ -43,6 +44,31 @@ def test_last_step_gradient_equals_the_direct_gradient(cell: str) -> None:
     direct = captured[0].grad[:, -1].norm(dim=1).mean().item()
     assert flow.per_step[-1] == pytest.approx(direct, rel=1e-4)
     assert all(v > 0 for v in flow.per_step)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_the_probe_leaves_the_model_as_it_was_weight_norm_included(cell: str) -> None:
+    """The probe runs on the training model itself: its weights, gradients, mode and forward
+    are as before, and a weight-normalized model, which cannot be deep-copied once it has run
+    (`--weight-norm` with the default `--diagnose-every` crashed at step 100), is measured too."""
+    from trainer.checkpoint import weight_normalize
+
+    task, model, batch = classifier_and_batch(cell)
+    weight_normalize(model)
+    loss, _ = task.loss(model, batch)  # type: ignore[attr-defined]
+    loss.backward()  # a training step's gradients, waiting for the optimizer
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.eval()
+    flow = gradient_flow(task, model, batch, step=1, grad_norm=1.0)  # type: ignore[arg-type]
+    assert len(flow.per_step) == batch["tokens"].size(1)
+    assert all(v > 0 and v == v for v in flow.per_step)
+    assert not model.training
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert grads and all(torch.equal(p.grad, grads[k]) for k, p in model.named_parameters()
+                         if p.grad is not None)  # fmt: skip
+    stack = next(m for m in model.modules() if isinstance(m, RecurrentStack))
+    assert "forward" not in vars(stack)  # its own forward again
 
 
 def test_probe_examples_share_one_length() -> None:
