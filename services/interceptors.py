@@ -119,6 +119,24 @@ async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
+async def _send_status(context: Context, code: grpc.StatusCode, message: str) -> None:
+    """End the call with `code` and `message` (gRPC's `abort`, which raises AbortError).
+
+    A client that cancelled the call meanwhile (a deadline of a few milliseconds, a front end
+    dropping a rejected request) leaves no call to send the status on: gRPC then raises an
+    internal batch error and logs it with a traceback, one per such call, which floods the log
+    of a busy server (and once blocked a server whose log pipe was full). Such a call ends as
+    cancelled, quietly: its client has already seen the end it chose.
+    """
+    try:
+        await context.abort(code, message)
+    except aio.AbortError:
+        raise
+    except Exception as failed:  # the status could not be sent: the call is gone
+        log.debug("status %s not sent, the call was gone: %s", code.name, failed)
+        raise asyncio.CancelledError from None
+
+
 def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     for kind, code in _CODES.items():
         if isinstance(error, kind):
@@ -180,7 +198,7 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
             log.exception("unexpected error in %s [%s]", info.rpc, info.request_id, exc_info=error)
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
             _trailing(context, info, ("retry-after-ms", str(RETRY_AFTER_MS)))
-        await context.abort(code, message)
+        await _send_status(context, code, message)
 
     def _wrap_stream(self, rpc: str, behavior: Callable[..., Any]) -> Any:
         """A streaming handler in gRPC's reader/writer form: the handler writes each response
@@ -231,7 +249,7 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
         which gRPC then cancels."""
         try:
             async with asyncio.timeout(ABORT_SECONDS):
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
+                await _send_status(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
         except TimeoutError:
             raise asyncio.CancelledError from None
 

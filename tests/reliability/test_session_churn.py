@@ -224,6 +224,23 @@ def test_churned_streams_of_every_rpc_give_everything_back(churned: Server) -> N
     _holds(churned, 8.0, mixed=True)
 
 
+def test_calls_rejected_and_dropped_at_once_leave_no_traceback(tiny_models: Path) -> None:
+    """Most calls to a full server are refused (RESOURCE_EXHAUSTED), and under churn many of
+    their clients are gone before the status leaves. gRPC logged each such call as an error
+    with a traceback, about 700 lines in 8 s here, which filled the test's unread log pipe and
+    blocked the server's event loop: every stream in flight then held its slot for good.
+    Such a call now ends quietly as cancelled."""
+    server = start_server(tiny_models, "--max-streams", "4")
+    try:
+        counts = churn(server.target, 6.0, mixed=True)
+        settled = _settles(server)
+    finally:
+        output = stop_server(server)
+    assert sum(counts.values()) > 50, counts
+    assert settled == dict.fromkeys(GAUGES, 0), f"leaked after {counts}: {settled}"
+    assert "Traceback" not in output, output[-3000:]
+
+
 @pytest.mark.slow
 def test_churn_for_two_minutes(tiny_models: Path) -> None:
     server = start_server(tiny_models, "--max-streams", str(LIMIT))
