@@ -11,6 +11,11 @@ batch 64 per worker, the same `trainer.loop.train_loop`, run the two ways `recur
   `prepare_data_loader` keeping the loop's own sampler), and its report: `ray.train.report` on
   every rank with rank 0's checkpoint of every epoch, kept as ray_job's `CheckpointConfig` says.
 
+- DDP without Ray (shown apart, not in the target): the same 2 processes of one thread,
+  `torch.multiprocessing` and gloo, rank 0 checkpointing as the plain loop does; it splits the
+  overhead into DDP's share (all-reducing the gradients, waiting for the slower rank) and what
+  Ray's runtime adds.
+
 The target compares Ray with perfect data parallelism of the plain loop on the same cores:
 overhead = 1 - Ray's tokens/s / (2 x the plain loop's on one thread), one thread being what each
 Ray worker gets (one CPU, `OMP_NUM_THREADS=1`). What it leaves out is then what Ray Train, DDP's
@@ -45,7 +50,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from scripts.bench.common import ROOT, Context, Result, Target, ray_env
+from scripts.bench.common import ROOT, Context, Result, Target, free_port, ray_env
 
 TARGET_OVERHEAD = 0.10
 WORKERS = 2
@@ -53,6 +58,7 @@ SETTINGS = {"task": "autocomplete", "cell": "gru", "embed_dim": 64, "hidden_size
 Report = Callable[[dict[str, float], Any], None]
 PLAIN = "plain loop, 1 thread"
 PLAIN_DEFAULT = "plain loop, torch's threads"
+DDP = f"DDP without Ray, {WORKERS} processes"
 
 
 def config(ctx: Context, workers: int) -> Any:
@@ -145,6 +151,53 @@ def run_plain(ctx: Context, threads: int = 1) -> dict[str, Any]:
     return timing
 
 
+def ddp(quick: bool, out: Path) -> None:
+    """The loop under plain DDP, no Ray: `WORKERS` processes of one thread over gloo, rank 0
+    checkpointing every epoch as the plain loop does; rank 0 writes its timing to `out`."""
+    import torch.multiprocessing
+
+    torch.multiprocessing.spawn(_ddp_worker, args=(free_port(), quick, str(out)), nprocs=WORKERS)
+
+
+def _ddp_worker(rank: int, port: int, quick: bool, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from trainer.cli import save_each_epoch
+    from trainer.tasks import get_task
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORKERS)
+    try:
+        cfg = config(Context(out=Path("."), quick=quick), WORKERS)
+        task = get_task(cfg.task)
+        data = task.prepare(cfg)
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
+            save: Report = partial(save_each_epoch, Path(tmp) / "last.pt")
+            timing = measure_loop(
+                task, data, cfg, save if rank == 0 else lambda _metrics, _checkpoint: None,
+                wrap_model=DistributedDataParallel, rank=rank, world_size=WORKERS,
+            )  # fmt: skip
+        if rank == 0:
+            tokens = sum(len(x) for x in data.train)
+            Path(out).write_text(json.dumps(timing | {"tokens_per_epoch": tokens}))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ddp(ctx: Context) -> dict[str, Any]:
+    """`ddp` in fresh processes (Ray down), as fresh as Ray's workers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "timing.json"
+        command = [sys.executable, "-m", "scripts.bench.training", "--ddp", f"--out={out}"]
+        command += ["--quick"] if ctx.quick else []
+        subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
+        timing: dict[str, Any] = json.loads(out.read_text())
+    return timing
+
+
 def run_ray(ctx: Context, workers: int) -> dict[str, Any]:
     """One `TorchTrainer.fit` on the running Ray cluster, configured as trainer/ray_job.py
     configures it; the timing rank 0 wrote, and the checkpoints Ray kept."""
@@ -231,6 +284,8 @@ def run(ctx: Context) -> Result:
             rows.append(_row(*timings[-1]))
         timings.append((PLAIN, run_plain(ctx)))
         rows.append(_row(*timings[-1]))
+    timings.append((DDP, run_ddp(ctx)))
+    rows.append(_row(*timings[-1]))
     rows.append(_row(PLAIN_DEFAULT, run_plain(ctx, threads=0)))
     problems = [line for mode, timing in timings for line in problems_of(mode, timing)]
     overheads = []
@@ -243,6 +298,10 @@ def run(ctx: Context) -> Result:
     plain = statistics.median(r["tokens_per_second"] for r in rows if r["mode"] == PLAIN)
     ray = statistics.median(r["tokens_per_second"] for r in rows if r["mode"] == ray_mode)
     default = rows[-1]["tokens_per_second"]
+    alone = next(r["tokens_per_second"] for r in rows if r["mode"] == DDP)
+    split = (f"; DDP without Ray {alone:,.0f} tokens/s: DDP's share 1 - ddp / ({WORKERS} x "
+             f"plain) = {1 - alone / (WORKERS * plain):.1%}, Ray's runtime 1 - ray / ddp = "
+             f"{1 - ray / alone:.1%}")  # fmt: skip
     target = Target(
         f"Ray Train ({WORKERS} workers, DDP, a checkpoint every epoch) overhead vs {WORKERS} x "
         "the plain loop on 1 thread",
@@ -251,7 +310,7 @@ def run(ctx: Context) -> Result:
         detail=f"1 - ray / ({WORKERS} x plain), each Ray run against the mean of the plain runs "
         f"around it ({', '.join(f'{o:.1%}' for o in overheads)}); medians plain {plain:,.0f} "
         f"(1 thread), Ray {ray:,.0f} tokens/s; the plain loop on torch's default "
-        f"{rows[-1]['torch_threads']} threads: {default:,.0f} tokens/s",
+        f"{rows[-1]['torch_threads']} threads: {default:,.0f} tokens/s{split}",
     )  # fmt: skip
     cfg = config(ctx, 0)
     result = Result(
@@ -273,6 +332,7 @@ def run(ctx: Context) -> Result:
         rows=rows,
         targets=[target],
         extra={"plain_tokens_per_second": plain, "ray_init_seconds": ray_starts,
+               "ddp_without_ray_tokens_per_second": alone,
                "plain_default_threads_tokens_per_second": default,
                "problems": problems},
     )  # fmt: skip
@@ -309,9 +369,17 @@ def plot(data: dict[str, Any], plt: Any) -> Any:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="one timed run of the plain training loop")
-    parser.add_argument("--plain", action="store_true", required=True)
+    parser = argparse.ArgumentParser(description="one timed run of the training loop")
+    way = parser.add_mutually_exclusive_group(required=True)
+    way.add_argument("--plain", action="store_true", help="in this process; JSON on stdout")
+    way.add_argument("--ddp", action="store_true", help=f"DDP, {WORKERS} processes, no Ray")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: its default)")
+    parser.add_argument("--out", type=Path, help="--ddp: where rank 0 writes its JSON")
     args = parser.parse_args()
-    print(json.dumps(plain(args.quick, args.threads)), flush=True)
+    if args.ddp:
+        if args.out is None:
+            parser.error("--ddp needs --out")
+        ddp(args.quick, args.out)
+    else:
+        print(json.dumps(plain(args.quick, args.threads)), flush=True)
