@@ -48,7 +48,9 @@ class ServerMetrics:
     def __init__(self, registry: CollectorRegistry, *, recording: bool = True) -> None:
         self.registry = registry
         self.recording = recording  # False: record nothing (to measure what recording costs)
-        self._calls: dict[tuple[str, ...], CallSeries] = {}
+        # Labelled children, looked up once: `labels()` takes a lock and builds a key per call.
+        self._requests: dict[tuple[tuple[str, ...], str], tuple[Counter, Histogram]] = {}
+        self._streams: dict[tuple[str, ...], StreamSeries] = {}
         self._models: dict[tuple[str, ...], ModelSeries] = {}
         labels = (*MODEL_LABELS, "rpc")
         self.requests = Counter(
@@ -134,21 +136,26 @@ class ServerMetrics:
         """A call ended with status `code` after `seconds` (the interceptor's report)."""
         if not self.recording:
             return
-        series = self.series(info)
-        requests = series.requests.get(code)
+        labels = (info.model, info.version, info.task, info.rpc)
+        requests = self._requests.get((labels, code))
         if requests is None:
-            requests = series.requests[code] = self.requests.labels(*series.labels, code)
-        requests.inc()
-        series.duration.observe(seconds)
+            requests = self._requests[labels, code] = (
+                self.requests.labels(*labels, code),
+                self.duration.labels(*labels),
+            )
+        count, duration = requests
+        count.inc()
+        duration.observe(seconds)
         if code != "OK":
             self.failures.labels(info.rpc, code.lower()).inc()
 
-    def series(self, info: CallInfo) -> CallSeries:
-        """The children of a call's labels, made at the first call with them and kept."""
+    def series(self, info: CallInfo) -> StreamSeries:
+        """The stream metrics' children of a call's labels (its model resolved), made at the
+        first stream with them and kept."""
         labels = (info.model, info.version, info.task, info.rpc)
-        series = self._calls.get(labels)
+        series = self._streams.get(labels)
         if series is None:
-            series = self._calls[labels] = CallSeries(self, labels)
+            series = self._streams[labels] = StreamSeries(self, labels)
         return series
 
     def _model_series(self, model: Any) -> ModelSeries:
@@ -192,9 +199,10 @@ class ServerMetrics:
                     yield batch
 
 
-class CallSeries:
-    """The labelled children that the calls of one (model, version, task, rpc) record into.
-    `labels()` takes a lock and builds a key on every call; these are looked up once."""
+class StreamSeries:
+    """The labelled children that the streams of one (model, version, task, rpc) record into.
+    Made only for streams (whose model was resolved): a call refused before that has no
+    time to first token or tokens to show."""
 
     def __init__(self, metrics: ServerMetrics, labels: tuple[str, ...]) -> None:
         self.labels = labels
@@ -204,9 +212,7 @@ class CallSeries:
         self.queue = metrics.queue.labels(*labels)
         self.ttft = metrics.ttft.labels(*labels)
         self.input_tokens = metrics.input_tokens.labels(*labels)
-        self.duration = metrics.duration.labels(*labels)
         self.active = metrics.active.labels(*labels[:-1])  # streams: no rpc label
-        self.requests: dict[str, Counter] = {}  # by status code
 
 
 class ModelSeries:
@@ -242,7 +248,7 @@ class StreamMeter:
 
     FLUSH_SECONDS = 1.0
 
-    def __init__(self, series: CallSeries) -> None:
+    def __init__(self, series: StreamSeries) -> None:
         self.series = series
         self.tokens = 0
         self.gaps = [0] * (len(series.itl_bounds) + 1)  # per bucket, then above the last

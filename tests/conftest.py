@@ -6,8 +6,9 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,6 +88,17 @@ class Server:
     metrics_url: str
     health_target: str | None = None  # the plaintext health-only port, with --health-port
     banner: str = ""  # the "listening on ..." line
+    # What it printed after it was ready, read as it comes: a server whose output nobody read
+    # would block on a full pipe, and a test would take that for a hang of the server's own.
+    lines: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
+
+    def output(self, timeout: float = 30) -> str:
+        """Everything printed after it was ready, once it has exited (waits `timeout` s)."""
+        self.process.wait(timeout=timeout)
+        if self.reader is not None:
+            self.reader.join(timeout=10)
+        return "".join(self.lines)
 
 
 def start_server(models: Path, *extra: str) -> Server:
@@ -105,14 +117,23 @@ def start_server(models: Path, *extra: str) -> Server:
         if found and line.startswith("recur-serve: ready"):
             probes = re.search(r"health ([\d.]+:\d+)", found.string)
             target, metrics, health = found.group(1), found.group(2), probes and probes.group(1)
-            return Server(process, target, metrics, health, found.string)
+            server = Server(process, target, metrics, health, found.string)
+            server.reader = threading.Thread(
+                target=_read_lines, args=(process.stdout, server.lines), daemon=True
+            )
+            server.reader.start()
+            return server
     raise AssertionError("recur-serve exited before it was ready:\n" + "".join(seen))
+
+
+def _read_lines(stream: Iterable[str], lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line)
 
 
 def stop_server(server: Server) -> str:
     server.process.send_signal(signal.SIGTERM)
-    output, _ = server.process.communicate(timeout=30)
-    return output
+    return server.output()
 
 
 @pytest.fixture(scope="session")

@@ -193,7 +193,7 @@ def test_sigterm_under_load_truncates_no_stream(tiny_models: Path) -> None:
         await asyncio.gather(*clients)
 
     asyncio.run(go())
-    output, _ = server.process.communicate(timeout=40)
+    output = server.output(timeout=40)
     assert server.process.returncode == 0, output
     finished_before = load.refused.pop("at SIGTERM")
     print(f"SIGTERM under load: {finished_before} streams finished before it, "

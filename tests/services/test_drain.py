@@ -52,7 +52,7 @@ def test_sigterm_lets_the_stream_in_flight_finish(tiny_models: Path) -> None:
         return seen
 
     seen = asyncio.run(go())
-    output, _ = server.process.communicate(timeout=60)
+    output = server.output(timeout=60)
     assert server.process.returncode == 0, output
     assert seen["before"] in ("FINISH_REASON_STOP", "FINISH_REASON_LENGTH")
     assert seen["health"] == "NOT_SERVING"

@@ -22,18 +22,17 @@ from grpc import aio
 
 from protos.recur.v1 import inference_pb2 as pb
 from protos.recur.v1 import inference_pb2_grpc as pb_grpc
-from tests.conftest import ROOT, start_server
+from tests.conftest import ROOT, Server, start_server
 
 CONNECTIONS = 16  # all on one of two processes by chance: 2 in 65,536
 
 
-def start(models: Path, *extra: str) -> tuple[subprocess.Popen[str], str, str, list[int]]:
-    """`recur-serve --processes 2` on free ports: the process, target, metrics URL, child pids."""
+def start(models: Path, *extra: str) -> tuple[Server, list[int]]:
+    """`recur-serve --processes 2` on free ports, and its children's pids."""
     server = start_server(models, "--processes", "2", *extra)
     found = re.search(r"pids ([\d ]+)\)", server.banner)
     assert found is not None, server.banner
-    pids = [int(pid) for pid in found.group(1).split()]
-    return server.process, server.target, server.metrics_url, pids
+    return server, [int(pid) for pid in found.group(1).split()]
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -57,7 +56,8 @@ def matching(samples: dict[str, float], name: str, **labels: str) -> dict[str, f
 
 
 def test_connections_spread_over_the_processes_and_sigterm_drains_them(tiny_models: Path) -> None:
-    process, target, metrics_url, pids = start(tiny_models)
+    server, pids = start(tiny_models)
+    process, target, metrics_url = server.process, server.target, server.metrics_url
 
     async def go() -> tuple[dict[str, float], dict[str, float]]:
         # Each channel its own connection (gRPC Python shares subchannels between channels).
@@ -89,7 +89,7 @@ def test_connections_spread_over_the_processes_and_sigterm_drains_them(tiny_mode
         open_sessions, finished = asyncio.run(go())
     finally:
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
+        output = server.output(timeout=60)
     assert process.returncode == 0, output
     assert "recur-serve: stopped" in output
 
@@ -120,9 +120,10 @@ def test_connections_spread_over_the_processes_and_sigterm_drains_them(tiny_mode
 
 
 def test_a_child_that_dies_takes_the_group_down(tiny_models: Path) -> None:
-    process, _, _, pids = start(tiny_models, "--grace-seconds", "1")
+    server, pids = start(tiny_models, "--grace-seconds", "1")
+    process = server.process
     os.kill(pids[1], signal.SIGKILL)
-    output, _ = process.communicate(timeout=60)
+    output = server.output(timeout=60)
     assert process.returncode == 1, output
     assert f"process {pids[1]} was killed by SIGKILL; stopping the others" in output
     deadline = time.monotonic() + 10
