@@ -190,12 +190,9 @@ class ServerMetrics:
         is closed mid-iteration to garbage collection; a stream's holds state slots)."""
         async with contextlib.aclosing(batches):
             with self.streaming(info) as meter:
-                if meter is None:
-                    async for batch in batches:
-                        yield batch
-                    return
                 async for batch in batches:
-                    meter.message(batch)
+                    if meter is not None:
+                        meter.message(batch)
                     yield batch
 
 
@@ -205,9 +202,7 @@ class StreamSeries:
     time to first token or tokens to show."""
 
     def __init__(self, metrics: ServerMetrics, labels: tuple[str, ...]) -> None:
-        self.labels = labels
         self.itl = metrics.itl.labels(*labels)
-        self.itl_bounds = list(LATENCY_BUCKETS)
         self.generated = metrics.generated.labels(*labels)
         self.queue = metrics.queue.labels(*labels)
         self.ttft = metrics.ttft.labels(*labels)
@@ -251,7 +246,7 @@ class StreamMeter:
     def __init__(self, series: StreamSeries) -> None:
         self.series = series
         self.tokens = 0
-        self.gaps = [0] * (len(series.itl_bounds) + 1)  # per bucket, then above the last
+        self.gaps = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, then above the last (+Inf)
         self.gap_sum = 0.0
         self.last: float | None = None
         self.flushed = time.perf_counter()
@@ -266,7 +261,7 @@ class StreamMeter:
         if tokens:
             if self.last is not None:
                 gap = now - self.last
-                self.gaps[bisect.bisect_left(self.series.itl_bounds, gap)] += 1
+                self.gaps[bisect.bisect_left(LATENCY_BUCKETS, gap)] += 1
                 self.gap_sum += gap
             self.last = now
             self.tokens += tokens

@@ -325,14 +325,16 @@ def rank(
     scored = dict(model_logprobs or {})
     for completion, beam_logprob in beam:
         scored.setdefault(completion, beam_logprob)
-    from_index = index.completions(prefix, k=index_k) if index is not None else []
+    from_index = dict(index.completions(prefix, k=index_k)) if index is not None else {}
     lenders = {c.completion: c for c in lent}
-    candidates = dict.fromkeys([*(c for c, _ in from_index), *(c for c, _ in beam), *lenders])
+    candidates = dict.fromkeys([*from_index, *(c for c, _ in beam), *lenders])
     suggestions = []
     for completion in candidates:
         if not completion:
             continue
-        count = index.count(prefix + completion) if index is not None else 0
+        count = from_index.get(completion)  # the index's candidates come with their counts
+        if count is None:
+            count = index.count(prefix + completion) if index is not None else 0
         logprob = scored.get(completion)
         popularity = (
             index.log_popularity(count, weights)
