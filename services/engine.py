@@ -314,7 +314,7 @@ class Engine:
         query = suggestions.normal_form(model.tokenizer, text)
         indexed, lent = suggestions.candidates(model, query)
         found = []
-        if len(indexed) + len(lent) < n:
+        if suggestions.beam_needed(len(indexed), len(lent), n):
             found = await self._lm_beam(
                 runtime, state, logits, max(n, model.candidates), params.max_tokens, is_stale
             )

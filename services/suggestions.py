@@ -117,6 +117,14 @@ def candidates(model: LoadedModel, query: str) -> tuple[list[str], list[popular.
     return [], popular.suffix_completions(model.suffixes, query, k=model.candidates)
 
 
+def beam_needed(indexed: int, lent: int, n: int) -> bool:
+    """Whether a beam search must add candidates: the index's `indexed` (or the `lent`)
+    completions do not fill the `n` suggestions. Where they do, the model only scores them
+    (the beam's candidates did not change the ranked MRR, docs/suggestions.md); recur-train's
+    ranking fit applies the same rule."""
+    return indexed + lent < n
+
+
 def rank(
     model: LoadedModel,
     query: str,

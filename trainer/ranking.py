@@ -48,7 +48,7 @@ from services.popular import (
     suffix_completions,
 )
 from services.requests import CompleteParams
-from services.suggestions import normal_form
+from services.suggestions import beam_needed, normal_form
 from trainer.config import TrainConfig
 
 INDEX_FILE = "popular.npz"
@@ -88,7 +88,7 @@ class Case:
     def ranked_beam(self) -> list[tuple[str, float]]:
         """The beam's candidates as the service ranks them: none where the index's (or the
         lent) candidates fill the top `K` (the service runs no beam search then)."""
-        return [] if len(self.mpc) + len(self.lent) >= K else self.beam
+        return self.beam if beam_needed(len(self.mpc), len(self.lent), K) else []
 
 
 def split_text(query: str) -> tuple[str, str]:
