@@ -16,7 +16,8 @@ The next batch is formed one event-loop turn after a request arrives, so the str
 previous batch have all queued their next step by then and ride together.
 
 A step that is known to be short (recent calls of its graph and shape at about this batch size
-averaged under `inline_step_ms` milliseconds) runs on the event-loop thread itself: two thread
+averaged under `inline_step_ms` milliseconds) runs on the event-loop thread itself, in the turn
+that forms its batch (no task, so its streams resume one loop turn sooner): two thread
 hand-offs cost more than such a call, and the loop is blocked no longer than a hand-off would
 have taken. Every other step, and the first of each graph, shape and size, runs in the executor.
 """
@@ -142,6 +143,9 @@ class Scheduler:
             batch = self._take()
             if not batch:
                 return
+            if self._short(batch):  # run now, in this turn: no task, no turn to wait for
+                self._run_here(batch)
+                continue
             self._in_flight += 1
             task = asyncio.create_task(self._run(batch))
             self._tasks.add(task)
@@ -169,41 +173,66 @@ class Scheduler:
         return batch
 
     async def _run(self, batch: list[_Request]) -> None:
-        slots = np.concatenate([r.slots for r in batch])
-        role = batch[0].role  # its slots were pinned when queued
-        started, outputs = time.perf_counter(), None
+        """Run `batch` in the executor (ONNX Runtime releases the GIL meanwhile)."""
+        slots = np.concatenate([r.slots for r in batch])  # pinned when queued
+        role, started, outputs = batch[0].role, time.perf_counter(), None
         try:
             feeds = self._feeds(batch, slots)
-            outputs = await self._call(batch[0].key, len(slots), feeds)
-            self.pool.write(slots, {s: outputs.pop(o) for o, s in self._state_out[role].items()})
+            called = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self.executor, self.model.run, role, feeds)
+            self._keep(batch, slots, outputs, called)
         except Exception as error:
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(error)
+            _fail(batch, error)
+            outputs = None
         finally:
             self.pool.unpin(slots)  # frees the slots of streams that left during the call
             self._in_flight -= 1
             self._schedule_kick()
+        self._landed(batch, slots, outputs, started)
+
+    def _run_here(self, batch: list[_Request]) -> None:
+        """Run `batch` on the loop's thread, now (a step known to be shorter than a hand-off)."""
+        slots = np.concatenate([r.slots for r in batch])
+        role, started, outputs = batch[0].role, time.perf_counter(), None
+        self.inline_calls += 1
+        try:
+            feeds = self._feeds(batch, slots)
+            called = time.perf_counter()
+            outputs = self.model.run(role, feeds)
+            self._keep(batch, slots, outputs, called)
+        except Exception as error:
+            _fail(batch, error)
+            outputs = None
+        finally:
+            self.pool.unpin(slots)
+        self._landed(batch, slots, outputs, started)
+
+    def _short(self, batch: list[_Request]) -> bool:
+        """Whether recent calls of this graph and shape at about this many rows averaged less
+        than `inline_step_ms` (the first call of each runs in the executor)."""
+        mean = self._cost.get(_size(batch))
+        return mean is not None and mean * 1000 < self.inline_step_ms
+
+    def _keep(
+        self, batch: list[_Request], slots: np.ndarray, outputs: Arrays, called: float
+    ) -> None:
+        """After the call that began at `called`: its cost remembered, the new state in the pool."""
+        size, seconds = _size(batch), time.perf_counter() - called
+        mean = self._cost.get(size)
+        self._cost[size] = seconds if mean is None else 0.8 * mean + 0.2 * seconds
+        role = batch[0].role
+        self.pool.write(slots, {s: outputs.pop(o) for o, s in self._state_out[role].items()})
+
+    def _landed(
+        self, batch: list[_Request], slots: np.ndarray, outputs: Arrays | None, started: float
+    ) -> None:
+        """A batch is over and its slots unpinned (the pool's fill that observers report counts
+        the slots freed by that): observed, and its rows handed to their streams."""
         if self.observe is not None:
-            self.observe(self, role, len(slots), time.perf_counter() - started)
+            self.observe(self, batch[0].role, len(slots), time.perf_counter() - started)
         if outputs is not None:
             self._deliver(batch, outputs)
-
-    async def _call(self, key: tuple[object, ...], rows: int, feeds: Arrays) -> Arrays:
-        """One ONNX Runtime call: on this thread when known to be short, else in the executor."""
-        role = str(key[0])
-        size = (key, rows.bit_length())  # graph, shape and about this many rows
-        mean = self._cost.get(size)
-        started = time.perf_counter()
-        if mean is not None and mean * 1000 < self.inline_step_ms:
-            self.inline_calls += 1
-            outputs = self.model.run(role, feeds)
-        else:
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self.executor, self.model.run, role, feeds)
-        seconds = time.perf_counter() - started
-        self._cost[size] = seconds if mean is None else 0.8 * mean + 0.2 * seconds
-        return outputs
 
     def _feeds(self, batch: list[_Request], slots: np.ndarray) -> Arrays:
         """The batch's inputs: per-request inputs stacked (sources padded) plus gathered state."""
@@ -257,6 +286,17 @@ class Scheduler:
 
 
 _PADDED = ("batch", "source")
+
+
+def _size(batch: list[_Request]) -> tuple[object, int]:
+    """What a call's cost is remembered by: its graph and shape, and about how many rows."""
+    return batch[0].key, sum(r.rows for r in batch).bit_length()
+
+
+def _fail(batch: list[_Request], error: Exception) -> None:
+    for request in batch:
+        if not request.future.done():
+            request.future.set_exception(error)
 
 
 def stack_padded(parts: list[np.ndarray], axis: int, width: int, fill: float) -> np.ndarray:
