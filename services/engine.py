@@ -319,9 +319,10 @@ class Engine:
                 runtime, state, logits, max(n, model.candidates), params.max_tokens, is_stale
             )
         beam = suggestions.from_beam(model, prefix, found)
-        unscored = [c for c in (*indexed, *(c.completion for c in lent)) if c not in beam]
+        texts = [*(text for text, _ in indexed), *(c.completion for c in lent)]
+        unscored = [text for text in texts if text not in beam]
         scored = await suggestions.score(runtime, state, logits, unscored)
-        return suggestions.rank(model, query, beam, scored, n, known=bool(indexed), lent=lent)
+        return suggestions.rank(model, query, beam, scored, n, indexed=indexed, lent=lent)
 
     async def generate(
         self,

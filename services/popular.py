@@ -301,6 +301,7 @@ def rank(
     index_k: int = 10,
     model_logprobs: Mapping[str, float] | None = None,
     lent: Sequence[Lent] = (),
+    indexed: Sequence[tuple[str, int]] | None = None,
 ) -> list[Suggestion]:
     """The top `n` distinct suggestions for `prefix`, best first.
 
@@ -316,6 +317,8 @@ def rank(
             scored (`completion -> logprob`); beam completions carry their own.
         lent: the suffix index's candidates (`suffix_completions`), for a prefix that the index
             holds no completion of.
+        indexed: `index.completions(prefix, k=index_k)` where the caller has it already (None:
+            looked up here).
 
     Returns:
         Suggestions by descending score (ties: the more frequent, then the text); an empty
@@ -325,7 +328,9 @@ def rank(
     scored = dict(model_logprobs or {})
     for completion, beam_logprob in beam:
         scored.setdefault(completion, beam_logprob)
-    from_index = dict(index.completions(prefix, k=index_k)) if index is not None else {}
+    if indexed is None:
+        indexed = index.completions(prefix, k=index_k) if index is not None else []
+    from_index = dict(indexed)
     lenders = {c.completion: c for c in lent}
     candidates = dict.fromkeys([*from_index, *(c for c, _ in beam), *lenders])
     suggestions = []

@@ -107,11 +107,12 @@ async def score(
     return found
 
 
-def candidates(model: LoadedModel, query: str) -> tuple[list[str], list[popular.Lent]]:
-    """The index's most frequent completions of `query` (the prefix in normal form) and, when
-    it holds none, the suffix index's lent candidates (none without a suffix index)."""
+def candidates(model: LoadedModel, query: str) -> tuple[list[tuple[str, int]], list[popular.Lent]]:
+    """The index's most frequent completions of `query` (the prefix in normal form) with their
+    counts and, when it holds none, the suffix index's lent candidates (none without a suffix
+    index)."""
     assert model.popular is not None
-    indexed = [c for c, _ in model.popular.completions(query, k=model.candidates)]
+    indexed = model.popular.completions(query, k=model.candidates)
     if indexed or model.suffixes is None:
         return indexed, []
     return [], popular.suffix_completions(model.suffixes, query, k=model.candidates)
@@ -132,14 +133,15 @@ def rank(
     scored: dict[str, Candidate],
     n: int,
     *,
-    known: bool,
+    indexed: list[tuple[str, int]],
     lent: list[popular.Lent],
 ) -> list[Ranked]:
     """The top `n` distinct candidates by `popular.rank` with the model's weights: `query` is the
     prefix in normal form, `beam` the model's completions, `scored` the index's or the lent
-    ones that the beam did not find, `known` whether the index holds completions of `query`
-    (its weights are `ranking`, otherwise `suffix_ranking` when the bundle has a suffix index)."""
-    weights = model.ranking if known or model.suffixes is None else model.suffix_ranking
+    ones that the beam did not find, `indexed` and `lent` what `candidates` found (the weights
+    are `ranking` where the index holds completions of `query`, otherwise `suffix_ranking` when
+    the bundle has a suffix index)."""
+    weights = model.ranking if indexed or model.suffixes is None else model.suffix_ranking
     found = popular.rank(
         model.popular,
         query,
@@ -149,6 +151,7 @@ def rank(
         index_k=model.candidates,
         model_logprobs={text: c.logprob for text, c in scored.items()},
         lent=lent,
+        indexed=indexed,
     )
     return [
         Ranked(
