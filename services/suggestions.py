@@ -88,21 +88,24 @@ async def score(
     rows = [[*e.ids, model.eos_id] for e in model.tokenizer.encode_batch(completions)]
     first = log_softmax(logits.astype(np.float64))  # (V,)
     width = max(len(row) for row in rows)
-    later = None
+    later = None  # (R, T): each row's log-probability of its token at every later position
     if width > 1:
         padded = -(-(width - 1) // SCORE_BUCKET) * SCORE_BUCKET
         feeds = np.full((len(rows), padded), model.pad_id, dtype=np.int64)  # (R, T)
+        targets = np.zeros_like(feeds)  # what each position's logits must predict
         for i, row in enumerate(rows):
             feeds[i, : len(row) - 1] = row[:-1]
+            targets[i, : len(row) - 1] = row[1:]
         with runtime.lease(len(rows)) as slots:
             runtime.pool.write(slots, state)  # every row starts from the prefix's state
-            later = (await runtime.step("lm_step", slots, {"tokens": feeds}))["logits"]
+            out = await runtime.step("lm_step", slots, {"tokens": feeds})
+        logprobs = log_softmax(out["logits"].astype(np.float64))  # (R, T, V): all rows at once
+        later = np.take_along_axis(logprobs, targets[..., None], axis=2)[..., 0]
     found = {}
     for i, (text, row) in enumerate(zip(completions, rows, strict=True)):
         each = [float(first[row[0]])]
-        if later is not None and len(row) > 1:
-            logp = log_softmax(later[i, : len(row) - 1].astype(np.float64))  # (len - 1, V)
-            each += logp[np.arange(len(row) - 1), row[1:]].tolist()
+        if later is not None:
+            each += later[i, : len(row) - 1].tolist()
         found[text] = Candidate(tuple(row[:-1]), tuple(each[:-1]), float(sum(each)), True)
     return found
 
