@@ -52,8 +52,13 @@ def test_ceiling_scenario_writes_rows_transport_plot_and_summary(
     }
     for row in data["rows"]:
         assert row["ceiling_tokens_per_second"] > 0 and row["best"] in data["settings"]["variants"]
-    assert [r["concurrency"] for r in data["transport"]] == [1, 64]
+    assert [(r["messages"], r["concurrency"]) for r in data["transport"]] == [
+        (packing, c) for packing in ("one token per message", "packed") for c in (1, 64)
+    ]
     assert all(r["tokens_per_second"] > 0 for r in data["transport"])
+    # however the echo server packs them, the load generator counts every token it streamed
+    max_tokens = data["settings"]["transport_max_tokens"]
+    assert all(r["tokens_per_request"] == max_tokens for r in data["transport"])
     assert (out / "ceiling.png").read_bytes()[:8] == PNG
     summary = (out / "SUMMARY.md").read_text()
     assert "## Ceiling" in summary and "![ceiling](ceiling.png)" in summary

@@ -131,10 +131,12 @@ def ceiling_rows(
 
 
 @contextmanager
-def echo_server() -> Iterator[str]:
-    """The bare gRPC transport: `scripts/bench/echo_server.py` on a free port."""
+def echo_server(*, packed: bool = False) -> Iterator[str]:
+    """The bare gRPC transport: `scripts/bench/echo_server.py` on a free port (`packed`: every
+    token after the first in one message)."""
     port = free_port()
     command = [sys.executable, "-m", "scripts.bench.echo_server", "--port", str(port)]
+    command += ["--packed"] if packed else []
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     try:
@@ -146,22 +148,29 @@ def echo_server() -> Iterator[str]:
         process.wait(timeout=10)
 
 
-def transport_rows(ctx: Context, concurrencies: tuple[int, ...]) -> list[dict[str, Any]]:
+TRANSPORTS = {"one token per message": False, "packed": True}  # name -> echo_server(packed=)
+
+
+def transport_rows(
+    ctx: Context, concurrencies: tuple[int, ...], *, packings: tuple[str, ...] = tuple(TRANSPORTS)
+) -> list[dict[str, Any]]:
+    """The bare echo server under the load generator, one row per packing and concurrency."""
     rows = []
-    with echo_server() as target:
-        for concurrency in concurrencies:
-            report = serving.load(
-                target, "autocomplete", concurrency=concurrency,
-                duration=ctx.seconds(5.0, 2.0), warmup=ctx.warmup(),
-            )  # fmt: skip
-            row = {"transport": "grpc.aio echo", "concurrency": concurrency}
-            row |= serving.summary(report)
-            rows.append(row)
-            print(
-                f"  transport c={concurrency:<4} {row['tokens_per_second']:>9,.0f} tokens/s "
-                f"itl p50 {row['itl_p50_ms']:.3f} ms",
-                flush=True,
-            )
+    for packing in packings:
+        with echo_server(packed=TRANSPORTS[packing]) as target:
+            for concurrency in concurrencies:
+                report = serving.load(
+                    target, "autocomplete", concurrency=concurrency,
+                    duration=ctx.seconds(5.0, 2.0), warmup=ctx.warmup(),
+                )  # fmt: skip
+                row = {"transport": "grpc.aio echo", "messages": packing}
+                row |= {"concurrency": concurrency} | serving.summary(report)
+                rows.append(row)
+                print(
+                    f"  transport, {packing}, c={concurrency:<4} {row['tokens_per_second']:>9,.0f}"
+                    f" tokens/s itl p50 {row['itl_p50_ms']:.3f} ms",
+                    flush=True,
+                )
     return rows
 
 
@@ -188,7 +197,9 @@ def run(ctx: Context) -> Result:
         notes=[
             "tokens/s = rows per call / seconds per call; the ceiling is the best variant",
             "the transport rows stream pre-built messages from a bare grpc.aio server: the most "
-            "tokens/s any Python gRPC server can stream on this machine with this generator",
+            "tokens/s any Python gRPC server can stream on this machine with this generator, "
+            "one token per message, or with the first token alone and the other "
+            f"{serving.MAX_TOKENS - 1} in one message (packed: the best any packing can do)",
         ],
     )
 
@@ -203,7 +214,8 @@ def render(data: dict[str, Any]) -> list[str]:
     lines += ["", "The gRPC transport alone (pre-built messages, same load generator):", ""]
     lines += table(
         data.get("transport", []),
-        [("concurrency", "concurrency"), ("tokens_per_second", "tokens/s"),
+        [("messages", "messages"), ("concurrency", "concurrency"),
+         ("tokens_per_second", "tokens/s"),
          ("itl_p50_ms", "ITL p50 ms"), ("itl_p99_ms", "ITL p99 ms"),
          ("generator_cpu_utilization", "generator CPU")],
     )  # fmt: skip
@@ -221,8 +233,8 @@ def plot(data: dict[str, Any], plt: Any) -> Any:
             axis.plot(*zip(*points, strict=True), marker="o", label=f"ORT {variant}")
         for t in data.get("transport", []):
             axis.axhline(t["tokens_per_second"], linestyle="--", color="gray")
-            axis.annotate(f"gRPC echo c={t['concurrency']}", (1, t["tokens_per_second"]),
-                          fontsize=8, color="gray")  # fmt: skip
+            label = f"gRPC echo, {t.get('messages', 'one token per message')}, c={t['concurrency']}"
+            axis.annotate(label, (1, t["tokens_per_second"]), fontsize=8, color="gray")
         axis.set(xscale="log", yscale="log", xlabel="batch (rows per step)", ylabel="tokens/s",
                  title=f"{graph}: raw ONNX Runtime step throughput")  # fmt: skip
         axis.legend(fontsize=8)
