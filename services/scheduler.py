@@ -145,7 +145,9 @@ class Scheduler:
                 return
             if self._short(batch):  # run now, in this turn: no task, no turn to wait for
                 self._run_here(batch)
-                continue
+                if self._queue:  # one such call a turn: the loop is blocked no longer than
+                    self._schedule_kick()  # a hand-off would take, whatever is queued
+                return
             self._in_flight += 1
             task = asyncio.create_task(self._run(batch))
             self._tasks.add(task)
