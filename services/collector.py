@@ -26,19 +26,29 @@ T = TypeVar("T")
 
 
 class Collector(Generic[T]):
-    """Events a producer appended and the consumer has not taken yet."""
+    """Events a producer appended and the consumer has not taken yet.
 
-    def __init__(self, limit: int = 0) -> None:
+    `counts(event)` is false for an event that ends an answer (a final event): the consumer
+    takes everything up to it at once, however few events it waited for.
+    """
+
+    def __init__(self, limit: int = 0, counts: Callable[[T], bool] = lambda _: True) -> None:
         self.limit = limit  # 0: unbounded
+        self.counts = counts
         self.items: list[T] = []
         self.closed = False
         self.error: BaseException | None = None
-        self._ready = asyncio.Event()  # items arrived, or the producer ended
+        self._wanted = 1  # the events the consumer waits for (woken only then: not per event)
+        self._ends = False  # an event that ends an answer is among `items`
+        self._ready = asyncio.Event()  # what the consumer waits for arrived, or the producer ended
         self._room = asyncio.Event()  # the consumer took items
 
     def put(self, item: T) -> None:
         self.items.append(item)
-        self._ready.set()
+        if not self.counts(item):
+            self._ends = True
+        if self._ends or len(self.items) >= self._wanted:
+            self._ready.set()
 
     def full(self) -> bool:
         return 0 < self.limit <= len(self.items)
@@ -55,17 +65,20 @@ class Collector(Generic[T]):
         self._ready.set()
 
     async def take(self, at_least: int = 1, at_most: int = 0) -> list[T]:
-        """At least `at_least` events (fewer once the producer has ended), at most `at_most`
-        (0: all there are); [] when the producer ended and everything was taken.
+        """At least `at_least` events (fewer once an event that ends an answer is there, or the
+        producer has ended), at most `at_most` (0: all there are); [] when the producer ended
+        and everything was taken.
 
         Raises:
             The producer's exception, once the events before it were taken.
         """
-        while len(self.items) < at_least and not self.closed:
+        self._wanted = max(min(at_least, self.limit or at_least), 1)  # no more than fit in it
+        while len(self.items) < self._wanted and not self._ends and not self.closed:
             self._ready.clear()
             await self._ready.wait()
         count = len(self.items) if at_most <= 0 else min(at_most, len(self.items))
         taken, self.items = self.items[:count], self.items[count:]
+        self._ends = not all(map(self.counts, self.items)) if self.items else False
         self._room.set()
         if not taken and self.error is not None:
             raise self.error
@@ -84,10 +97,11 @@ async def collect(
     The first list holds the first event alone; every later one holds everything produced
     since the previous list was taken, and at least `interval` events for which `counts` is true
     (token events), unless it holds an event that ends an answer (one for which `counts` is
-    false) or the stream ended. The task is cancelled when this generator is closed, and with its
-    call (`scope`) even if nobody closes it.
+    false) or the stream ended. The consumer is woken when such a list is there, not at every
+    event. The task is cancelled when this generator is closed, and with its call (`scope`) even
+    if nobody closes it.
     """
-    collector: Collector[T] = Collector(limit)
+    collector: Collector[T] = Collector(limit, counts)
 
     async def produce() -> None:
         try:
@@ -103,12 +117,7 @@ async def collect(
         first = await collector.take(1, 1)
         if first:
             yield first
-        while True:
-            batch = await collector.take(1)
-            if not batch:
-                return
-            while _short(batch, interval, counts) and (collector.items or not collector.closed):
-                batch += await collector.take(1)
+        while batch := await collector.take(interval):
             yield batch
     finally:
         task.cancel()
@@ -118,9 +127,3 @@ async def collect(
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # the consumer itself was cancelled: not the producer's ending to absorb
-
-
-def _short(batch: list[T], interval: int, counts: Callable[[T], bool]) -> bool:
-    """Fewer than `interval` token events, and nothing that ends an answer: wait for more."""
-    tokens = sum(map(counts, batch))
-    return tokens == len(batch) and tokens < interval
