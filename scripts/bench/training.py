@@ -129,17 +129,30 @@ def plain(quick: bool, threads: int = 1) -> dict[str, Any]:
     (0: torch's default), writing its checkpoint every epoch as trainer/cli.py does."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
+    return _timed_run(quick, 0)
+
+
+def _timed_run(quick: bool, workers: int, **loop: Any) -> dict[str, Any]:
+    """`measure_loop` on the scenario's configuration for `workers` workers (0: the plain loop;
+    `loop`: `train_loop`'s DDP arguments), rank 0 writing its checkpoint every epoch as
+    trainer/cli.py does; its timing and the tokens of an epoch."""
     from trainer.cli import save_each_epoch
     from trainer.tasks import get_task
 
-    if threads:
-        torch.set_num_threads(threads)
-    cfg = config(Context(out=Path("."), quick=quick), 0)
+    cfg = config(Context(out=Path("."), quick=quick), workers)
     task = get_task(cfg.task)
     data = task.prepare(cfg)
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
-        timing = measure_loop(task, data, cfg, partial(save_each_epoch, Path(tmp) / "last.pt"))
+        save: Report = partial(save_each_epoch, Path(tmp) / "last.pt")
+        report = save if loop.get("rank", 0) == 0 else _no_report
+        timing = measure_loop(task, data, cfg, report, **loop)
     return timing | {"tokens_per_epoch": sum(len(x) for x in data.train)}
+
+
+def _no_report(_metrics: dict[str, float], _checkpoint: Any) -> None:
+    """What a rank other than 0 does with an epoch's report (only rank 0 checkpoints)."""
 
 
 def run_plain(ctx: Context, threads: int = 1) -> dict[str, Any]:
@@ -164,25 +177,14 @@ def _ddp_worker(rank: int, port: int, quick: bool, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from trainer.cli import save_each_epoch
-    from trainer.tasks import get_task
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORKERS)
     try:
-        cfg = config(Context(out=Path("."), quick=quick), WORKERS)
-        task = get_task(cfg.task)
-        data = task.prepare(cfg)
-        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
-            save: Report = partial(save_each_epoch, Path(tmp) / "last.pt")
-            timing = measure_loop(
-                task, data, cfg, save if rank == 0 else lambda _metrics, _checkpoint: None,
-                wrap_model=DistributedDataParallel, rank=rank, world_size=WORKERS,
-            )  # fmt: skip
+        timing = _timed_run(quick, WORKERS, wrap_model=DistributedDataParallel, rank=rank,
+                            world_size=WORKERS)  # fmt: skip
         if rank == 0:
-            tokens = sum(len(x) for x in data.train)
-            Path(out).write_text(json.dumps(timing | {"tokens_per_epoch": tokens}))
+            Path(out).write_text(json.dumps(timing))
     finally:
         dist.destroy_process_group()
 
