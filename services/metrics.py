@@ -52,6 +52,7 @@ class ServerMetrics:
         self._requests: dict[tuple[tuple[str, ...], str], tuple[Counter, Histogram]] = {}
         self._streams: dict[tuple[str, ...], StreamSeries] = {}
         self._models: dict[tuple[str, ...], ModelSeries] = {}
+        self._failures: dict[tuple[str, str], Counter] = {}
         labels = (*MODEL_LABELS, "rpc")
         self.requests = Counter(
             "recur_requests",
@@ -147,7 +148,12 @@ class ServerMetrics:
         count.inc()
         duration.observe(seconds)
         if code != "OK":
-            self.failures.labels(info.rpc, code.lower()).inc()
+            failures = self._failures.get((info.rpc, code))
+            if failures is None:
+                failures = self._failures[info.rpc, code] = self.failures.labels(
+                    info.rpc, code.lower()
+                )
+            failures.inc()
 
     def series(self, info: CallInfo) -> StreamSeries:
         """The stream metrics' children of a call's labels (its model resolved), made at the
