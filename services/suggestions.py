@@ -78,9 +78,9 @@ async def score(
     """The model's log-probability of each completion and its end after the prefix whose state
     is `state` (one slot) and next-token logits `logits: (V,)`, in one batched step.
 
-    Rows are right-padded, to a multiple of `SCORE_BUCKET` tokens: a row's logits past its own
-    length are never read, and the scheduler batches only steps of the same length, so the
-    scoring steps of concurrent answers share calls.
+    Rows are right-padded, to a multiple of `SCORE_BUCKET` tokens: what a row's padding predicts
+    is never used, and the scheduler batches only steps of the same length, so the scoring steps
+    of concurrent answers share calls.
     """
     if not completions:
         return {}
