@@ -233,6 +233,38 @@ def test_steps_known_to_be_short_run_on_the_loop_with_the_same_results(
     assert all(rt.scheduler.inline_calls == 0 for rt in executor._runtimes.values())
 
 
+def test_short_steps_run_on_the_loop_one_per_turn(registry: ModelRegistry) -> None:
+    """With batching off every stream's step is a batch of its own. Known-short ones run on the
+    loop's thread, but one per turn of the loop: running every queued one at once blocked the
+    loop for all of them (64 calls at 64 streams), holding back every stream's writes."""
+    turn = [0]
+    inline_turns: dict[int, list[int]] = {}  # scheduler -> the turn of each call on the loop
+    seen: dict[int, int] = {}
+
+    def observe(scheduler: Any, role: str, rows: int, seconds: float) -> None:
+        if scheduler.inline_calls > seen.get(id(scheduler), 0):  # this batch ran on the loop
+            inline_turns.setdefault(id(scheduler), []).append(turn[0])
+        seen[id(scheduler)] = scheduler.inline_calls
+
+    cfg = EngineConfig(max_batch_size=1, state_slots=64, prefill_chunk=4, inline_step_ms=10_000.0)
+    engine = Engine(registry, cfg, observe=observe)
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:  # runs once in every turn of the loop
+            turn[0] += 1
+            loop.call_soon(tick)
+
+        tick()
+        await everything(engine)
+
+    asyncio.run(go())
+    assert sum(map(len, inline_turns.values())) > 20, inline_turns
+    for turns in inline_turns.values():
+        assert len(turns) == len(set(turns)), "two calls on the loop in one turn"
+
+
 def test_a_slot_under_a_queued_step_is_not_handed_out_again(registry: ModelRegistry) -> None:
     """A decode-loop step carries many streams' rows. One that leaves while the step waits in
     the queue gets its slot back only once the step has run: the slot is never handed to a new
