@@ -12,6 +12,7 @@ gives the slots back.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -313,15 +314,19 @@ class Engine:
         n = max(params.suggestions, 1)
         query = suggestions.normal_form(model.tokenizer, text)
         indexed, lent = suggestions.candidates(model, query)
-        found = []
-        if suggestions.beam_needed(len(indexed), len(lent), n):
-            found = await self._lm_beam(
-                runtime, state, logits, max(n, model.candidates), params.max_tokens, is_stale
-            )
-        beam = suggestions.from_beam(model, prefix, found)
         texts = [*(text for text, _ in indexed), *(c.completion for c in lent)]
-        unscored = [text for text in texts if text not in beam]
-        scored = await suggestions.score(runtime, state, logits, unscored)
+        if not suggestions.beam_needed(len(indexed), len(lent), n):
+            scored = await suggestions.score(runtime, state, logits, texts)
+            return suggestions.rank(model, query, {}, scored, n, indexed=indexed, lent=lent)
+        async with asyncio.TaskGroup() as group:  # the scoring step rides beside the beam's
+            width = max(n, model.candidates)
+            search = group.create_task(
+                self._lm_beam(runtime, state, logits, width, params.max_tokens, is_stale)
+            )
+            scoring = group.create_task(suggestions.score(runtime, state, logits, texts))
+        beam = suggestions.from_beam(model, prefix, search.result())
+        # a completion the beam found ranks with the beam's log-probability, as it always did
+        scored = {text: c for text, c in scoring.result().items() if text not in beam}
         return suggestions.rank(model, query, beam, scored, n, indexed=indexed, lent=lent)
 
     async def generate(
