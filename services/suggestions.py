@@ -4,8 +4,9 @@ The candidates of a prefix are the popular-query index's most frequent completio
 for a prefix it holds none of, the candidates that popular query endings lend: `popular.py`) and,
 unless the index alone fills the answer, the language model's beam-search completions
 (`manifest.popular.ranking.candidates` of each, as when the weights were fit). The model scores
-every index or lent candidate the beam did not find, by teacher forcing from the prefix's state
-in one batched `lm_step`, so that `popular.rank` weighs every signal for every candidate, as
+every index or lent candidate by teacher forcing from the prefix's state in one batched
+`lm_step` (beside the beam, when one runs; a candidate the beam also found keeps the beam's
+log-probability), so that `popular.rank` weighs every signal for every candidate, as
 recur-train did when it fit the weights (trainer/ranking.py).
 The best candidate's tokens and their log-probabilities are kept, so that `replay` can stream it
 token by token under the request's finish rules.
