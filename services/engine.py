@@ -318,12 +318,15 @@ class Engine:
         if not suggestions.beam_needed(len(indexed), len(lent), n):
             scored = await suggestions.score(runtime, state, logits, texts)
             return suggestions.rank(model, query, {}, scored, n, indexed=indexed, lent=lent)
-        async with asyncio.TaskGroup() as group:  # the scoring step rides beside the beam's
-            width = max(n, model.candidates)
-            search = group.create_task(
-                self._lm_beam(runtime, state, logits, width, params.max_tokens, is_stale)
-            )
-            scoring = group.create_task(suggestions.score(runtime, state, logits, texts))
+        width = max(n, model.candidates)
+        try:
+            async with asyncio.TaskGroup() as group:  # the scoring step rides beside the beam's
+                search = group.create_task(
+                    self._lm_beam(runtime, state, logits, width, params.max_tokens, is_stale)
+                )
+                scoring = group.create_task(suggestions.score(runtime, state, logits, texts))
+        except ExceptionGroup as failed:  # the first failure itself (no free slot, ...), as an
+            raise failed.exceptions[0] from None  # await of one would raise it
         beam = suggestions.from_beam(model, prefix, search.result())
         # a completion the beam found ranks with the beam's log-probability, as it always did
         scored = {text: c for text, c in scoring.result().items() if text not in beam}

@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from services import suggestions
 from services.decoding import SamplingParams
 from services.engine import Engine
+from services.errors import ResourceExhausted
 from services.events import Finished, RunningLabel, TokenEvent
 from services.model import Arrays, ModelRegistry
 from services.requests import CompleteParams, TranslateParams
@@ -263,6 +265,32 @@ def test_short_steps_run_on_the_loop_one_per_turn(registry: ModelRegistry) -> No
     assert sum(map(len, inline_turns.values())) > 20, inline_turns
     for turns in inline_turns.values():
         assert len(turns) == len(set(turns)), "two calls on the loop in one turn"
+
+
+def test_a_ranked_answer_without_slots_for_its_beam_and_scoring_is_refused_as_such(
+    registry: ModelRegistry,
+) -> None:
+    """A ranked answer's beam search and its scoring step hold slots at the same time; when the
+    pool cannot hold both, the answer fails with ResourceExhausted (RESOURCE_EXHAUSTED on the
+    wire, with a retry hint), like any stream that finds no slot, not with an internal error."""
+    lm = registry.resolve("", "autocomplete")
+    assert lm.popular is not None
+    indexed, lent = suggestions.candidates(lm, "new york")
+    assert 0 < len(indexed) + len(lent) < 8, "a prefix whose candidates need a beam beside them"
+    width = max(8, lm.candidates)
+    # the stream's slot and the beam's fit; the scoring step's rows do not
+    engine = Engine(registry, EngineConfig(state_slots=1 + width, prefill_chunk=4))
+    params = CompleteParams(max_tokens=4, suggestions=8)
+    with pytest.raises(ResourceExhausted, match="no free state slot"):
+        asyncio.run(_events(engine, lm, params))
+    roomy = Engine(registry, EngineConfig(state_slots=1 + width + 7, prefill_chunk=4))
+    events = asyncio.run(_events(roomy, lm, params))
+    assert isinstance(events[-1], Finished) and len(events[-1].suggestions) == 8
+
+
+async def _events(engine: Engine, model: Any, params: CompleteParams) -> list[Any]:
+    return [event async for batch in engine.complete(model, "new york", params, arrived=0.0)
+            for event in batch]  # fmt: skip
 
 
 def test_a_slot_under_a_queued_step_is_not_handed_out_again(registry: ModelRegistry) -> None:
