@@ -314,7 +314,7 @@ class Engine:
         n = max(params.suggestions, 1)
         query = suggestions.normal_form(model.tokenizer, text)
         indexed, lent = suggestions.candidates(model, query)
-        texts = [*(text for text, _ in indexed), *(c.completion for c in lent)]
+        texts = [*(completion for completion, _ in indexed), *(c.completion for c in lent)]
         if not suggestions.beam_needed(len(indexed), len(lent), n):
             scored = await suggestions.score(runtime, state, logits, texts)
             return suggestions.rank(model, query, {}, scored, n, indexed=indexed, lent=lent)
@@ -329,7 +329,9 @@ class Engine:
             raise failed.exceptions[0] from None  # await of one would raise it
         beam = suggestions.from_beam(model, prefix, search.result())
         # a completion the beam found ranks with the beam's log-probability, as it always did
-        scored = {text: c for text, c in scoring.result().items() if text not in beam}
+        scored = {
+            completion: c for completion, c in scoring.result().items() if completion not in beam
+        }
         return suggestions.rank(model, query, beam, scored, n, indexed=indexed, lent=lent)
 
     async def generate(
