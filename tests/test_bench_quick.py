@@ -85,6 +85,7 @@ def test_typing_scenario_writes_latencies_and_its_target(tiny_models: Path, tmp_
     for row in rows:
         assert 0 < row["first_p50_ms"] <= row["final_p50_ms"] <= row["final_p99_ms"], row
         assert row["suggestions_min"] == 8, "every final event holds the 8 suggestions"
+        assert 0 < row["open_p50_ms"] <= row["open_max_ms"], row  # openings, kept apart
     assert p99["goal"] == "<= 20 ms" and p99["unit"] == "ms" and not p99["failed"]
     assert p99["value"] == rows[2]["final_p99_ms"]  # ranked, 64 sessions
     assert p99["met"] is (p99["value"] <= 20)
@@ -158,6 +159,23 @@ def test_side_by_side_helpers_alternate_count_errors_and_find_different_tokens()
     (line,) = serving.differences({"a": same, "b": same, "c": other}, "autocomplete")
     assert line.endswith("a [5, 6] vs c [5, 7]")
     assert serving.briefly(["1", "2", "3", "4", "5"]) == ["1", "2", "3", "and 2 more"]
+
+
+def test_typists_start_at_different_points_of_their_queries() -> None:
+    """64 typists that all began at their queries' first character sent 64 one-character
+    prefixes (the costliest keys) within one key's time; each now starts its own way in."""
+    from scripts.bench.keystrokes import WORDS, strokes
+
+    one = strokes(0, 1)
+    assert one[0] == WORDS[0][:1] and one[-1] == WORDS[-1]  # alone: from the start, box cleared
+    assert all(len(a) + 1 == len(b) or len(b) == 1 for a, b in zip(one, one[1:], strict=False))
+    cycles = [strokes(number, 64) for number in range(64)]
+    firsts = [cycle[0] for cycle in cycles]
+    assert sum(len(first) == 1 for first in firsts) <= 64 // 8, firsts  # not all at a 1st char
+    assert len(set(firsts)) > 48, firsts  # nor in step with the others on the same query
+    for number, cycle in enumerate(cycles):  # the same keys as from the start, rotated
+        own = strokes(number, 1)
+        assert sorted(cycle) == sorted(own) and cycle[0] in own
 
 
 def test_server_flags_are_read_from_its_help() -> None:

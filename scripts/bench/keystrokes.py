@@ -14,7 +14,9 @@ forward typing of the longest text is kept too, one latency per length, for the 
 Then the suggestions a user sees (issue 18): `SESSIONS` sessions at once (1, then 64), each a
 typist who types its own queries at `KEY_SECONDS` a key (about 60 words a minute; the next key
 waits for the previous answer if that is slower) and asks for `SUGGESTIONS` suggestions with
-every key. For each keystroke: the time to the first event of its answer (the first token of
+every key. The typists open their sessions first (each holding the text typed before its first
+key; the openings' latency is reported apart), then type, each from its own point of its
+queries, as independent people would (`typists`). For each keystroke: the time to the first event of its answer (the first token of
 the best suggestion) and to the final event, which holds the suggestions; p50 and p99 of each,
 for the ranked suggestions (the bundle's popular-query index and the model's beam) and for the
 model alone (`model_only`). The target is the issue's: p99 to the final event at 64 sessions
@@ -83,36 +85,61 @@ class Typist:
             tokens += 1
 
 
+def strokes(number: int, sessions: int) -> list[str]:
+    """What typist `number` of `sessions` has in the box after each of its keys, one cycle: its
+    own order of the queries (from its own first one), each typed a character at a time, the
+    box cleared before the next; started `number / sessions` of the way through."""
+    queries = [WORDS[(number + i) % len(WORDS)] for i in range(len(WORDS))]
+    cycle = [query[:n] for query in queries for n in range(1, len(query) + 1)]
+    start = number * len(cycle) // sessions
+    return cycle[start:] + cycle[:start]
+
+
 async def typists(
     target: str, sessions: int, keys: int, *, model_only: bool
-) -> list[tuple[float, float, int]]:
+) -> tuple[list[tuple[float, float, int]], list[float]]:
     """`sessions` typists at once, each typing `keys` keys of its own queries at `KEY_SECONDS`
-    a key (and clearing the box after each query); every key's (first event, final event, the
-    final's suggestions)."""
+    a key (and clearing the box after each query): every key's (first event, final event, the
+    final's suggestions), and each session's opening (seconds to the final event).
+
+    Every typist first opens its session holding the text typed before its first key, and only
+    then do they all type. Typist `i` starts `i / sessions` of the way through its cycle of
+    queries, so that at any moment the typists are at different points of their queries, as
+    people typing independently are: started together at the first character, 64 typists sent
+    64 one-character prefixes (the costliest keys: the most index completions, the longest to
+    score) within one key's time, and the typists that shared a query kept pressing its next
+    key together. Opening (a new session and a whole text) is not a keystroke; its latency is
+    returned apart.
+    """
     async with RecurClient(target, timeout=600.0, retry=NO_RETRIES) as client:
 
-        async def one(number: int) -> list[tuple[float, float, int]]:
+        async def open_one(number: int) -> tuple[Typist, list[str], float]:
             session = client.session(
                 max_tokens=SUGGESTION_TOKENS,
                 open_ended=True,
                 num_suggestions=SUGGESTIONS,
                 model_only=model_only,
             )
-            typist = Typist(session)
-            queries = [WORDS[(number + i) % len(WORDS)] for i in range(len(WORDS))]
-            strokes = [q[:n] for q in queries for n in range(1, len(q) + 1)]
+            typist, cycle = Typist(session), strokes(number, sessions)
+            _, opened, _ = await typist.key(cycle[-1])  # the box's text before its first key
+            return typist, cycle, opened
+
+        async def type_keys(number: int, typist: Typist, cycle: list[str]) -> list[Any]:
             found = []
             await asyncio.sleep(KEY_SECONDS * number / sessions)  # typists do not key in step
-            for stroke in (strokes * (keys // len(strokes) + 1))[:keys]:
+            for stroke in (cycle * (keys // len(cycle) + 1))[:keys]:
                 pressed = time.perf_counter()
                 first, final, _ = await typist.key(stroke)
                 found.append((first, final, typist.suggestions))
                 await asyncio.sleep(max(0.0, KEY_SECONDS - (time.perf_counter() - pressed)))
-            await session.close()
+            await typist.session.close()
             return found
 
-        return [k for keys_of_one in await asyncio.gather(*map(one, range(sessions)))
-                for k in keys_of_one]  # fmt: skip
+        opened = await asyncio.gather(*map(open_one, range(sessions)))
+        typed = await asyncio.gather(
+            *(type_keys(n, typist, cycle) for n, (typist, cycle, _) in enumerate(opened))
+        )
+        return [k for keys_of_one in typed for k in keys_of_one], [o for *_, o in opened]
 
 
 async def resend(client: RecurClient, text: str) -> tuple[float, float, int]:
@@ -155,8 +182,10 @@ def run(ctx: Context) -> Result:
         for sessions in SESSIONS:
             for model_only in (False, True):
                 count = keys * 6 if sessions == 1 else keys
-                found = asyncio.run(typists(server.target, sessions, count, model_only=model_only))
-                suggesting.append(_latency_row(sessions, model_only, found))
+                found, opened = asyncio.run(
+                    typists(server.target, sessions, count, model_only=model_only)
+                )
+                suggesting.append(_latency_row(sessions, model_only, found, opened))
     rows = []
     for length in LENGTHS:
         row: dict[str, Any] = {"length": length, "samples": samples}
@@ -213,7 +242,7 @@ def run(ctx: Context) -> Result:
 
 
 def _latency_row(
-    sessions: int, model_only: bool, found: list[tuple[float, float, int]]
+    sessions: int, model_only: bool, found: list[tuple[float, float, int]], opened: list[float]
 ) -> dict[str, Any]:
     first, final, counts = zip(*found, strict=True)
     row = {
@@ -225,11 +254,14 @@ def _latency_row(
         "final_p50_ms": statistics.median(final) * 1e3,
         "final_p99_ms": _quantile(list(final), 0.99) * 1e3,
         "suggestions_min": min(counts),
+        "open_p50_ms": statistics.median(opened) * 1e3,
+        "open_max_ms": max(opened) * 1e3,
     }
     way = "model alone" if model_only else "ranked"
     print(f"  {sessions:>3} sessions, {way:<11}: key to first event p50 {row['first_p50_ms']:6.2f} "
           f"p99 {row['first_p99_ms']:6.2f} ms; to final ({SUGGESTIONS} suggestions) p50 "
-          f"{row['final_p50_ms']:6.2f} p99 {row['final_p99_ms']:6.2f} ms ({len(found)} keys)",
+          f"{row['final_p50_ms']:6.2f} p99 {row['final_p99_ms']:6.2f} ms ({len(found)} keys; "
+          f"opening a session: p50 {row['open_p50_ms']:.1f}, max {row['open_max_ms']:.1f} ms)",
           flush=True)  # fmt: skip
     return row
 
@@ -254,7 +286,8 @@ def render(data: dict[str, Any]) -> list[str]:
         [("sessions", "sessions"), ("answer", "suggestions"),
          ("first_p50_ms", "first event p50 ms"), ("first_p99_ms", "p99 ms"),
          ("final_p50_ms", "final (suggestions) p50 ms"), ("final_p99_ms", "p99 ms"),
-         ("keys", "keystrokes")],
+         ("keys", "keystrokes"), ("open_p50_ms", "opening a session p50 ms"),
+         ("open_max_ms", "max ms")],
     )  # fmt: skip
     return [*suggesting, "", *table(
         data["rows"],
