@@ -271,6 +271,52 @@ def test_short_steps_run_on_the_loop_one_per_turn(registry: ModelRegistry) -> No
         assert len(turns) == len(set(turns)), "two calls on the loop in one turn"
 
 
+def test_short_steps_run_on_the_loop_only_when_no_other_step_waits(
+    registry: ModelRegistry,
+) -> None:
+    """While other steps wait, a known-short one goes to the executor, so that ONNX Runtime
+    runs beside the loop's Python: run on the loop under load, such steps held back every other
+    stream (at 64 completion streams the time to first token went from 20 to 190 ms)."""
+    waiting_at_inline: list[int] = []
+    seen: dict[int, int] = {}
+    calls = [0]
+
+    def observe(scheduler: Any, role: str, rows: int, seconds: float) -> None:
+        calls[0] += 1
+        if scheduler.inline_calls > seen.get(id(scheduler), 0):  # this batch ran on the loop
+            waiting_at_inline.append(scheduler.waiting)  # as when it was chosen: it ran at once
+        seen[id(scheduler)] = scheduler.inline_calls
+
+    cfg = EngineConfig(max_batch_size=1, state_slots=64, prefill_chunk=4, inline_step_ms=10_000.0)
+    asyncio.run(everything(Engine(registry, cfg, observe=observe)))
+    assert waiting_at_inline, "some steps ran on the loop"
+    assert set(waiting_at_inline) == {0}, waiting_at_inline
+    assert len(waiting_at_inline) < calls[0] / 2, "with batching off, most steps had company"
+
+
+def test_a_step_s_wait_for_an_executor_thread_is_not_counted_as_its_cost(
+    registry: ModelRegistry,
+) -> None:
+    """A step queued behind a long call waited for the thread, not for the model: timed from
+    the loop, that wait made it look long, and every step of its size stayed off the loop."""
+    lm = registry.resolve("", "autocomplete")
+    cfg = EngineConfig(executor_workers=1, state_slots=4, inline_step_ms=50.0)
+    engine = Engine(registry, cfg)
+    runtime = engine.runtime(lm)
+
+    async def two_steps() -> None:
+        with runtime.lease() as slots:
+            feeds = {"tokens": np.array([[lm.bos_id]], dtype=np.int64)}
+            engine.executor.submit(time.sleep, 0.3)  # the only thread is busy for 300 ms
+            started = time.perf_counter()
+            await runtime.step("lm_step", slots, feeds)  # the first of its size: in the executor
+            assert time.perf_counter() - started > 0.25, "it waited for the thread"
+            await runtime.step("lm_step", slots, feeds)
+
+    asyncio.run(two_steps())
+    assert runtime.scheduler.inline_calls == 1, "the second, known to be short, ran on the loop"
+
+
 def test_a_ranked_answer_without_slots_for_its_beam_and_scoring_is_refused_as_such(
     registry: ModelRegistry,
 ) -> None:
