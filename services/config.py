@@ -45,9 +45,10 @@ class ServeConfig:
                                "beam search one per beam)", min=1)
     prefill_chunk: int = setting(32, "longest piece of a prompt read in one model step", min=1)
     inline_step_ms: float = setting(0.3, "run a model step on the event-loop thread, skipping "
-                                    "two thread hand-offs, when no other step waits and that "
-                                    "graph's recent steps of that batch size averaged less than "
-                                    "this many milliseconds (0: never)", min=0)
+                                    "two thread hand-offs, when that graph's recent steps of that "
+                                    "batch size averaged less than this many milliseconds and "
+                                    "no other step waits, or less than a hand-off (0.1 ms) "
+                                    "whatever waits (0: never)", min=0)
     max_beam_size: int = setting(8, "largest accepted beam_size / num_suggestions of a request",
                                  min=1)
     session_ttl_seconds: float = setting(300.0, "an autocomplete session with no client message "

@@ -15,15 +15,16 @@ with everyone else's decode steps instead of stalling them.
 The next batch is formed one event-loop turn after a request arrives, so the streams woken by the
 previous batch have all queued their next step by then and ride together.
 
-A step that is known to be short (recent calls of its graph and shape at about this batch size,
-timed in the thread that ran them, averaged under `inline_step_ms` milliseconds) runs on the
-event-loop thread itself when no other request waits, in the turn that forms its batch (no
-task, so its streams resume one loop turn sooner): two thread hand-offs cost more than such a
-call, and the loop is blocked no longer than a hand-off would have taken. While others wait,
-the executor runs it, so that ONNX Runtime works beside the loop's Python instead of in its
-turn (run on the loop under load, such steps held back the other streams: at 64 completion
-streams the time to first token went from about 20 ms to 190 ms). Every other step, and the
-first of each graph, shape and size, runs in the executor.
+A step that is known to be short runs on the event-loop thread itself, in the turn that forms
+its batch (no task, so its streams resume one loop turn sooner), at most one such call a turn.
+Known to be short: recent calls of its graph and shape at about this batch size, timed in the
+thread that ran them, averaged under `inline_step_ms` milliseconds while no other request
+waits (two thread hand-offs then cost more than the call, and the loop has nothing else to
+do), or under a hand-off's own cost (`HANDOFF_SECONDS`) whatever waits. While others wait, a
+longer step goes to the executor, so that ONNX Runtime works beside the loop's Python instead
+of in its turn (run on the loop under load, steps of 0.1-0.3 ms held back the other streams: at
+64 completion streams the time to first token went from about 20 ms to 190 ms). Every other
+step, and the first of each graph, shape and size, runs in the executor.
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ class Scheduler:
         max_batch_size: Most rows in one call; 1 turns batching off.
         executor_workers: Most batches in flight at once: one per thread of the executor.
         observe: Called after every batch with its role, rows and duration.
-        inline_step_ms: Run a step on the loop's thread when no other request waits and its
-            graph's recent calls at this batch size (rounded to a power of two) averaged less
-            than this many milliseconds; 0: never.
+        inline_step_ms: Run a step on the loop's thread when its graph's recent calls at this
+            batch size (rounded to a power of two) averaged less than this many milliseconds
+            and no other request waits (or less than `HANDOFF_SECONDS`, whatever waits); 0:
+            never.
     """
 
     def __init__(
@@ -147,8 +149,10 @@ class Scheduler:
             batch = self._take()
             if not batch:
                 return
-            if self._short(batch) and not self._queue:  # the last one waiting: run it now,
-                self._run_here(batch)  # in this turn (no task, no turn to wait for)
+            if self._runs_here(batch):  # now, in this turn: no task, no turn to wait for
+                self._run_here(batch)
+                if self._queue:  # one such call a turn: the loop is blocked no longer than
+                    self._schedule_kick()  # a hand-off would take, whatever is queued
                 return
             self._in_flight += 1
             task = asyncio.create_task(self._run(batch))
@@ -209,11 +213,16 @@ class Scheduler:
             self.pool.unpin(slots)
         self._landed(batch, slots, outputs, started)
 
-    def _short(self, batch: list[_Request]) -> bool:
-        """Whether recent calls of this graph and shape at about this many rows averaged less
-        than `inline_step_ms` (the first call of each runs in the executor)."""
+    def _runs_here(self, batch: list[_Request]) -> bool:
+        """Whether `batch` runs on the loop's thread: recent calls of its graph and shape at
+        about this many rows averaged less than a thread hand-off (`HANDOFF_SECONDS`), or less
+        than `inline_step_ms` while no other request waits (the first call of each runs in the
+        executor; `inline_step_ms` 0: none runs on the loop)."""
         mean = self._cost.get(_size(batch))
-        return mean is not None and mean * 1000 < self.inline_step_ms
+        if mean is None or not self.inline_step_ms:
+            return False
+        limit = self.inline_step_ms / 1000 if not self._queue else HANDOFF_SECONDS
+        return mean < min(limit, self.inline_step_ms / 1000)
 
     def _timed(self, role: str, feeds: Arrays) -> tuple[Arrays, float]:
         """`model.run`, and the seconds the call itself took, timed in the thread that runs it:
@@ -295,6 +304,10 @@ class Scheduler:
 
 
 _PADDED = ("batch", "source")
+# About what a step's trip through the executor costs on this 2-core machine: 93 µs from
+# `run_in_executor` to the awaiting coroutine for a call that does nothing, 50 µs of it the
+# loop's own CPU. A step that takes less is cheaper run on the loop, however busy.
+HANDOFF_SECONDS = 0.0001
 
 
 def _size(batch: list[_Request]) -> tuple[object, int]:
