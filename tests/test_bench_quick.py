@@ -6,6 +6,7 @@ short loads (`--duration`); only the shape of what is written is checked, never 
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -168,7 +169,7 @@ def test_typists_start_at_different_points_of_their_queries() -> None:
 
     one = strokes(0, 1)
     assert one[0] == WORDS[0][:1] and one[-1] == WORDS[-1]  # alone: from the start, box cleared
-    assert all(len(a) + 1 == len(b) or len(b) == 1 for a, b in zip(one, one[1:], strict=False))
+    assert all(len(a) + 1 == len(b) or len(b) == 1 for a, b in itertools.pairwise(one))
     cycles = [strokes(number, 64) for number in range(64)]
     firsts = [cycle[0] for cycle in cycles]
     assert sum(len(first) == 1 for first in firsts) <= 64 // 8, firsts  # not all at a 1st char

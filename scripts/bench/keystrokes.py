@@ -16,8 +16,9 @@ typist who types its own queries at `KEY_SECONDS` a key (about 60 words a minute
 waits for the previous answer if that is slower) and asks for `SUGGESTIONS` suggestions with
 every key. The typists open their sessions first (each holding the text typed before its first
 key; the openings' latency is reported apart), then type, each from its own point of its
-queries, as independent people would (`typists`). For each keystroke: the time to the first event of its answer (the first token of
-the best suggestion) and to the final event, which holds the suggestions; p50 and p99 of each,
+queries, as independent people would (`typists`). For each keystroke: the time to the first
+event of its answer (the first token of the best suggestion) and to the final event, which
+holds the suggestions; p50 and p99 of each,
 for the ranked suggestions (the bundle's popular-query index and the model's beam) and for the
 model alone (`model_only`). The target is the issue's: p99 to the final event at 64 sessions
 <= 20 ms. Client and server share this machine's cores.
