@@ -219,10 +219,12 @@ class Scheduler:
         than `inline_step_ms` while no other request waits (the first call of each runs in the
         executor; `inline_step_ms` 0: none runs on the loop)."""
         mean = self._cost.get(_size(batch))
-        if mean is None or not self.inline_step_ms:
+        if mean is None:
             return False
-        limit = self.inline_step_ms / 1000 if not self._queue else HANDOFF_SECONDS
-        return mean < min(limit, self.inline_step_ms / 1000)
+        limit = self.inline_step_ms / 1000
+        if self._queue:  # others wait: only a step cheaper than handing it off
+            limit = min(limit, HANDOFF_SECONDS)
+        return mean < limit
 
     def _timed(self, role: str, feeds: Arrays) -> tuple[Arrays, float]:
         """`model.run`, and the seconds the call itself took, timed in the thread that runs it:

@@ -125,7 +125,9 @@ async def typists(
             _, opened, _ = await typist.key(cycle[-1])  # the box's text before its first key
             return typist, cycle, opened
 
-        async def type_keys(number: int, typist: Typist, cycle: list[str]) -> list[Any]:
+        async def type_keys(
+            number: int, typist: Typist, cycle: list[str]
+        ) -> list[tuple[float, float, int]]:
             found = []
             await asyncio.sleep(KEY_SECONDS * number / sessions)  # typists do not key in step
             for stroke in (cycle * (keys // len(cycle) + 1))[:keys]:
