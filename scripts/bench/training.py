@@ -185,8 +185,10 @@ def _ddp_worker(rank: int, port: int, quick: bool, out: str) -> None:
                             world_size=WORKERS)  # fmt: skip
         if rank == 0:
             Path(out).write_text(json.dumps(timing))
-        dist.barrier()  # both done with the group before either tears gloo down: a rank that
-    finally:  # left first now and then died at exit (SIGABRT; tests/trainer/test_ddp.py)
+        # Both done with the group before either tears gloo down: a rank that left first now
+        # and then died at exit (SIGABRT; tests/trainer/test_ddp.py's `finish`).
+        dist.barrier()
+    finally:
         dist.destroy_process_group()
 
 
