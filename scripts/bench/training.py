@@ -185,11 +185,15 @@ def _ddp_worker(rank: int, port: int, quick: bool, out: str) -> None:
                             world_size=WORKERS)  # fmt: skip
         if rank == 0:
             Path(out).write_text(json.dumps(timing))
-        # Both done with the group before either tears gloo down: a rank that left first now
-        # and then died at exit (SIGABRT; tests/trainer/test_ddp.py's `finish`).
+        # Both done with the group before either tears gloo down, and no interpreter teardown
+        # after it: either now and then aborted a rank at exit (tests/trainer/test_ddp.py's
+        # `finish`).
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ddp(ctx: Context) -> dict[str, Any]:

@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +52,18 @@ def init(rank: int, port: int) -> None:
 
 
 def finish() -> None:
-    """Leave the process group once every rank is done with it. A rank that tore gloo down
-    while the other still used the group (rank 0 writing its output) now and then died at
-    exit, after its last line of Python: "terminate called without an active exception",
-    SIGABRT (2 runs in 8, and in both tests, on this machine on 2026-12-05; none in 24 since)."""
+    """Leave the process group once every rank is done with it, then exit without the
+    interpreter's teardown. DDP's reducer still holds the gloo group after
+    `destroy_process_group`, and freeing it while the interpreter shuts down now and then
+    aborted a rank after its last line of Python: "terminate called without an active
+    exception", SIGABRT (2 runs in 8 here on 2026-12-05; with the barrier alone, once more in
+    a full CI run; pytorch/pytorch#179291 describes the cause). `os._exit(0)` skips that
+    teardown; whatever the rank wrote is already closed."""
     dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def language_model() -> LanguageModel:
