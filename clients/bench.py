@@ -106,6 +106,15 @@ class BenchConfig:
         }
 
 
+def tokens_in(event: Any) -> int:
+    """How many tokens a response message carries: 1 for a `token` event, n for a `tokens`
+    event (n tokens packed into one message), 0 for the final event."""
+    kind = event.WhichOneof("event")
+    if kind == "tokens":
+        return len(event.tokens.tokens)
+    return int(kind == "token")
+
+
 class _Plan:
     """Decides, for each request about to start, whether it is warm-up, measured, or not sent."""
 
@@ -149,34 +158,38 @@ class _Worker:
     async def one(self, *, measured: bool, scheduled: float | None) -> None:
         """Sends one request and records its latencies (from `scheduled`, if given) and code."""
         start = time.perf_counter()
-        first, tokens, events, code = math.nan, array("d"), 0, "OK"
+        first, messages, tokens, events, code = math.nan, array("d"), 0, 0, "OK"
         try:
             async for event in self.events(self.rng.choice(self.config.payloads)):
                 now = time.perf_counter()
                 events += 1
                 first = now if events == 1 else first
-                if event.HasField("token"):
-                    tokens.append(now)
+                carried = tokens_in(event)
+                if carried:
+                    tokens += carried
+                    messages.append(now)
         except RecurError as error:
             code = error.code.name
         end = time.perf_counter()
-        self._count(tokens=len(tokens), failed=code != "OK")
+        self._count(tokens=tokens, failed=code != "OK")
         if not measured:
             self.samples.warmup_requests += 1
             return
         samples, origin = self.samples, start if scheduled is None else scheduled
         samples.codes[code] += 1
-        samples.tokens += len(tokens)
+        samples.tokens += tokens
         samples.events += events
         if code == "OK":
             samples.ttft.append(first - origin)
             samples.e2e.append(end - origin)
-            samples.itl.extend(later - earlier for earlier, later in itertools.pairwise(tokens))
+            samples.itl.extend(later - earlier for earlier, later in itertools.pairwise(messages))
+            if tokens > 1:
+                samples.tpot.append((messages[-1] - messages[0]) / (tokens - 1))
         if scheduled is not None:
             samples.lag.append(start - scheduled)
         bucket = samples.timeline.setdefault(int(end - self.plan.measure_from), [0, 0])
         bucket[0] += 1
-        bucket[1] += len(tokens)
+        bucket[1] += tokens
 
     def _count(self, *, tokens: int, failed: bool) -> None:
         """Updates the counters that the progress line reads (from another thread or process)."""
@@ -221,7 +234,9 @@ class _Worker:
 
 async def run_process(config: BenchConfig, *, counters: Counters, slot: int) -> Samples:
     """Runs `config` in this process on its own channel; `slot` is its index in `counters`."""
-    client = RecurClient.for_connection(config.connection, timeout=config.timeout, retry=NO_RETRIES)
+    client = RecurClient.for_connection(
+        config.connection, timeout=config.timeout, retry=NO_RETRIES, as_sent=True
+    )
     async with client:
         worker = _Worker(config, client, counters, slot)
         cpu = asyncio.create_task(worker.measure_cpu())

@@ -24,13 +24,19 @@ SATURATED_UTILIZATION = 0.8  # of one core: past this, the generator may be what
 class Samples:
     """The measurements of one load-generating process, or of several merged.
 
-    Latencies are in seconds. `timeline` maps each second since the measured phase began to
-    [requests finished, tokens received] in it. `cpu_seconds` and `wall_seconds` hold one entry per
-    process: its CPU time and wall time over the measured phase (warm-up excluded).
+    Latencies are in seconds. `itl` holds the gaps between consecutive messages that carry
+    tokens, as vLLM's benchmark counts per chunk: tokens packed into one message arrive together,
+    so a gap per token would count zeros that no reader sees. `tpot` holds each request's time per
+    output token after its first (from the first token's message to the last's, over the tokens
+    after the first), which no packing changes. `timeline` maps each second since the measured
+    phase began to [requests finished, tokens received] in it. `cpu_seconds` and `wall_seconds`
+    hold one entry per process: its CPU time and wall time over the measured phase (warm-up
+    excluded).
     """
 
     ttft: array[float] = field(default_factory=lambda: array("d"))
     itl: array[float] = field(default_factory=lambda: array("d"))
+    tpot: array[float] = field(default_factory=lambda: array("d"))
     e2e: array[float] = field(default_factory=lambda: array("d"))
     lag: array[float] = field(default_factory=lambda: array("d"))
     codes: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -51,6 +57,7 @@ class Samples:
         for mine, theirs in (
             (self.ttft, other.ttft),
             (self.itl, other.itl),
+            (self.tpot, other.tpot),
             (self.e2e, other.e2e),
             (self.lag, other.lag),
         ):
@@ -129,6 +136,7 @@ def build(samples: Samples, *, config: dict[str, Any]) -> dict[str, Any]:
         "latency_ms": {
             "ttft": distribution_ms(samples.ttft),
             "inter_token": distribution_ms(samples.itl),
+            "time_per_token": distribution_ms(samples.tpot),
             "end_to_end": distribution_ms(samples.e2e),
         },
         "timeline": [

@@ -149,6 +149,7 @@ async def stream_call(
     policy: RetryPolicy,
     timeout: float,
     rng: random.Random,
+    as_sent: bool = False,
 ) -> AsyncIterator[_Response]:
     """Yields the responses of a server-streaming call, retrying it until its first response.
 
@@ -157,6 +158,8 @@ async def stream_call(
         policy: The retry policy.
         timeout: The deadline of the whole call, all attempts included, in seconds.
         rng: The source of the backoff jitter.
+        as_sent: Yield each response as it came; by default one carrying several tokens is
+            yielded as one response per token (`one_per_token`).
 
     Raises:
         RecurError: The call failed and no retry was due (or it failed after its first response).
@@ -168,7 +171,7 @@ async def stream_call(
         try:
             async for response in call:
                 produced = True
-                for event in one_per_token(response):
+                for event in [response] if as_sent else one_per_token(response):
                     yield event
             return
         except aio.AioRpcError as error:

@@ -7,7 +7,8 @@
 
 Events. Every streaming method yields the generated response messages of `inference.proto`, typed:
 each holds a `oneof event` (`event.WhichOneof("event")`), zero or more `token` events then exactly
-one `final` event, which is always the last.
+one `final` event, which is always the last. (With `RecurClient(as_sent=True)`, the messages as
+sent: a `tokens` event holds several consecutive tokens.)
 
 | method       | yields (alias)                        | `token`          | `final`          |
 |--------------|---------------------------------------|------------------|------------------|
@@ -77,12 +78,14 @@ class Session:
         max_tokens: int,
         num_suggestions: int = 0,
         model_only: bool = False,
+        as_sent: bool = False,
     ) -> None:
         self._call = call
         self._model = model
         self._max_tokens = max_tokens
         self._num_suggestions = num_suggestions
         self._model_only = model_only
+        self._as_sent = as_sent
         self._status: RecurError | None = None  # the server's status, once the call ends
         self._pending: list[inference_pb2.SessionResponse] = []  # the rest of a packed message
         call.add_done_callback(self._ended)
@@ -110,7 +113,7 @@ class Session:
         with self._errors():
             response = await self._call.read()
         if isinstance(response, inference_pb2.SessionResponse):
-            self._pending = one_per_token(response)
+            self._pending = [response] if self._as_sent else one_per_token(response)
             return self._pending.pop(0)
         raise StopAsyncIteration
 
@@ -168,6 +171,7 @@ class RecurClient:
         client_key: str | Path | None = None,
         token: str | None = None,
         retry: RetryPolicy | None = None,
+        as_sent: bool = False,
     ) -> None:
         """Creates a client; the channel opens in `async with`.
 
@@ -182,6 +186,11 @@ class RecurClient:
             client_key: PEM private key of `client_cert`.
             token: Bearer token, sent with every call as `authorization: Bearer <token>`.
             retry: When to retry (default `RetryPolicy()`; `RetryPolicy(max_attempts=1)`: never).
+            as_sent: Yield the response messages as the server sent them: one that carries
+                several tokens (the server packs what a stream produced while its previous
+                message was being written) is one event whose `tokens` field holds them. A load
+                generator uses it to time the gaps between messages. By default every token is
+                an event of its own, whatever the packing.
 
         Raises:
             ValueError: Only one of `client_cert` and `client_key` was given.
@@ -197,13 +206,19 @@ class RecurClient:
         self.target = target
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        self.as_sent = as_sent
         self._metadata = self.connection.metadata()
         self._rng = random.Random()
         self._channel: aio.Channel | None = None
 
     @classmethod
     def for_connection(
-        cls, connection: Connection, *, timeout: float = 30.0, retry: RetryPolicy | None = None
+        cls,
+        connection: Connection,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        as_sent: bool = False,
     ) -> RecurClient:
         """A client of the server `connection` describes."""
         return cls(
@@ -215,6 +230,7 @@ class RecurClient:
             client_key=connection.client_key,
             token=connection.token,
             retry=retry,
+            as_sent=as_sent,
         )
 
     async def __aenter__(self) -> Self:
@@ -353,6 +369,7 @@ class RecurClient:
             max_tokens=max_tokens,
             num_suggestions=num_suggestions,
             model_only=model_only,
+            as_sent=self.as_sent,
         )
 
     async def list_models(self) -> inference_pb2.ListModelsResponse:
@@ -399,6 +416,7 @@ class RecurClient:
             policy=self.retry,
             timeout=self.timeout,
             rng=self._rng,
+            as_sent=self.as_sent,
         )
 
     def _open_channel(self) -> aio.Channel:

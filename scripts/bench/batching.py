@@ -208,7 +208,7 @@ def render(data: dict[str, Any]) -> list[str]:
         [("task", "task"), ("batching", "batching"), ("concurrency", "concurrency"),
          ("tokens_per_second", "tokens/s"), ("tokens_per_request", "tokens/req"),
          ("ttft_p50_ms", "TTFT p50 ms"), ("ttft_p99_ms", "TTFT p99 ms"),
-         ("itl_p50_ms", "ITL p50 ms"), ("itl_p99_ms", "ITL p99 ms"),
+         ("itl_p50_ms", "ITL p50 ms"), ("itl_p99_ms", "ITL p99 ms"), ("tpot_p50_ms", "TPOT p50 ms"),
          ("generator_cpu_utilization", "generator CPU")],
     )  # fmt: skip
     return lines + render_profiles(data)

@@ -128,6 +128,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "ttft_p99_ms": latency["ttft"]["p99"],
         "itl_p50_ms": latency["inter_token"]["p50"],
         "itl_p99_ms": latency["inter_token"]["p99"],
+        "tpot_p50_ms": latency["time_per_token"]["p50"],
         "e2e_p50_ms": latency["end_to_end"]["p50"],
         "requests": requests["measured"],
         "errors": requests["errors"],

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -107,10 +108,38 @@ def test_closed_loop_counts_exactly_the_requested_requests(
     assert report["throughput"]["tokens"] == 80, "max-tokens 2 reaches the server"
     latency = report["latency_ms"]
     assert latency["ttft"]["count"] == latency["end_to_end"]["count"] == 40
-    assert latency["inter_token"]["count"] == 40
+    assert latency["inter_token"]["count"] == latency["time_per_token"]["count"] == 40
     assert 0 < latency["ttft"]["p50"] <= latency["end_to_end"]["p50"]
     assert report["generator"]["cpu_us_per_event"] > 0
     assert sum(point["requests"] for point in report["timeline"]) == 40
+
+
+@pytest.mark.parametrize(("packed", "gaps"), [(False, 4), (True, 1)])
+def test_inter_token_latency_counts_gaps_between_messages_not_tokens(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, packed: bool, gaps: int
+) -> None:
+    """Five tokens a request: five messages (four gaps), or the first alone and the other
+    four in one message (one gap); every token counts, and so does the time per token."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "scripts.bench.echo_server", "--port", str(port)]
+    server = subprocess.Popen([*command, *(["--packed"] if packed else [])], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        report = bench(
+            capsys, tmp_path, "--target", f"127.0.0.1:{port}", "--task", "autocomplete",
+            "--requests", "10", "--concurrency", "2", "--warmup", "0", "--max-tokens", "5",
+        )  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert report["throughput"]["tokens"] == 50
+    latency = report["latency_ms"]
+    assert latency["inter_token"]["count"] == 10 * gaps
+    assert latency["time_per_token"]["count"] == 10
+    assert 0 < latency["time_per_token"]["p50"] <= latency["end_to_end"]["p50"]
 
 
 def test_open_loop_reports_errors_by_code_and_schedule_lag(
