@@ -52,7 +52,13 @@ class Sampler:
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
-        self.rng = np.random.default_rng(params.seed)
+        self._rng: np.random.Generator | None = None  # made at the first draw: greedy never does
+
+    @property
+    def rng(self) -> np.random.Generator:
+        if self._rng is None:  # seeding from the OS costs tens of µs, per stream
+            self._rng = np.random.default_rng(self.params.seed)
+        return self._rng
 
     def choose(self, logits: np.ndarray) -> tuple[int, float]:
         """`logits: (V,)` -> (token, log p(token)) with p the model's unscaled distribution."""
