@@ -159,9 +159,10 @@ def test_pooling_by_hand() -> None:
 
 
 @pytest.mark.parametrize("pooling", ["mean", "max"])
-def test_pooled_sentiment_trains(pooling: str, tmp_path: Path) -> None:
-    cfg = TrainConfig(task="sentiment", pooling=pooling, embed_dim=16, hidden_size=16,
-                      max_train_examples=64, lr=1e-2)  # fmt: skip
+@pytest.mark.parametrize("prefix_loss", ["none", "linear"])  # the label only; every prefix
+def test_pooled_sentiment_trains(pooling: str, prefix_loss: str) -> None:
+    cfg = TrainConfig(task="sentiment", pooling=pooling, prefix_loss=prefix_loss, embed_dim=16,
+                      hidden_size=16, max_train_examples=64, lr=1e-2)  # fmt: skip
     task = get_task("sentiment")
     data = task.prepare(cfg)
     torch.manual_seed(0)

@@ -54,29 +54,6 @@ def test_linear_prefix_weights_by_hand() -> None:
     assert got.tolist() == pytest.approx([1.5 + 14 / 12, 4.0])
 
 
-@pytest.mark.parametrize(
-    ("prefix_loss", "reason"),
-    [("none", "the whole text's label only"), ("linear", "every prefix, weighted")],
-)
-def test_prefix_losses_train(prefix_loss: str, reason: str) -> None:
-    cfg = TrainConfig(task="sentiment", pooling="mean", prefix_loss=prefix_loss, embed_dim=16,
-                      hidden_size=16, max_train_examples=64, lr=1e-2)  # fmt: skip
-    task = get_task("sentiment")
-    data = task.prepare(cfg)
-    torch.manual_seed(0)
-    model = task.build_model(cfg, data.tokenizer.get_vocab_size())
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    batch = task.collate(data.train[:32])
-    losses = []
-    for _ in range(25):
-        optimizer.zero_grad()
-        loss, _ = task.loss(model, batch)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0], (reason, losses)
-
-
 def test_prefix_loss_none_is_the_final_labels_cross_entropy() -> None:
     cfg = TrainConfig(task="sentiment", prefix_loss="none", embed_dim=8, hidden_size=8,
                       max_train_examples=16)  # fmt: skip
