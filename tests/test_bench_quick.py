@@ -83,6 +83,7 @@ def test_typing_scenario_writes_latencies_and_its_target(tiny_models: Path, tmp_
         (1, False), (1, True), (64, False), (64, True)
     ]  # fmt: skip
     assert [r["keys"] for r in rows] == [60, 60, 640, 640]
+    assert [r["round"] for r in rows] == [1, 1, 1, 1]  # a full run types 3 rounds of 64 ranked
     for row in rows:
         assert 0 < row["first_p50_ms"] <= row["final_p50_ms"] <= row["final_p99_ms"], row
         assert row["suggestions_min"] == 8, "every final event holds the 8 suggestions"

@@ -44,6 +44,9 @@ SESSIONS = (1, 64)
 SUGGESTIONS = 8
 KEY_SECONDS = 0.2  # a typist's pace: one key every 200 ms
 TARGET_P99_MS = 20.0  # keystroke to the final event with the suggestions, at 64 sessions
+# Rounds of the 64 ranked typists in a full run; the target is the median of their p99s (one
+# run's p99 of the same code moved between about 20 and 55 ms: docs/suggestions.md).
+ROUNDS = 3
 WORDS = (
     "weather in paris", "how to cook rice", "best phone deals", "new york times",
     "translate hello to french", "paris restaurants open now", "cheap flights to rome",
@@ -185,10 +188,13 @@ def run(ctx: Context) -> Result:
         for sessions in SESSIONS:
             for model_only in (False, True):
                 count = keys * 6 if sessions == 1 else keys
-                found, opened = asyncio.run(
-                    typists(server.target, sessions, count, model_only=model_only)
-                )
-                suggesting.append(_latency_row(sessions, model_only, found, opened))
+                targeted = sessions == max(SESSIONS) and not model_only and not ctx.quick
+                for round_ in range(ROUNDS if targeted else 1):
+                    found, opened = asyncio.run(
+                        typists(server.target, sessions, count, model_only=model_only)
+                    )
+                    row = _latency_row(sessions, model_only, found, opened)
+                    suggesting.append({**row, "round": round_ + 1})
     rows = []
     for length in LENGTHS:
         row: dict[str, Any] = {"length": length, "samples": samples}
@@ -205,7 +211,8 @@ def run(ctx: Context) -> Result:
               f"{row['session_tokens']:.1f} tokens)", flush=True)  # fmt: skip
     first, last = rows[0], rows[-1]
     growth = ratio(last["complete_ms"], first["complete_ms"]) or 0.0
-    busiest = next(r for r in suggesting if r["sessions"] == max(SESSIONS) and not r["model_only"])
+    busiest = [r for r in suggesting if r["sessions"] == max(SESSIONS) and not r["model_only"]]
+    p99s = [r["final_p99_ms"] for r in busiest]
     short = [r for r in suggesting if r["suggestions_min"] < SUGGESTIONS]
     targets = [
         Target(
@@ -216,10 +223,12 @@ def run(ctx: Context) -> Result:
         ),
         Target(
             f"ranked suggestions: keystroke to final event p99 at {max(SESSIONS)} sessions",
-            f"<= {TARGET_P99_MS:g} ms", busiest["final_p99_ms"], TARGET_P99_MS,
+            f"<= {TARGET_P99_MS:g} ms", statistics.median(p99s), TARGET_P99_MS,
             higher_is_better=False, unit="ms",
-            detail=f"p50 {busiest['final_p50_ms']:.1f} ms; first event p99 "
-                   f"{busiest['first_p99_ms']:.1f} ms, p50 {busiest['first_p50_ms']:.1f} ms",
+            detail=f"median of {len(p99s)} rounds' p99 "
+                   f"({', '.join(f'{v:.1f}' for v in p99s)} ms); p50 "
+                   f"{statistics.median(r['final_p50_ms'] for r in busiest):.1f} ms; first event "
+                   f"p99 {statistics.median(r['first_p99_ms'] for r in busiest):.1f} ms",
             failed="; ".join(f"{r['sessions']} sessions: a final with fewer than {SUGGESTIONS} "
                              "suggestions" for r in short),
         ),
@@ -237,6 +246,7 @@ def run(ctx: Context) -> Result:
             "suggestions": SUGGESTIONS,
             "key_seconds": KEY_SECONDS,
             "keys_per_typist": keys,
+            "rounds_at_64_ranked": 1 if ctx.quick else ROUNDS,
         },
         rows=rows,
         targets=targets,
@@ -286,7 +296,7 @@ def render(data: dict[str, Any]) -> list[str]:
     suggesting = table(
         [{**r, "answer": "model alone" if r["model_only"] else "ranked"}
          for r in data.get("suggesting", [])],
-        [("sessions", "sessions"), ("answer", "suggestions"),
+        [("sessions", "sessions"), ("answer", "suggestions"), ("round", "round"),
          ("first_p50_ms", "first event p50 ms"), ("first_p99_ms", "p99 ms"),
          ("final_p50_ms", "final (suggestions) p50 ms"), ("final_p99_ms", "p99 ms"),
          ("keys", "keystrokes"), ("open_p50_ms", "opening a session p50 ms"),
