@@ -19,6 +19,7 @@ from clients.sdk import RecurClient
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_CLIENT = REPO / "clients" / "node"
+NO_REGISTRY = ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ETIMEDOUT", "ECONNRESET")  # npm's codes
 
 pytestmark = pytest.mark.skipif(
     shutil.which("node") is None or shutil.which("npm") is None,
@@ -34,7 +35,10 @@ def node_client() -> Path:
             ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
             cwd=NODE_CLIENT, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
-        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
+        output = done.stdout + done.stderr
+        if done.returncode and any(code in output for code in NO_REGISTRY):
+            pytest.skip(f"npm ci could not reach the npm registry:\n{output[-2000:]}")
+        assert done.returncode == 0, f"npm ci failed:\n{output}"
     return NODE_CLIENT / "stream.js"
 
 
