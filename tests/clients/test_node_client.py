@@ -83,7 +83,10 @@ def test_a_proto_only_client_reads_packed_messages_as_the_sdk_reads_tokens(
     sizes = [1 if m["event"] == "token" else len(m["tokens"]["tokens"]) for m in tokens_messages]
     assert sizes and sizes[0] == 1, "the first token goes out alone"
     assert all(size >= request_["stream_interval"] for size in sizes[1:-1]), sizes
-    assert any(m["event"] == "tokens" for m in tokens_messages), f"no packed message: {sizes}"
+    if kind == "sentiment":  # a running label per word: enough to pack, whatever the weights
+        assert sum(sizes) > request_["stream_interval"], sizes
+    if sum(sizes) > request_["stream_interval"]:  # (a completion may end early at its EOS)
+        assert any(m["event"] == "tokens" for m in tokens_messages), f"none packed: {sizes}"
     from_node = [
         item
         for m in tokens_messages
