@@ -281,7 +281,7 @@ class Decoder:
         piece = generation.detok.add(token)
         generation.emit(TokenEvent(generation.index, token, piece, logprob, generation.attention))
         generation.index += 1
-        if generation.stop and any(generation.detok.output.endswith(s) for s in generation.stop):
+        if generation.detok.ends_with(generation.stop):
             return FinishReason.STOP
         if generation.index >= generation.max_tokens:
             return FinishReason.LENGTH

@@ -53,3 +53,7 @@ class Detokenizer:
     @property
     def output(self) -> str:
         return self.text[self.start :]
+
+    def ends_with(self, stop: tuple[str, ...]) -> bool:
+        """Whether the output ends with one of the `stop` strings (no copy of it when none)."""
+        return bool(stop) and any(self.output.endswith(s) for s in stop)

@@ -188,7 +188,7 @@ def replay(
             break
         clock.mark()
         emit(TokenEvent(index, token, detok.add(token), logprob))
-        if params.stop and any(detok.output.endswith(s) for s in params.stop):
+        if detok.ends_with(params.stop):
             reason = FinishReason.STOP
             break
     return completion_final(model, clock, reason, detok, prefix)

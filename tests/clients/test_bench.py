@@ -6,7 +6,6 @@ import importlib.util
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -18,6 +17,7 @@ import pytest
 from clients import bench_report
 from clients.bench_report import Samples, distribution_ms, percentile
 from clients.cli import main
+from scripts.bench.common import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -120,9 +120,7 @@ def test_inter_token_latency_counts_gaps_between_messages_not_tokens(
 ) -> None:
     """Five tokens a request: five messages (four gaps), or the first alone and the other
     four in one message (one gap); every token counts, and so does the time per token."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "scripts.bench.echo_server", "--port", str(port)]
     server = subprocess.Popen([*command, *(["--packed"] if packed else [])], cwd=REPO,
                               stdout=subprocess.PIPE, text=True)  # fmt: skip
