@@ -68,6 +68,7 @@ class BenchConfig:
     requests: int | None = None
     warmup: float = 1.0
     max_tokens: int = 0
+    min_tokens: int = 0
     model: str = ""
     timeout: float = 30.0
     processes: int = 1
@@ -101,6 +102,7 @@ class BenchConfig:
             "warmup": self.warmup,
             "processes": self.processes,
             "max_tokens": self.max_tokens,
+            "min_tokens": self.min_tokens,
             "model": self.model,
             "payloads": len(self.payloads),
         }
@@ -149,11 +151,12 @@ class _Worker:
 
     def events(self, text: str) -> AsyncIterator[Any]:
         config, client = self.config, self.client
+        model, most, least = config.model, config.max_tokens, config.min_tokens
         if config.task == "translation":
-            return client.translate(text, model=config.model, max_tokens=config.max_tokens)
+            return client.translate(text, model=model, max_tokens=most, min_tokens=least)
         if config.task == "sentiment":
-            return client.sentiment(text, model=config.model)
-        return client.complete(text, model=config.model, max_tokens=config.max_tokens)
+            return client.sentiment(text, model=model)
+        return client.complete(text, model=model, max_tokens=most, min_tokens=least)
 
     async def one(self, *, measured: bool, scheduled: float | None) -> None:
         """Sends one request and records its latencies (from `scheduled`, if given) and code."""

@@ -39,6 +39,13 @@ def _positive(kind: type[int] | type[float]) -> Any:
     return parse
 
 
+def _tokens(value: str) -> int:
+    with contextlib.suppress(ValueError):
+        if (count := int(value)) >= 0:
+            return count
+    raise argparse.ArgumentTypeError(f"expected 0 or more tokens, got {value!r}")
+
+
 def _non_negative(value: str) -> float:
     with contextlib.suppress(ValueError):
         if 0 <= (seconds := float(value)) < math.inf:
@@ -54,7 +61,17 @@ def add_parser(commands: Any, *, parents: list[argparse.ArgumentParser]) -> None
     add = parser.add_argument
     add("--task", choices=bench.TASKS, default="translation", help="default %(default)s")
     add("--model", default="", metavar="NAME", help="model (default: the task's)")
-    add("--max-tokens", type=int, default=0, metavar="N", help="most tokens (0: server default)")
+    add(
+        "--max-tokens", type=_tokens, default=0, metavar="N", help="most tokens (0: server default)"
+    )
+    add(
+        "--min-tokens",
+        type=_tokens,
+        default=0,
+        metavar="N",
+        help="fewest tokens (no end of sequence before; --min-tokens N --max-tokens N fixes every "
+        "answer's length, as vLLM's benchmark does with ignore_eos)",
+    )
     add("--payload-file", type=Path, metavar="FILE", help="one request text per line")
     load = parser.add_mutually_exclusive_group()
     load.add_argument("--concurrency", type=_positive(int), default=8, metavar="N")
@@ -95,6 +112,7 @@ def config_from(args: argparse.Namespace) -> bench.BenchConfig:
         requests=args.requests,
         warmup=args.warmup,
         max_tokens=args.max_tokens,
+        min_tokens=args.min_tokens,
         model=args.model,
         timeout=args.timeout,
         processes=args.processes,

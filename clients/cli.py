@@ -133,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--suggestions", type=_count, default=0, metavar="N", help="N suggestions, best first"
     )
     complete.set_defaults(run=_complete)
+    for command in (translate, complete):
+        command.add_argument(
+            "--min-tokens",
+            type=_count,
+            default=0,
+            metavar="N",
+            help="at least N tokens: no end of sequence before (default: 0, none)",
+        )
     session = add(
         "session",
         parents=[common, max_tokens],
@@ -182,6 +190,7 @@ async def _translate(client: RecurClient, args: argparse.Namespace) -> int:
         include_attention=args.attention,
         beam_size=args.beam_size,
         length_penalty=args.length_penalty,
+        min_tokens=args.min_tokens,
     )
     await (_print_all_json(events) if args.json else render.translation(events, style=_style()))
     return 0
@@ -205,6 +214,7 @@ async def _complete(client: RecurClient, args: argparse.Namespace) -> int:
         stop=args.stop,
         num_suggestions=args.suggestions,
         model_only=args.model_only,
+        min_tokens=args.min_tokens,
     )
     if args.json:
         await _print_all_json(events)

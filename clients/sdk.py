@@ -260,6 +260,7 @@ class RecurClient:
         include_attention: bool = False,
         beam_size: int | None = None,
         length_penalty: float | None = None,
+        min_tokens: int = 0,
     ) -> AsyncIterator[TranslateEvent]:
         """Translates `text`, yielding each target token as it is decoded, then the final event.
 
@@ -273,6 +274,7 @@ class RecurClient:
                 the model's fitted default (greedy with `include_attention`).
             length_penalty: GNMT length normalization alpha for beam search, in [0, 2]. None
                 leaves it unset: the model's fitted default.
+            min_tokens: The fewest target tokens: no end of sequence before this many (0: none).
 
         Raises:
             RecurError: The call failed (unknown model, bad input, unreachable server, deadline).
@@ -284,6 +286,7 @@ class RecurClient:
             include_attention=include_attention,
             beam_size=beam_size,
             length_penalty=length_penalty,
+            min_tokens=min_tokens,
         )
         stub = inference_pb2_grpc.TranslationServiceStub(self._open_channel())
         return self._stream(stub.Translate, request)
@@ -311,6 +314,7 @@ class RecurClient:
         stop: Sequence[str] = (),
         num_suggestions: int = 0,
         model_only: bool = False,
+        min_tokens: int = 0,
     ) -> AsyncIterator[CompleteEvent]:
         """Completes the prefix `text`, yielding each completion token, then the final event.
 
@@ -326,6 +330,8 @@ class RecurClient:
             num_suggestions: Suggestions in the final event, best first: with a model that has
                 a popular-query index, its completions and the model's ranked together.
             model_only: Answer from the language model alone (no index), for comparison.
+            min_tokens: The fewest tokens: neither the end of sequence nor a stop string ends
+                the completion before this many (0: none).
 
         Raises:
             RecurError: The call failed.
@@ -341,6 +347,7 @@ class RecurClient:
             stop=list(stop),
             num_suggestions=num_suggestions,
             model_only=model_only,
+            min_tokens=min_tokens,
         )
         stub = inference_pb2_grpc.AutocompleteServiceStub(self._open_channel())
         return self._stream(stub.Complete, request)

@@ -61,6 +61,9 @@ class Generation:
         context: The graph's other per-row inputs, the same at every step (translation: the
             source's encoder `memory` `(1, S, E)` and `src_mask` `(1, S)`).
         with_attention: Each token event carries the attention row of its step (translation).
+        min_tokens: Neither the end of sequence (masked out of the logits: the token's
+            log-probability is then of the other tokens) nor a stop string ends the generation
+            before it has this many tokens.
     """
 
     slot: int
@@ -75,6 +78,7 @@ class Generation:
     is_stale: Callable[[], bool] = lambda: False
     context: Arrays = field(default_factory=dict)
     with_attention: bool = False
+    min_tokens: int = 0
     attention: tuple[float, ...] = ()
     index: int = 0
     done: asyncio.Future[FinishReason] = field(init=False, repr=False)
@@ -258,11 +262,14 @@ class Decoder:
         if not batch:
             return []
         logits = np.stack([g.logits for g in batch])  # (B, V)
+        early = [row for row, g in enumerate(batch) if g.index < g.min_tokens]
+        if early:  # too soon to end: no end of sequence for these rows
+            logits[early, [batch[row].eos_id for row in early]] = -np.inf
         tokens, logprobs = _greedy_rows(logits)
         going: list[_Rows] = []
         for row, generation in enumerate(batch):
             if not generation.sampler.params.greedy:
-                tokens[row], logprobs[row] = generation.sampler.choose(generation.logits)
+                tokens[row], logprobs[row] = generation.sampler.choose(logits[row])
             token = int(tokens[row])
             reason = self._advance(generation, token, float(logprobs[row]))
             if reason is None:
@@ -281,7 +288,9 @@ class Decoder:
         piece = generation.detok.add(token)
         generation.emit(TokenEvent(generation.index, token, piece, logprob, generation.attention))
         generation.index += 1
-        if generation.detok.ends_with(generation.stop):
+        if generation.index >= generation.min_tokens and generation.detok.ends_with(
+            generation.stop
+        ):
             return FinishReason.STOP
         if generation.index >= generation.max_tokens:
             return FinishReason.LENGTH

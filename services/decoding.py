@@ -103,13 +103,15 @@ class BeamSearch:
 
     With `alpha == 0` the search stops as soon as no live beam can beat the `size`-th finished
     one (log-probabilities only fall as a sequence grows); with `alpha > 0` normalized scores can
-    rise with length, so it runs until every beam has ended or reached `max_len`.
+    rise with length, so it runs until every beam has ended or reached `max_len`. No beam ends
+    before `min_len` tokens (the end of sequence is masked out until then).
     """
 
     size: int
     eos_id: int
     max_len: int
     alpha: float = 0.0
+    min_len: int = 0
     live: list[Hypothesis] = field(default_factory=lambda: [Hypothesis((), (), 0.0, 0.0, False)])
     ended: list[Hypothesis] = field(default_factory=list)
 
@@ -124,6 +126,9 @@ class BeamSearch:
 
     def advance(self, logprobs: np.ndarray) -> list[int]:
         """Extend the live beams by one token; returns each new live beam's parent index."""
+        if self.live and len(self.live[0].tokens) < self.min_len:  # too soon to end
+            logprobs = logprobs.copy()
+            logprobs[:, self.eos_id] = -np.inf
         totals = np.array([h.logprob for h in self.live])[:, None] + logprobs  # (n, V)
         order = np.argsort(-totals, axis=None, kind="stable")[: 2 * self.size]
         # the candidates as Python numbers at once (numpy scalars one by one cost more)

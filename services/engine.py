@@ -157,7 +157,10 @@ class Engine:
             bos = np.array([[model.bos_id]], dtype=np.int64)
             first = await runtime.step("decoder_step", slots[:1], {"prev": bos, **context})
             if params.beam_size > 1:
-                beam = BeamSearch(params.beam_size, model.eos_id, limit, params.length_penalty)
+                beam = BeamSearch(
+                    params.beam_size, model.eos_id, limit, params.length_penalty,
+                    min_len=params.min_tokens,
+                )  # fmt: skip
                 search = Search(beam, slots, first["logits"], context)
                 best = (await runtime.decoder.search(search))[0]
                 for index, (token, logprob) in enumerate(
@@ -179,6 +182,7 @@ class Engine:
                     clock=clock,
                     context=context,
                     with_attention=params.include_attention,
+                    min_tokens=params.min_tokens,
                     attention=_attention(first, params.include_attention),
                 )
                 reason = await runtime.decoder.run(generation)
@@ -263,8 +267,9 @@ class Engine:
 
         When suggestions are asked for and the model has a popular-query index (and not
         `params.model_only`), they are ranked (`suggestions.py`) and a greedy request streams
-        the best one. Otherwise the model decodes the completion (`generate`) and its beam
-        search gives the suggestions: a request without suggestions costs no beam.
+        the best one (unless it is shorter than `params.min_tokens`: then the model decodes).
+        Otherwise the model decodes the completion (`generate`) and its beam search gives the
+        suggestions: a request without suggestions costs no beam.
         """
         model = runtime.model
         decode = functools.partial(
@@ -283,7 +288,11 @@ class Engine:
         ranked = await self.ranked(
             runtime, state, logits, text=text, prefix=prefix, params=params, is_stale=is_stale
         )
-        if params.sampling.greedy and ranked:
+        if (
+            params.sampling.greedy
+            and ranked
+            and len(ranked[0].candidate.tokens) >= params.min_tokens
+        ):
             final = suggestions.replay(
                 model, ranked[0].candidate, prefix, params, clock, emit, is_stale
             )
@@ -362,6 +371,7 @@ class Engine:
             emit=emit,
             clock=clock,
             is_stale=is_stale,
+            min_tokens=params.min_tokens,
         )
         reason = await runtime.decoder.run(generation)
         return suggestions.completion_final(model, clock, reason, detok, prefix)

@@ -19,6 +19,7 @@ class TranslateParams:
         length_penalty: GNMT's alpha; 0 ranks beams by total log-probability.
         include_attention: Stream each step's attention over the source (greedy only).
         cap: The server's --max-tokens-limit, which a length derived from the source obeys too.
+        min_tokens: The fewest target tokens: no end-of-sequence before this many.
     """
 
     max_tokens: int = 0
@@ -27,9 +28,12 @@ class TranslateParams:
     length_penalty: float = 0.0
     include_attention: bool = False
     cap: int = 0  # 0: none
+    min_tokens: int = 0
 
     def limit(self, source_tokens: int) -> int:
-        derived = self.max_tokens or int(self.max_length_ratio * source_tokens) + 10
+        if self.max_tokens:
+            return self.max_tokens
+        derived = max(int(self.max_length_ratio * source_tokens) + 10, self.min_tokens)
         return min(derived, self.cap) if self.cap else derived
 
 
@@ -55,6 +59,8 @@ class CompleteParams:
         suggestions: How many suggestions the final event lists, best first and distinct.
         model_only: Answer from the language model alone, ignoring the model's popular-query
             index (its greedy or sampled completion, and its beam's suggestions).
+        min_tokens: The fewest tokens of the streamed completion: neither the end-of-sequence
+            token nor a stop string ends it before this many.
     """
 
     max_tokens: int = 32
@@ -62,3 +68,4 @@ class CompleteParams:
     stop: tuple[str, ...] = ()
     suggestions: int = 0
     model_only: bool = False
+    min_tokens: int = 0

@@ -148,6 +148,7 @@ class Servicers(
         arrived = time.perf_counter()
         text = validation.text(request.text, self.limits)
         max_tokens = validation.max_tokens(request.max_tokens, self.limits, default=0)
+        min_tokens = validation.min_tokens(request.min_tokens, self.limits, max_tokens=max_tokens)
         ratio = validation.in_range("max_length_ratio", request.max_length_ratio, 0.0, 10.0)
         beam = validation.beam_size(request.beam_size, self.limits)
         penalty = validation.in_range("length_penalty", request.length_penalty, 0, 2)
@@ -167,6 +168,7 @@ class Servicers(
             length_penalty=penalty,
             include_attention=request.include_attention,
             cap=self.limits.max_tokens_limit,
+            min_tokens=min_tokens,
         )
         batches = self.engine.translate(model, text, params, arrived=arrived, interval=interval)
         async with contextlib.aclosing(self._observe(batches)) as stream:
@@ -215,14 +217,18 @@ class Servicers(
         arrived = time.perf_counter()
         text = validation.text(request.text, self.limits)
         seed = request.seed if request.HasField("seed") else None
+        max_tokens = validation.max_tokens(
+            request.max_tokens, self.limits, default=self.default_max_tokens
+        )
         params = CompleteParams(
-            max_tokens=validation.max_tokens(
-                request.max_tokens, self.limits, default=self.default_max_tokens
-            ),
+            max_tokens=max_tokens,
             sampling=validation.sampling(request.temperature, request.top_k, request.top_p, seed),
             stop=validation.stop_strings(list(request.stop)),
             suggestions=validation.suggestions(request.num_suggestions, self.limits),
             model_only=request.model_only,
+            min_tokens=validation.min_tokens(
+                request.min_tokens, self.limits, max_tokens=max_tokens
+            ),
         )
         interval = self._interval(request.stream_interval)
         model = self._model(request.model, "autocomplete")

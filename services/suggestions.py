@@ -176,7 +176,8 @@ def replay(
     is_stale: Callable[[], bool],
 ) -> Finished:
     """Stream an already chosen completion token by token, under the request's finish rules
-    (`max_tokens`, stop strings, superseded), as the decode loop applies them."""
+    (`max_tokens`, stop strings after `min_tokens`, superseded), as the decode loop applies them
+    (the caller replays only a completion of at least `min_tokens` tokens)."""
     detok = Detokenizer(model, prefix)
     reason = FinishReason.STOP if best.ended else FinishReason.LENGTH
     for index, (token, logprob) in enumerate(zip(best.tokens, best.token_logprobs, strict=True)):
@@ -188,7 +189,7 @@ def replay(
             break
         clock.mark()
         emit(TokenEvent(index, token, detok.add(token), logprob))
-        if detok.ends_with(params.stop):
+        if index + 1 >= params.min_tokens and detok.ends_with(params.stop):
             reason = FinishReason.STOP
             break
     return completion_final(model, clock, reason, detok, prefix)

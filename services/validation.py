@@ -37,6 +37,16 @@ def max_tokens(value: int, limits: Limits, *, default: int) -> int:
     return _count("max_tokens", value, limits, default=default, zero="the default")
 
 
+def min_tokens(value: int, limits: Limits, *, max_tokens: int) -> int:
+    """The fewest tokens to produce: 0 (no minimum) to `max_tokens` (0: no `max_tokens` given,
+    so up to the limit)."""
+    most = max_tokens or limits.max_tokens_limit
+    if value > most:
+        bound = f"max_tokens ({max_tokens})" if max_tokens else f"the limit ({most})"
+        raise InvalidArgument("min_tokens", f"must be at most {bound}, got {value}")
+    return value
+
+
 def stream_interval(value: int, limits: Limits, *, default: int) -> int:
     """Tokens per message after the first: 0 selects `default`; otherwise within [1, limit]."""
     return _count("stream_interval", value, limits, default=default, zero="the server's")

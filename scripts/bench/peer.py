@@ -15,7 +15,8 @@ One deployment behind Ray Serve's gRPC ingress with Recur's own proto (`Autocomp
   another batch is in flight (inline otherwise, as `recur-serve` runs short steps inline), so
   the batches in flight use the cores as Recur's threads do;
 - greedy decoding with the same stopping rules as Recur (end-of-sequence, `max_tokens`, and for
-  translation `2 * source tokens + 10`), so both stream the same tokens.
+  translation `2 * source tokens + 10`; no end-of-sequence before `min_tokens`), so both stream
+  the same tokens.
 
 This module is imported by the Ray Serve replica; `peer_bench.py` starts it.
 """
@@ -148,9 +149,10 @@ class RecurPeer:
             states.append(lm.next_state(out))
             logits.append(out["logits"][0, -1])
         state, last = lm.stack(states), np.stack(logits)  # (B, V)
-        decoding = _Decoding(lm, [r.max_tokens or DEFAULT_MAX_TOKENS for r in requests])
+        limits = [r.max_tokens or DEFAULT_MAX_TOKENS for r in requests]
+        decoding = _Decoding(lm, limits, [r.min_tokens for r in requests])
         for index in range(decoding.longest):
-            tokens = last.argmax(axis=-1)
+            tokens = decoding.choose(index, last)
             yield decoding.step(index, tokens, last, _complete_token, _complete_final)
             if decoding.finished or index + 1 == decoding.longest:
                 break
@@ -183,14 +185,14 @@ class RecurPeer:
         memory = encoded["memory"]  # (B, S, E), one encoder call for the batch
         state = {name: encoded[f"{name}_init"] for name, _, _ in mt.state}
         mask = np.arange(src.shape[1])[None, :] < lengths[:, None]
-        limits = [r.max_tokens or int(MAX_LENGTH_RATIO * n) + 10
+        limits = [r.max_tokens or max(int(MAX_LENGTH_RATIO * n) + 10, r.min_tokens)
                   for r, n in zip(requests, lengths.tolist(), strict=True)]  # fmt: skip
-        decoding = _Decoding(mt, limits)
+        decoding = _Decoding(mt, limits, [r.min_tokens for r in requests])
         prev = np.full((len(requests), 1), mt.bos, dtype=np.int64)
         for index in range(decoding.longest):
             feeds = {"prev": prev, "memory": memory, "src_mask": mask, **state}
             out = await self._run(mt, "decoder_step", feeds)
-            state, tokens = mt.next_state(out), out["logits"].argmax(axis=-1)
+            state, tokens = mt.next_state(out), decoding.choose(index, out["logits"])
             yield decoding.step(index, tokens, out["logits"], _translate_token, _translate_final)
             if decoding.finished:
                 break
@@ -202,9 +204,10 @@ class RecurPeer:
 class _Decoding:
     """Which requests of a static batch are still decoding, and the text each has so far."""
 
-    def __init__(self, graphs: Graphs, limits: list[int]) -> None:
+    def __init__(self, graphs: Graphs, limits: list[int], minimums: list[int]) -> None:
         self.graphs = graphs
         self.limits = limits
+        self.minimums = minimums
         self.longest = max(limits)
         self.ids: list[list[int]] = [[] for _ in limits]
         self.done = [False] * len(limits)
@@ -212,6 +215,16 @@ class _Decoding:
     @property
     def finished(self) -> bool:
         return all(self.done)
+
+    def choose(self, index: int, logits: np.ndarray) -> np.ndarray:
+        """Each row's greedy token at step `index`, the end of sequence excluded for a request
+        that has fewer than its `min_tokens`."""
+        logits = logits.reshape(len(self.limits), -1)  # (B, V)
+        early = [row for row, least in enumerate(self.minimums) if index < least]
+        if early:
+            logits = logits.copy()
+            logits[early, self.graphs.eos] = -np.inf
+        return logits.argmax(axis=-1)
 
     def step(self, index: int, tokens: np.ndarray, logits: np.ndarray, token: Any,
              final: Any) -> list[Any]:  # fmt: skip

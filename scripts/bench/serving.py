@@ -31,7 +31,10 @@ from scripts.bench.common import ROOT, free_port
 DEFAULT_FLAGS = ("--max-streams", "2048", "--state-slots", "2048", "--reload-seconds", "0")
 TRANSLATION_PAYLOADS = bench.SAMPLE_PAYLOADS["translation"]
 AUTOCOMPLETE_PAYLOADS = bench.SAMPLE_PAYLOADS["autocomplete"]
-MAX_TOKENS = 32  # per completion; the load generator asks for exactly this many
+# Every answer streams exactly this many tokens (`min_tokens` = `max_tokens`, as vLLM's benchmark
+# fixes output lengths with ignore_eos): the benchmark's small bundles would otherwise end their
+# translations after about 3 tokens, and a load of 3-token answers measures requests, not streams.
+MAX_TOKENS = 32
 
 
 @dataclass
@@ -105,6 +108,7 @@ def load(
         duration=duration,
         warmup=warmup,
         max_tokens=max_tokens,
+        min_tokens=max_tokens,
         timeout=120.0,
         seed=seed,
     )
@@ -214,15 +218,16 @@ def flag_default(flag: str, help_text: str | None = None) -> str | None:
 
 async def answers(target: str, task: str, *, concurrent: bool = False) -> list[list[int]]:
     """The token ids `target` streams for each of the task's payloads, asked as the load
-    generator asks (greedy, `MAX_TOKENS`): one at a time, or all at once (batched together)."""
+    generator asks (greedy, exactly `MAX_TOKENS`): one at a time, or all at once (batched
+    together)."""
     async with RecurClient(target, timeout=60.0, retry=NO_RETRIES) as client:
 
         async def one(text: str) -> list[int]:
             events: AsyncIterator[Any]
             if task == "translation":
-                events = client.translate(text, max_tokens=MAX_TOKENS)
+                events = client.translate(text, max_tokens=MAX_TOKENS, min_tokens=MAX_TOKENS)
             else:
-                events = client.complete(text, max_tokens=MAX_TOKENS)
+                events = client.complete(text, max_tokens=MAX_TOKENS, min_tokens=MAX_TOKENS)
             # Ids, not texts: how a token's text is detokenized is each server's own choice.
             return [e.token.id async for e in events if e.HasField("token")]
 

@@ -160,6 +160,12 @@ def test_session_json_streams_every_event(
         (["complete", "x"], {"model_only": False}, "ranked by default"),
         (["complete", "x", "--model-only", "--suggestions", "3"],
          {"model_only": True, "num_suggestions": 3}, "the model alone"),
+        (["translate", "x", "--min-tokens", "3"], {"min_tokens": 3}, "at least 3 tokens"),
+        (["complete", "x", "--min-tokens", "2", "--max-tokens", "2"],
+         {"min_tokens": 2, "max_tokens": 2}, "a fixed length"),
+        (["bench", "--task", "autocomplete", "--requests", "1", "--concurrency", "1", "--warmup",
+          "0", "--min-tokens", "3", "--max-tokens", "3"],
+         {"min_tokens": 3, "max_tokens": 3}, "the load generator fixes every answer's length"),
     ],
 )  # fmt: skip
 def test_decoding_flags_are_sent_only_when_given(
@@ -305,6 +311,7 @@ def test_environment_gives_target_and_timeout(
         (["models"], {"RECUR_TIMEOUT": "soon"}, "RECUR_TIMEOUT='soon' is not a valid float"),
         (["sentiment", "x", "--attention"], {}, "unrecognized arguments: --attention"),
         (["bench", "--rate", "0"], {}, "expected a positive number, got '0'"),
+        (["bench", "--min-tokens", "-2"], {}, "expected 0 or more tokens, got '-2'"),
         (["bench", "--rate", "5", "--concurrency", "2"], {}, "not allowed with argument"),
         (["models", "--client-cert", "c.pem"], {}, "--client-cert and --client-key come together"),
     ],
@@ -315,6 +322,7 @@ def test_environment_gives_target_and_timeout(
         "bad-env",
         "foreign-flag",
         "bench-zero-rate",
+        "bench-negative-min-tokens",
         "bench-rate-or-concurrency",
         "cert-without-key",
     ],

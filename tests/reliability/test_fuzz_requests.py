@@ -37,8 +37,10 @@ from tests.conftest import Server, start_server, stop_server
 from tests.reliability.harness import MIB, health, rss_bytes
 
 MAX_CHARS, MAX_TOKENS, MAX_BEAM = 120, 12, 4  # the server's limits in this module
+DEFAULT_MAX_TOKENS = 4  # its --default-max-tokens
 FLAGS = ("--max-input-chars", str(MAX_CHARS), "--max-tokens-limit", str(MAX_TOKENS),
-         "--max-beam-size", str(MAX_BEAM), "--default-max-tokens", "4")  # fmt: skip
+         "--max-beam-size", str(MAX_BEAM),
+         "--default-max-tokens", str(DEFAULT_MAX_TOKENS))  # fmt: skip
 MODELS = {"translation": "translation", "sentiment": "sentiment", "autocomplete": "autocomplete"}
 EXAMPLES = {  # 2,150 in all
     "translate": 400,
@@ -157,6 +159,7 @@ def translate_problems(r: pb.TranslateRequest) -> set[str]:
         "max_length_ratio": in_range(r.max_length_ratio, 0, 10),
         "beam_size": r.beam_size <= MAX_BEAM,
         "length_penalty": in_range(r.length_penalty, 0, 2),
+        "min_tokens": r.min_tokens <= (r.max_tokens or MAX_TOKENS),
     }
     return {name for name, ok in checks.items() if not ok}
 
@@ -170,6 +173,7 @@ def complete_problems(r: pb.CompleteRequest) -> set[str]:
         "top_k": r.top_k <= 1_000_000,
         "stop": len(r.stop) <= 8 and all(1 <= len(s) <= 64 for s in r.stop),
         "num_suggestions": r.num_suggestions <= MAX_BEAM,
+        "min_tokens": r.min_tokens <= (r.max_tokens or DEFAULT_MAX_TOKENS),
     }
     return {name for name, ok in checks.items() if not ok}
 
@@ -271,7 +275,7 @@ def well_formed(events: list[Any], *, served_by: str, most_tokens: int | None = 
         include_attention=st.booleans(),
         length_penalty=floats32,
         max_length_ratio=floats32,
-        **uint32_fields("max_tokens", "beam_size"),
+        **uint32_fields("max_tokens", "beam_size", "min_tokens"),
     )
 )
 def test_translate_answers_every_request_by_the_book(
@@ -286,8 +290,9 @@ def test_translate_answers_every_request_by_the_book(
         final = well_formed(answer.events, served_by="translation")
         assert final.text == "".join(e.token.text for e in answer.events[:-1])
         ratio = f32(request.max_length_ratio) or 2.0
-        limit = request.max_tokens or int(ratio * len(final.source_tokens)) + 10
-        assert final.summary.output_tokens == len(answer.events) - 1 <= limit
+        derived = int(ratio * len(final.source_tokens)) + 10
+        limit = request.max_tokens or max(derived, request.min_tokens)
+        assert request.min_tokens <= final.summary.output_tokens == len(answer.events) - 1 <= limit
         if request.include_attention and request.beam_size <= 1:
             width = len(final.source_tokens)
             assert all(len(e.token.attention) == width for e in answer.events[:-1])
@@ -319,7 +324,7 @@ def test_analyze_answers_every_request_by_the_book(
         top_p=floats32,
         seed=st.one_of(st.none(), st.integers(0, UINT64)),
         stop=st.lists(st.one_of(texts, st.text(max_size=3)), max_size=10),
-        **uint32_fields("max_tokens", "top_k", "num_suggestions"),
+        **uint32_fields("max_tokens", "top_k", "num_suggestions", "min_tokens"),
     )
 )
 def test_complete_answers_every_request_by_the_book(
@@ -330,8 +335,9 @@ def test_complete_answers_every_request_by_the_book(
     problems = complete_problems(request)
     judge(answer, problems, model_problem(request.model, "autocomplete"), may_have_no_tokens=False)
     if answer.code == grpc.StatusCode.OK:
-        most = request.max_tokens or 4
+        most = request.max_tokens or DEFAULT_MAX_TOKENS
         final = well_formed(answer.events, served_by="autocomplete", most_tokens=most)
+        assert len(answer.events) - 1 >= request.min_tokens
         assert final.completion == "".join(e.token.text for e in answer.events[:-1])
         assert len(final.suggestions) == request.num_suggestions
 

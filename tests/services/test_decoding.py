@@ -153,6 +153,8 @@ def test_sampling_follows_the_distribution() -> None:
         (TranslateParams(), 7, 24, "2 x source + 10"),
         (TranslateParams(max_length_ratio=10.0, cap=512), 2000, 512, "derived length capped"),
         (TranslateParams(max_tokens=30, cap=512), 2000, 30, "explicit max_tokens"),
+        (TranslateParams(min_tokens=40, cap=512), 7, 40, "derived length raised to min_tokens"),
+        (TranslateParams(max_tokens=30, min_tokens=20), 7, 30, "explicit max_tokens stays"),
     ],
 )
 def test_translation_length_limit(

@@ -136,6 +136,47 @@ def test_stop_string_ends_the_completion(server: Server) -> None:
     assert final.summary.finish_reason == pb.FINISH_REASON_STOP
 
 
+def test_min_tokens_decodes_where_the_best_suggestion_is_too_short(server: Server) -> None:
+    """The best ranked suggestion, a popular query's ending, is streamed as it is and ends there;
+    asked for more tokens than it has, the model decodes the completion instead."""
+    free = complete(server.target, text="weather", max_tokens=40, num_suggestions=3)
+    ended = len(free) - 1
+    assert free[-1].final.summary.finish_reason == pb.FINISH_REASON_STOP, "it ends by itself"
+    held = complete(
+        server.target, text="weather", max_tokens=40, num_suggestions=3, min_tokens=ended + 3
+    )
+    assert len(held) - 1 >= ended + 3
+    assert held[-1].final.suggestions == free[-1].final.suggestions, "the same ranking"
+
+
+@pytest.mark.parametrize(("beam", "reason"), [(1, "greedy"), (3, "every beam of a search")])
+def test_min_tokens_holds_off_the_end_of_a_translation(
+    tiny_models: Path, beam: int, reason: str
+) -> None:
+    """The tiny trained translator ends every translation at once; asked for at least 5 tokens
+    it writes 5 or more."""
+
+    async def translate(params: TranslateParams) -> list[Any]:
+        engine = Engine(ModelRegistry.load(tiny_models))
+        model = engine.registry.resolve("", "translation")
+        stream = engine.translate(model, "the small dog sees a red car", params, arrived=0.0)
+        return [e async for batch in stream for e in batch]
+
+    free = asyncio.run(translate(TranslateParams(max_tokens=20, beam_size=beam)))
+    held = asyncio.run(translate(TranslateParams(max_tokens=20, beam_size=beam, min_tokens=5)))
+    assert len(free) - 1 < 5, "the translator ends early by itself"
+    assert len(held) - 1 >= 5, reason
+    assert held[-1].output_tokens == len(held) - 1
+
+
+def test_a_stop_string_does_not_end_a_completion_before_min_tokens(server: Server) -> None:
+    free = complete(server.target, text="weather in", max_tokens=20)[-1].final.completion
+    stop = free[2:4]  # ends the completion at its fourth character without min_tokens
+    events = complete(server.target, text="weather in", max_tokens=20, stop=[stop], min_tokens=8)
+    assert len(events) - 1 >= 8
+    assert events[-1].final.completion.startswith(free[:4])
+
+
 def test_suggestions_are_ranked_by_probability(server: Server) -> None:
     events = complete(server.target, text="weather", max_tokens=8, num_suggestions=3)
     suggestions = events[-1].final.suggestions
@@ -158,6 +199,8 @@ def test_suggestions_are_ranked_by_probability(server: Server) -> None:
         ({"stop": [""]}, "stop", "empty stop string"),
         ({"stop": ["x"] * 9}, "stop", "too many stop strings"),
         ({"model": "autocomplete@7"}, "", "unknown version"),
+        ({"max_tokens": 5, "min_tokens": 6}, "min_tokens", "more than max_tokens"),
+        ({"min_tokens": 600}, "min_tokens", "more than the server's default max_tokens"),
     ],
 )
 def test_bad_decoding_parameters_name_the_field(

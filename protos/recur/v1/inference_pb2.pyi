@@ -212,6 +212,7 @@ class TranslateRequest(_message.Message):
     LENGTH_PENALTY_FIELD_NUMBER: _builtins.int
     MAX_LENGTH_RATIO_FIELD_NUMBER: _builtins.int
     STREAM_INTERVAL_FIELD_NUMBER: _builtins.int
+    MIN_TOKENS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The source text. Required, non-empty."""
     model: _builtins.str
@@ -242,6 +243,12 @@ class TranslateRequest(_message.Message):
     its previous message was being written goes out together in the next one, so a message may
     carry more. The first token is always sent alone, at once.
     """
+    min_tokens: _builtins.int
+    """The fewest target tokens to produce: the end-of-sequence token is not chosen before this
+    many (every beam of a beam search too), as vLLM's `min_tokens`. 0 (the default): no minimum.
+    At most `max_tokens` where that is set; with `max_tokens` 0 the derived limit is raised to it.
+    Benchmarks use it to fix the length of every answer.
+    """
     def __init__(
         self,
         *,
@@ -253,10 +260,11 @@ class TranslateRequest(_message.Message):
         length_penalty: _builtins.float | None = ...,
         max_length_ratio: _builtins.float = ...,
         stream_interval: _builtins.int = ...,
+        min_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_beam_size", b"_beam_size", "_length_penalty", b"_length_penalty", "beam_size", b"beam_size", "length_penalty", b"length_penalty"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beam_size", b"_beam_size", "_length_penalty", b"_length_penalty", "beam_size", b"beam_size", "include_attention", b"include_attention", "length_penalty", b"length_penalty", "max_length_ratio", b"max_length_ratio", "max_tokens", b"max_tokens", "model", b"model", "stream_interval", b"stream_interval", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beam_size", b"_beam_size", "_length_penalty", b"_length_penalty", "beam_size", b"beam_size", "include_attention", b"include_attention", "length_penalty", b"length_penalty", "max_length_ratio", b"max_length_ratio", "max_tokens", b"max_tokens", "min_tokens", b"min_tokens", "model", b"model", "stream_interval", b"stream_interval", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__beam_size: _TypeAlias = _typing.Literal["beam_size"]  # noqa: Y015
     _WhichOneofArgType__beam_size: _TypeAlias = _typing.Literal["_beam_size", b"_beam_size"]  # noqa: Y015
@@ -544,6 +552,7 @@ class CompleteRequest(_message.Message):
     NUM_SUGGESTIONS_FIELD_NUMBER: _builtins.int
     STREAM_INTERVAL_FIELD_NUMBER: _builtins.int
     MODEL_ONLY_FIELD_NUMBER: _builtins.int
+    MIN_TOKENS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The prefix typed so far. Required, non-empty."""
     model: _builtins.str
@@ -584,6 +593,13 @@ class CompleteRequest(_message.Message):
     the streamed completion is the best of them, sent token by token. Without suggestions the
     model decodes the completion either way.
     """
+    min_tokens: _builtins.int
+    """The fewest tokens to add: neither the end-of-sequence token nor a stop string ends the
+    completion before this many, as vLLM's `min_tokens`. 0 (the default): no minimum. At most
+    `max_tokens` (or the server default when that is 0). Where the best ranked suggestion is
+    shorter, the streamed completion is decoded by the model instead. Benchmarks use it to fix
+    the length of every answer.
+    """
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The completion ends after a token that makes it end with one of these strings (at most 8)."""
@@ -602,10 +618,11 @@ class CompleteRequest(_message.Message):
         num_suggestions: _builtins.int = ...,
         stream_interval: _builtins.int = ...,
         model_only: _builtins.bool = ...,
+        min_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "max_tokens", b"max_tokens", "model", b"model", "model_only", b"model_only", "num_suggestions", b"num_suggestions", "seed", b"seed", "stop", b"stop", "stream_interval", b"stream_interval", "temperature", b"temperature", "text", b"text", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "max_tokens", b"max_tokens", "min_tokens", b"min_tokens", "model", b"model", "model_only", b"model_only", "num_suggestions", b"num_suggestions", "seed", b"seed", "stop", b"stop", "stream_interval", b"stream_interval", "temperature", b"temperature", "text", b"text", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
