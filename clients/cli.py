@@ -72,10 +72,12 @@ class ConnectionSettings:
 
 
 def _connection_parser() -> argparse.ArgumentParser:
-    """The flags of ConnectionSettings, None where not given: `main` resolves them with the
-    environment."""
+    """The flags of ConnectionSettings, absent where not given: `main` resolves them with the
+    environment. They go before the command or after it (`recur --target H:P health` and
+    `recur health --target H:P`); after it wins. Absent, not None: a command's default would
+    overwrite what was given before it."""
     connection = argparse.ArgumentParser(add_help=False)
-    settings.add_arguments(connection, ConnectionSettings)
+    settings.add_arguments(connection, ConnectionSettings, absent=argparse.SUPPRESS)
     return connection
 
 
@@ -91,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     parser = argparse.ArgumentParser(
-        prog="recur", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="recur",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[connection],
     )
     commands = parser.add_subparsers(dest="command", required=True, title="commands")
     add = commands.add_parser

@@ -189,19 +189,22 @@ def _kind(hint: Any, where: str) -> type:
     return typing.cast(type, hint)
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type[DataclassInstance]) -> None:
-    """One flag per setting of `cls`. Flags left out parse as None, so that the environment and
-    a config file can apply below them (see `resolve`); booleans get `--no-<flag>` too."""
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type[DataclassInstance], *, absent: Any = None
+) -> None:
+    """One flag per setting of `cls`. Flags left out parse as `absent` (None, or
+    `argparse.SUPPRESS`: no attribute at all), so that the environment and a config file can
+    apply below them (see `resolve`); booleans get `--no-<flag>` too."""
     for spec in specs(cls):
         shown = spec.describe().replace("%", "%%")  # argparse formats help with %
         help_text = f"{shown} (default: {spec.shown_default()}; env {spec.env})"
         if spec.kind is bool:
-            parser.add_argument(spec.flag, action=argparse.BooleanOptionalAction, default=None,
+            parser.add_argument(spec.flag, action=argparse.BooleanOptionalAction, default=absent,
                                 help=help_text)  # fmt: skip
         else:
             listed = [c for c in spec.choices() if c]
             metavar = "{" + ",".join(listed) + "}" if listed else METAVARS[spec.kind]
-            parser.add_argument(spec.flag, type=spec.kind, default=None, help=help_text,
+            parser.add_argument(spec.flag, type=spec.kind, default=absent, help=help_text,
                                 metavar=spec.setting.metavar or metavar)  # fmt: skip
 
 

@@ -302,6 +302,20 @@ def test_environment_gives_target_and_timeout(
     assert recur(capsys, "translate", "x", "--model", "slow").err.startswith("error: DEADLINE")
 
 
+def test_connection_flags_go_before_or_after_the_command(
+    capsys: pytest.CaptureFixture[str], target: str
+) -> None:
+    """`recur --target H:P health` as `recur health --target H:P`; given twice, the one after the
+    command wins (the other here is a port nothing listens on)."""
+    assert recur(capsys, "--target", target, "health") == Result(0, "SERVING\n", "")
+    assert recur(capsys, "--target", "127.0.0.1:1", "health", "--target", target).code == 0
+    refused = recur(capsys, "--target", target, "health", "--target", "127.0.0.1:1")
+    assert refused.code == 1 and "cannot reach the server at 127.0.0.1:1" in refused.err
+    assert recur(capsys, "--timeout", "0", "health").err.endswith(
+        "--timeout must be > 0, got 0.0\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "message"),
     [
