@@ -245,36 +245,39 @@ class Servicers(
     async def Session(
         self, request_iterator: AsyncIterator[pb.SessionRequest], context: Context
     ) -> AsyncIterator[pb.SessionResponse]:
-        first = await anext(aiter(request_iterator), None)
-        if first is None:
-            return
-        params = CompleteParams(
-            max_tokens=validation.max_tokens(
-                first.max_tokens, self.limits, default=self.default_max_tokens
-            ),
-            suggestions=validation.suggestions(first.num_suggestions, self.limits),
-            model_only=first.model_only,
-        )
-        interval = self._interval(first.stream_interval)
-        model = self._model(first.model, "autocomplete")
         info = current_call()
+        # Idle from the start: a session that never sends its first message holds a place of
+        # --max-streams too, and ends like any other idle one.
         idle = IdleTimer(self.session_ttl_seconds, lambda: expire(info, self._idle_error()))
-
-        async def inputs() -> AsyncIterator[SessionInput]:
-            yield self._session_input(first)
-            async for request in request_iterator:
-                idle.touch()
-                yield self._session_input(request)
-
-        answers = run_session(
-            self.engine,
-            model,
-            inputs(),
-            params=params,
-            max_chars=self.limits.max_input_chars,
-            interval=interval,
-        )
         try:
+            first = await anext(aiter(request_iterator), None)
+            if first is None:
+                return
+            idle.touch()
+            params = CompleteParams(
+                max_tokens=validation.max_tokens(
+                    first.max_tokens, self.limits, default=self.default_max_tokens
+                ),
+                suggestions=validation.suggestions(first.num_suggestions, self.limits),
+                model_only=first.model_only,
+            )
+            interval = self._interval(first.stream_interval)
+            model = self._model(first.model, "autocomplete")
+
+            async def inputs() -> AsyncIterator[SessionInput]:
+                yield self._session_input(first)
+                async for request in request_iterator:
+                    idle.touch()
+                    yield self._session_input(request)
+
+            answers = run_session(
+                self.engine,
+                model,
+                inputs(),
+                params=params,
+                max_chars=self.limits.max_input_chars,
+                interval=interval,
+            )
             with self.metrics.streaming(info) as meter:  # an open session: a stream in progress
                 async with contextlib.aclosing(answers) as stream:
                     async for batch in stream:

@@ -232,22 +232,32 @@ def test_pinned_version_and_mean_inter_token_latency(server: Server) -> None:
     assert (final.summary.timings.mean_inter_token_seconds > 0) == (tokens > 1)
 
 
-def test_an_idle_session_expires(server: Server) -> None:
+@pytest.mark.parametrize(
+    ("typed", "reason"),
+    [
+        (True, "idle after its answer"),
+        (False, "never sent its first message: it held a place of --max-streams for ever"),
+    ],
+)
+def test_an_idle_session_expires(server: Server, typed: bool, reason: str) -> None:
     async def go() -> tuple[str, grpc.StatusCode, float]:
         async with aio.insecure_channel(server.target) as channel:
             session = pb_grpc.AutocompleteServiceStub(channel).Session()
-            await session.write(pb.SessionRequest(text="weather", max_tokens=3))
-            while (await session.read()).WhichOneof("event") != "final":
-                pass
+            if typed:
+                await session.write(pb.SessionRequest(text="weather", max_tokens=3))
+                while (await session.read()).WhichOneof("event") != "final":
+                    pass
+            else:
+                await session.wait_for_connection()
             started = time.perf_counter()
             with pytest.raises(aio.AioRpcError) as info:
-                await session.read()
+                await asyncio.wait_for(session.read(), 10)  # not expired: TimeoutError
             return info.value.details() or "", info.value.code(), time.perf_counter() - started
 
     details, code, waited = asyncio.run(go())
-    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "session idle for more than 1 s" in details
-    assert 0.5 < waited < 5
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED, reason
+    assert "session idle for more than 1 s" in details, reason
+    assert 0.5 < waited < 5, reason
 
 
 def _gauges(url: str, name: str) -> list[float]:
