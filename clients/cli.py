@@ -45,9 +45,20 @@ session; the live terminal mode has none."""
 
 
 def _count(value: str) -> int:
+    return _whole(value, bits=32)
+
+
+def _seed(value: str) -> int:
+    return _whole(value, bits=64)
+
+
+def _whole(value: str, *, bits: int) -> int:
+    """A whole number the request's unsigned `bits`-bit field holds."""
     with contextlib.suppress(ValueError):
-        if (count := int(value)) >= 0:
+        if 0 <= (count := int(value)) < 2**bits:
             return count
+        if count >= 0:
+            raise argparse.ArgumentTypeError(f"expected at most {2**bits - 1}, got {value!r}")
     raise argparse.ArgumentTypeError(f"expected 0 (the server default) or more, got {value!r}")
 
 
@@ -130,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k", type=_count, default=0, metavar="K", help="sample among K best"
     )
     complete.add_argument("--top-p", type=float, default=0.0, metavar="P", help="nucleus sampling")
-    complete.add_argument("--seed", type=_count, default=None, help="reproducible sampling")
+    complete.add_argument("--seed", type=_seed, default=None, help="reproducible sampling")
     complete.add_argument(
         "--stop", action="append", default=[], metavar="TEXT", help="end at this text (repeatable)"
     )

@@ -118,17 +118,24 @@ def _sentiment_line(token: inference_pb2.SentimentToken, style: Style) -> str:
 async def completion(
     prefix: str, events: AsyncIterator[inference_pb2.CompleteResponse], *, style: Style
 ) -> None:
-    """Prints the prefix (dim), the completion tokens as they stream, then the summary."""
+    """Prints the prefix (dim), the completion tokens as they stream, then the summary and the
+    suggestions, best first, each with the ranking score that put it there and what went into
+    it (the model's log-probability, the query's count in the index)."""
     _emit(style.dim(prefix))
-    async for event in events:
-        if event.HasField("token"):
-            _emit(event.token.text)
-        elif event.HasField("final"):
-            _emit("\n" + style.dim(summary(event.final.summary)) + "\n")
-            for rank, suggestion in enumerate(event.final.suggestions, 1):
-                line = f"  {rank}. {style.dim(prefix)}{suggestion.text}"
-                seen = f", {suggestion.count}x in the query log" if suggestion.count else ""
-                _emit(line + style.dim(f"  (log p {suggestion.logprob:.2f}{seen})") + "\n")
+    try:
+        async for event in events:
+            if event.HasField("token"):
+                _emit(event.token.text)
+            elif event.HasField("final"):
+                _emit("\n" + style.dim(summary(event.final.summary)) + "\n")
+                for rank, s in enumerate(event.final.suggestions, 1):
+                    seen = f", {s.count}x in the query log" if s.count else ""
+                    ranked = f"score {s.score:.2f}: " if s.score != s.logprob else ""  # index
+                    why = f"  ({ranked}log p {s.logprob:.2f}{seen})"
+                    _emit(f"  {rank}. {style.dim(prefix)}{s.text}" + style.dim(why) + "\n")
+    except BaseException:
+        _emit("\n")  # the error goes on a line of its own, not after the prefix
+        raise
 
 
 def session_answer(revision: int, text: str, final: inference_pb2.CompleteFinal) -> str:

@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Any, Self, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from grpc import aio
 
 from clients import health_wire
@@ -60,6 +61,22 @@ CompleteEvent: TypeAlias = inference_pb2.CompleteResponse
 SessionEvent: TypeAlias = inference_pb2.SessionResponse
 
 __all__ = ["DEFAULT_TARGET", "RecurClient", "RecurError", "RetryPolicy", "Session"]
+
+Request = TypeVar("Request", bound=Message)
+
+
+def _request(message: type[Request], **fields: Any) -> Request:
+    """`message(**fields)`; a value its field cannot hold (a negative or too large count, a
+    seed beyond 64 bits) raises ValueError naming the field, before anything is sent."""
+    try:
+        return message(**fields)
+    except (ValueError, TypeError) as error:
+        for name, value in fields.items():
+            try:
+                message(**{name: value})
+            except (ValueError, TypeError):
+                raise ValueError(f"{name}={value!r}: {error}") from None
+        raise
 
 
 class Session:
@@ -100,9 +117,19 @@ class Session:
         await self._write(inference_pb2.SessionRequest(edit=edit))
 
     async def close(self) -> None:
-        """Says that nothing more will be sent; the answers still in flight keep arriving."""
-        with recur_errors():
-            await self._call.done_writing()
+        """Says that nothing more will be sent; the answers still in flight keep arriving. On a
+        session that has already ended (refused, expired, server unreachable) it does nothing:
+        reading it says why."""
+        if self._call.done():
+            return
+        try:
+            with recur_errors():
+                await self._call.done_writing()
+        except RecurError:
+            raise
+        except Exception:  # grpcio's internal ExecuteBatchError: the call ended as it closed
+            if not self._call.done():
+                raise
 
     def __aiter__(self) -> Self:
         return self
@@ -279,7 +306,8 @@ class RecurClient:
         Raises:
             RecurError: The call failed (unknown model, bad input, unreachable server, deadline).
         """
-        request = inference_pb2.TranslateRequest(
+        request = _request(
+            inference_pb2.TranslateRequest,
             text=text,
             model=model,
             max_tokens=max_tokens,
@@ -297,7 +325,7 @@ class RecurClient:
         Raises:
             RecurError: The call failed.
         """
-        request = inference_pb2.SentimentRequest(text=text, model=model)
+        request = _request(inference_pb2.SentimentRequest, text=text, model=model)
         stub = inference_pb2_grpc.SentimentServiceStub(self._open_channel())
         return self._stream(stub.Analyze, request)
 
@@ -336,7 +364,8 @@ class RecurClient:
         Raises:
             RecurError: The call failed.
         """
-        request = inference_pb2.CompleteRequest(
+        request = _request(
+            inference_pb2.CompleteRequest,
             text=text,
             model=model,
             max_tokens=max_tokens,
@@ -367,6 +396,10 @@ class RecurClient:
         Its deadline is the client's `timeout`, unless `open_ended` keeps it open until it is
         closed (a person typing: no deadline fits).
         """
+        _request(  # what every message of the session will carry: checked before it opens
+            inference_pb2.SessionRequest, model=model, max_tokens=max_tokens,
+            num_suggestions=num_suggestions, model_only=model_only,
+        )  # fmt: skip
         stub = inference_pb2_grpc.AutocompleteServiceStub(self._open_channel())
         timeout = None if open_ended else self.timeout
         call = stub.Session(timeout=timeout, metadata=self._metadata)

@@ -183,6 +183,43 @@ def test_unreachable_server_is_unavailable(closed_target: str) -> None:
     assert closed_target in error.details
 
 
+@pytest.mark.parametrize(
+    ("call", "fields", "named"),
+    [
+        ("complete", {"max_tokens": -1}, "max_tokens=-1"),
+        ("complete", {"seed": 2**64}, f"seed={2**64}"),
+        ("translate", {"min_tokens": 2**32}, f"min_tokens={2**32}"),
+        ("session", {"num_suggestions": -2}, "num_suggestions=-2"),
+    ],
+)
+def test_a_value_its_field_cannot_hold_is_named_before_anything_is_sent(
+    closed_target: str, call: str, fields: dict[str, Any], named: str
+) -> None:
+    async def go() -> None:
+        async with RecurClient(closed_target) as client:
+            getattr(client, call)(**({} if call == "session" else {"text": "x"}), **fields)
+
+    with pytest.raises(ValueError, match=named):
+        run(go())
+
+
+def test_closing_a_session_that_could_not_start_leaves_the_reason_to_the_read(
+    closed_target: str,
+) -> None:
+    """Closing a session whose server is unreachable does nothing (grpcio raised its own
+    ExecuteBatchError there); reading it says why, as a RecurError."""
+
+    async def go() -> RecurError:
+        async with RecurClient(closed_target, timeout=5) as client:
+            session = client.session()
+            await session.close()
+            with pytest.raises(RecurError) as error:
+                await anext(session)
+            return error.value
+
+    assert run(go()).code == grpc.StatusCode.UNAVAILABLE
+
+
 def test_calls_outside_async_with_say_how_to_open() -> None:
     with pytest.raises(RuntimeError, match="async with"):
         run(RecurClient().list_models())
