@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from services.errors import Expired
 from services.events import Event, Finished, FinishReason
@@ -306,3 +306,15 @@ def add_observations(histogram: Histogram, counts: list[int], total: float) -> N
         if count:
             bucket.inc(count)
     histogram._sum.inc(total)
+
+
+def serve_metrics(registry: CollectorRegistry, *, port: int, host: str) -> int:
+    """Serve `registry` on http://host:port/metrics in a thread; returns the port (0 picks a
+    free one). A port that cannot be bound is an OSError naming `--metrics-port`."""
+    try:
+        httpd, _ = start_http_server(port, addr=host, registry=registry)
+    except OSError as e:
+        raise OSError(
+            f"--metrics-port: cannot listen on {host}:{port} ({e.strerror or e})"
+        ) from None
+    return int(httpd.server_port)

@@ -46,19 +46,23 @@ class LoadedModel:
         options.intra_op_num_threads = ort_threads
         options.inter_op_num_threads = 1
         self.files = {graph.role: graph_file(graph, graphs) for graph in manifest.graphs}
+        file = ""  # the file being read, named when it does not load
         try:
-            self.sessions = {
-                role: ort.InferenceSession(
+            self.sessions = {}
+            for role, file in self.files.items():
+                self.sessions[role] = ort.InferenceSession(
                     read_verified(bundle, file), options, providers=["CPUExecutionProvider"]
                 )
-                for role, file in self.files.items()
-            }
-            tokenizer = read_verified(bundle, manifest.tokenizer_file).decode("utf-8")
+            file = manifest.tokenizer_file
+            tokenizer = read_verified(bundle, file).decode("utf-8")
             self.tokenizer = Tokenizer.from_str(tokenizer)
         except BundleError:
             raise
         except Exception as e:  # verified files that ONNX Runtime or the tokenizer cannot parse
-            raise BundleError(f"{bundle.path}: verified but does not load: {e}") from None
+            message = " ".join(str(e).split())  # one line in the log
+            raise BundleError(
+                f"{bundle.path}: {file} verified but does not load: {message}"
+            ) from None
         self.outputs = {g.role: [t.name for t in g.outputs] for g in manifest.graphs}
         popular = manifest.popular
         self.popular = _popular_index(bundle, popular.file, "popular-query index")

@@ -45,7 +45,9 @@ def load(path: Path, ort_threads: int, graphs: str) -> LoadedModel:
     try:
         warm_up(model)
     except Exception as e:  # graphs that load but do not run as the manifest says
-        raise BundleError(f"{path}: loads but does not run: {e}") from None
+        message = " ".join(str(e).split())  # one line in the log
+        files = ", ".join(model.files.values())
+        raise BundleError(f"{path}: loads but does not run ({files}): {message}") from None
     return model
 
 

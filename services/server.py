@@ -21,7 +21,7 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from protos.recur.v1 import inference_pb2 as pb
 from protos.recur.v1 import inference_pb2_grpc as pb_grpc
@@ -31,7 +31,7 @@ from services.auth import BearerToken
 from services.config import ServeConfig, resolve
 from services.engine import Engine
 from services.interceptors import ErrorsAndMetricsInterceptor
-from services.metrics import ServerMetrics
+from services.metrics import ServerMetrics, serve_metrics
 from services.model import LoadedModel, ModelRegistry
 from services.reload import Reloader
 from services.runtime import EngineConfig
@@ -207,10 +207,7 @@ async def serve(cfg: ServeConfig, worker: Worker | None = None) -> None:
     metrics = ServerMetrics(CollectorRegistry(), recording=cfg.metrics)
     metrics_port = None
     if cfg.metrics_port >= 0:
-        httpd, _ = start_http_server(
-            cfg.metrics_port, addr=cfg.metrics_host, registry=metrics.registry
-        )
-        metrics_port = httpd.server_port
+        metrics_port = serve_metrics(metrics.registry, port=cfg.metrics_port, host=cfg.metrics_host)
     running = await build_server(cfg, ModelRegistry(), metrics, reuse_port=worker is not None)
     name = "recur-serve" if worker is None else f"recur-serve[{worker.index}]"
     metrics_url = f"http://{cfg.metrics_host}:{metrics_port}/metrics" if metrics_port else "off"

@@ -84,13 +84,15 @@ def _reserve(host: str, port: int, flag: str) -> socket.socket:
 def _serve_metrics(cfg: ServeConfig, folder: str) -> str:
     if cfg.metrics_port < 0:
         return "off"
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
+
+    from services.metrics import serve_metrics
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
-    httpd, _ = start_http_server(cfg.metrics_port, addr=cfg.metrics_host, registry=registry)
-    return f"http://{cfg.metrics_host}:{httpd.server_port}/metrics"
+    port = serve_metrics(registry, port=cfg.metrics_port, host=cfg.metrics_host)
+    return f"http://{cfg.metrics_host}:{port}/metrics"
 
 
 def _supervise(cfg: ServeConfig, child: ServeConfig, metrics_url: str, folder: str) -> int:

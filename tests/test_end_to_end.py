@@ -275,18 +275,27 @@ def test_a_session_records_its_answers_tokens_and_latencies(served: Server) -> N
     assert value(after, itl) - value(before, itl) == gaps  # none across the user's pauses
 
 
-def test_server_refuses_a_busy_port_with_a_clear_error(served: Server, tiny_models: Path) -> None:
+@pytest.mark.parametrize("flag", ["--port", "--metrics-port"])
+def test_server_refuses_a_busy_port_with_a_clear_error(
+    served: Server, tiny_models: Path, flag: str
+) -> None:
     import subprocess
     import sys
+    from urllib.parse import urlsplit
 
-    port = served.target.rsplit(":", 1)[1]
+    busy = {
+        "--port": served.target.rsplit(":", 1)[1],
+        "--metrics-port": str(urlsplit(served.metrics_url).port),
+    }
+    ports = {"--port": "0", "--metrics-port": "-1"} | {flag: busy[flag]}
     result = subprocess.run(
         [sys.executable, "-m", "services.server", "--models", str(tiny_models),
-         "--host", "127.0.0.1", "--port", port, "--metrics-port", "-1"],
+         "--host", "127.0.0.1", "--metrics-host", "127.0.0.1",
+         "--port", ports["--port"], "--metrics-port", ports["--metrics-port"]],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 1
-    assert f"recur-serve: error: --port: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert f"recur-serve: error: {flag}: cannot listen on 127.0.0.1:{busy[flag]}" in result.stderr
     assert "Traceback" not in result.stderr
 
 

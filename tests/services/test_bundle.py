@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -11,7 +12,7 @@ import pytest
 
 from services.bundle import discover, verify
 from services.errors import BundleError
-from services.model import ModelRegistry
+from services.model import LoadedModel, ModelRegistry
 
 
 def corrupt_graph(bundle: Path) -> None:
@@ -50,6 +51,26 @@ def test_damaged_bundle_is_refused(
     damage(bundle)
     with pytest.raises(BundleError, match=message.replace("[", r"\[").replace("]", r"\]")):
         verify(bundle)
+
+
+@pytest.mark.parametrize(
+    "name", ["classifier_step.onnx", "tokenizer.json"], ids=["graph", "tokenizer"]
+)
+def test_a_verified_file_that_does_not_parse_is_named(
+    tiny_models: Path, tmp_path: Path, name: str
+) -> None:
+    """A file whose sha256 the manifest lists (an export that wrote garbage) passes
+    verification; loading it fails with the file's name, on one line."""
+    bundle = tmp_path / "sentiment" / "1"
+    shutil.copytree(tiny_models / "sentiment" / "1", bundle)
+    (bundle / name).write_bytes(b"not a graph, not a tokenizer")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["sha256"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError) as refused:
+        LoadedModel(verify(bundle), graphs="fp32")  # the graph file the manifest exported
+    assert f"{name} verified but does not load" in str(refused.value)
+    assert "\n" not in str(refused.value)
 
 
 def test_registry_skips_a_bad_bundle_and_loads_the_rest(tiny_models: Path, tmp_path: Path) -> None:
