@@ -69,9 +69,10 @@ def current_call() -> CallInfo:
     return CALL_INFO.get(CallInfo(rpc=""))
 
 
-def expire(info: CallInfo, error: Expired) -> None:
-    """End the streaming call `info` with DEADLINE_EXCEEDED and `error`'s message, wherever its
-    handler is: waiting on the engine, or blocked in a write to a client that stopped reading."""
+def expire(info: CallInfo, error: ServiceError) -> None:
+    """End the streaming call `info` with `error`'s status (an idle session's Expired:
+    DEADLINE_EXCEEDED; a drain's Unavailable) wherever its handler is: waiting on the engine or
+    on the client, or blocked in a write to a client that stopped reading."""
     if info.handler is not None and not info.handler.done() and info.expired is None:
         info.expired = error
         info.handler.cancel()
@@ -230,7 +231,7 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
                 if info.expired is None:  # cancelled by the client or by shutdown
                     code = grpc.StatusCode.CANCELLED
                     raise
-                code = grpc.StatusCode.DEADLINE_EXCEEDED
+                code = status_for(info.expired)[0]
                 await self._abort_expired(context, info.expired)
             except Exception as error:
                 code = status_for(error)[0]
@@ -243,13 +244,13 @@ class ErrorsAndMetricsInterceptor(aio.ServerInterceptor):
 
         return handler
 
-    async def _abort_expired(self, context: Context, error: Expired) -> None:
-        """End an expired call with DEADLINE_EXCEEDED; if the status cannot leave within a
-        second (the client stopped reading and its flow-control window is full), drop the call,
-        which gRPC then cancels."""
+    async def _abort_expired(self, context: Context, error: ServiceError) -> None:
+        """End a call the server ended (`expire`) with its error's status; if the status cannot
+        leave within a second (the client stopped reading and its flow-control window is full),
+        drop the call, which gRPC then cancels."""
         try:
             async with asyncio.timeout(ABORT_SECONDS):
-                await _send_status(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
+                await _send_status(context, *status_for(error))
         except TimeoutError:
             raise asyncio.CancelledError from None
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from services.errors import Expired
+from services.errors import ServiceError
 from services.events import Event, Finished, FinishReason
 
 if TYPE_CHECKING:  # the engine's modules import numpy and ONNX Runtime; metrics need neither
@@ -39,7 +39,9 @@ class CallInfo:
     version: str = ""
     task: str = ""
     handler: asyncio.Task[Any] | None = None  # the task running the call's handler
-    expired: Expired | None = None  # why the server ended the call (see interceptors.expire)
+    # Why the server ended the call (see interceptors.expire): an idle session's Expired, or
+    # the Unavailable of a drain.
+    expired: ServiceError | None = None
 
 
 class ServerMetrics:

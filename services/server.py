@@ -30,6 +30,7 @@ from services.admission import Admission
 from services.auth import BearerToken
 from services.config import ServeConfig, resolve
 from services.engine import Engine
+from services.errors import Unavailable
 from services.interceptors import ErrorsAndMetricsInterceptor
 from services.metrics import ServerMetrics, serve_metrics
 from services.model import LoadedModel, ModelRegistry
@@ -53,6 +54,7 @@ class Running:
     server: aio.Server
     health: HealthServicer
     engine: Engine
+    servicers: Servicers
     port: int
     probes: aio.Server | None = None  # the plaintext health-only server, when there is one
     health_port: int | None = None
@@ -154,7 +156,7 @@ async def build_server(
     await server.start()
     for name in ("", "recur.v1.ModelService", *SERVICES.values()):
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    return Running(server, health, engine, port, probes, health_port)
+    return Running(server, health, engine, servicers, port, probes, health_port)
 
 
 async def ready(running: Running, metrics: ServerMetrics) -> None:
@@ -187,11 +189,16 @@ async def drain(running: Running, grace: float) -> None:
     health says NOT_SERVING and new streams are refused UNAVAILABLE, which clients retry
     elsewhere. Only then does gRPC stop listening; a call that reaches it at that instant can
     be CANCELLED before it starts, and probes that saw NOT_SERVING have stopped calling by then.
+    Open sessions, which would outlast any grace, end then too, with UNAVAILABLE: their
+    clients open new ones on another replica. Completions and translations in flight finish.
     """
     await running.health.enter_graceful_shutdown()
     running.engine.closing = True
     notice = min(DRAIN_NOTICE_SECONDS, grace / 2)
     await asyncio.sleep(notice)
+    running.servicers.end_sessions(
+        Unavailable("the server is shutting down; open a new session (another replica)")
+    )
     await running.server.stop(grace - notice)
     if running.probes is not None:
         await running.probes.stop(0)

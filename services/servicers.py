@@ -11,10 +11,10 @@ from protos.recur.v1 import inference_pb2 as pb
 from protos.recur.v1 import inference_pb2_grpc as pb_grpc
 from services import validation
 from services.engine import Engine
-from services.errors import Expired
+from services.errors import Expired, ServiceError
 from services.events import Event, Finished, FinishReason, RunningLabel, TokenEvent
 from services.interceptors import Context, current_call, expire
-from services.metrics import ServerMetrics
+from services.metrics import CallInfo, ServerMetrics
 from services.model import LoadedModel
 from services.requests import CompleteParams, TranslateParams, translation_defaults
 from services.session import Edit, IdleTimer, SessionInput, run_session
@@ -127,6 +127,15 @@ class Servicers(
         self.default_max_tokens = default_max_tokens
         self.session_ttl_seconds = session_ttl_seconds
         self.stream_interval = stream_interval
+        self.sessions: dict[int, CallInfo] = {}  # the open Session calls, by id
+
+    def end_sessions(self, error: ServiceError) -> int:
+        """End every open session with `error`'s status (a drain: UNAVAILABLE, so that its
+        client opens a new one elsewhere, instead of being cut when the grace runs out); returns
+        how many."""
+        for info in list(self.sessions.values()):
+            expire(info, error)
+        return len(self.sessions)
 
     def _model(self, name: str, task: str) -> LoadedModel:
         model = self.engine.resolve(validation.model_name(name), task)
@@ -249,6 +258,7 @@ class Servicers(
         # Idle from the start: a session that never sends its first message holds a place of
         # --max-streams too, and ends like any other idle one.
         idle = IdleTimer(self.session_ttl_seconds, lambda: expire(info, self._idle_error()))
+        self.sessions[id(info)] = info
         try:
             first = await anext(aiter(request_iterator), None)
             if first is None:
@@ -293,6 +303,7 @@ class Servicers(
                                 yield _generated(pb.SessionResponse(revision=revision), run)
         finally:
             idle.cancel()
+            del self.sessions[id(info)]
 
     def _idle_error(self) -> Expired:
         return Expired(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -60,3 +61,34 @@ def test_sigterm_lets_the_stream_in_flight_finish(tiny_models: Path) -> None:
     assert seen["during drain"] in ("FINISH_REASON_STOP", "FINISH_REASON_LENGTH")
     assert seen["end"] is True and seen["code"] == "OK"
     assert "recur-serve: stopped" in output
+
+
+def test_sigterm_ends_open_sessions_with_unavailable(tiny_models: Path) -> None:
+    """A session would outlast any grace: after the drain's notice it ends with UNAVAILABLE (its
+    client opens a new one elsewhere), not cut when the grace runs out, and the server exits
+    long before a 30 s grace with nothing about it in its log but its own lines."""
+    server = start_server(tiny_models, "--grace-seconds", "30")
+
+    async def go() -> tuple[str, str, float]:
+        async with aio.insecure_channel(server.target) as channel:
+            session = pb_grpc.AutocompleteServiceStub(channel).Session()
+            await session.write(pb.SessionRequest(text="wea", max_tokens=4))
+            while (await session.read()).WhichOneof("event") != "final":
+                pass
+            signalled = time.perf_counter()
+            server.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(session.read(), 20)
+            except aio.AioRpcError as error:
+                return error.code().name, error.details() or "", time.perf_counter() - signalled
+            return "no error", "", time.perf_counter() - signalled
+
+    code, details, waited = asyncio.run(go())
+    output = server.output(timeout=60)
+    assert (code, details) == (
+        "UNAVAILABLE",
+        "the server is shutting down; open a new session (another replica)",
+    )
+    assert waited < 10, "ended after the notice, not at the end of the grace"
+    assert server.process.returncode == 0, output
+    assert "Traceback" not in output and "Exception not handled" not in output, output
