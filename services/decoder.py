@@ -79,7 +79,7 @@ class Generation:
     context: Arrays = field(default_factory=dict)
     with_attention: bool = False
     min_tokens: int = 0
-    attention: tuple[float, ...] = ()
+    attention: np.ndarray | tuple[()] = ()
     index: int = 0
     done: asyncio.Future[FinishReason] = field(init=False, repr=False)
 
@@ -213,7 +213,7 @@ class Decoder:
                 owner.logits = logits[start]
                 if owner.with_attention:
                     width = owner.context["src_mask"].shape[1]
-                    owner.attention = tuple(out["attention"][start, :width].tolist())
+                    owner.attention = out["attention"][start, :width].copy()  # (S,)
             start = end
 
     def _feeds(self, going: list[_Rows]) -> Arrays:

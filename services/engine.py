@@ -412,9 +412,10 @@ class Engine:
             return await runtime.decoder.search(search)  # on the decode loop, with the others
 
 
-def _attention(step: Arrays, wanted: bool) -> tuple[float, ...]:
-    """The attention row of a one-row `decoder_step` output, when the request wants it."""
-    return tuple(step["attention"][0].tolist()) if wanted else ()
+def _attention(step: Arrays, wanted: bool) -> np.ndarray | tuple[()]:
+    """The attention row `(S,)` of a one-row `decoder_step` output, when the request wants
+    it."""
+    return step["attention"][0].copy() if wanted else ()
 
 
 def _token(event: Event) -> bool:

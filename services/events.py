@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+import numpy as np
+
 
 class FinishReason(Enum):
     STOP = "stop"  # end-of-sequence token, or the whole input was read
@@ -20,7 +22,9 @@ class TokenEvent:
     id: int
     text: str  # what this token adds to the detokenized output
     logprob: float
-    attention: tuple[float, ...] = ()
+    # (S,) float32 over the source tokens (translation, when asked for): an array, not a tuple of
+    # Python floats, which took 8x the memory while a slow client's tokens waited to be written.
+    attention: np.ndarray | tuple[()] = ()
 
 
 @dataclass(frozen=True)
