@@ -27,6 +27,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+import grpc
+
 from clients.bench_report import Samples
 from clients.calls import NO_RETRIES, RecurError
 from clients.channel import Connection
@@ -253,6 +255,27 @@ def _process_main(
 ) -> None:
     start.wait()  # every process begins its clock together, once all have started
     results.put(asyncio.run(run_process(config, counters=counters, slot=slot)))
+
+
+def check_reachable(config: BenchConfig) -> None:
+    """One health call before the load: a server that cannot be reached fails here, once, with
+    its RecurError (UNAVAILABLE), instead of every request of the load failing at once, back to
+    back. Any other answer (a server without the health service included) lets the load run.
+
+    Raises:
+        RecurError: UNAVAILABLE or DEADLINE_EXCEEDED: nothing answered.
+    """
+
+    async def ask() -> None:
+        client = RecurClient.for_connection(config.connection, timeout=config.timeout)
+        async with client:
+            await client.health()
+
+    try:
+        asyncio.run(ask())
+    except RecurError as error:
+        if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise
 
 
 def run(config: BenchConfig, *, counters: Counters) -> Samples:

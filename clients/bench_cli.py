@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
     config = config_from(args)
+    bench.check_reachable(config)
     counters = bench.new_counters(config.processes)
     with progress(counters, stream=sys.stderr):
         samples = bench.run(config, counters=counters)

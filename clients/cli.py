@@ -330,8 +330,19 @@ async def _models(client: RecurClient, args: argparse.Namespace) -> int:
     return 0
 
 
+SERVICES_KNOWN = (
+    "a Recur server has recur.v1.TranslationService, recur.v1.SentimentService, "
+    "recur.v1.AutocompleteService and recur.v1.ModelService"
+)
+
+
 async def _health(client: RecurClient, args: argparse.Namespace) -> int:
-    status = await client.health(args.service)
+    try:
+        status = await client.health(args.service)
+    except RecurError as error:
+        if error.code != grpc.StatusCode.NOT_FOUND or error.details:
+            raise
+        raise RecurError(error.code, f"no service {args.service!r}; {SERVICES_KNOWN}") from None
     print(json.dumps({"status": status}) if args.json else status, flush=True)
     return 0 if status == "SERVING" else 1
 
@@ -369,6 +380,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         parser.error(str(e))
     vars(args).update(dataclasses.asdict(connection))
+    if not args.target.strip():
+        parser.error("--target (or RECUR_TARGET) must be HOST:PORT, got ''")
     if (args.client_cert is None) != (args.client_key is None):
         parser.error("--client-cert and --client-key come together: give both or neither")
     try:

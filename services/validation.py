@@ -78,7 +78,8 @@ def in_range(field: str, value: float, low: float, high: float) -> float:
 
 def beam_size(value: int, limits: Limits, *, field: str = "beam_size") -> int:
     """0 and 1 are greedy; at most `max_beam_size`."""
-    in_range(field, value, 0, limits.max_beam_size)
+    if not 0 <= value <= limits.max_beam_size:
+        raise InvalidArgument(field, f"must be in [0, {limits.max_beam_size}], got {value}")
     return max(value, 1)
 
 
@@ -103,4 +104,6 @@ def stop_strings(values: list[str]) -> tuple[str, ...]:
             raise InvalidArgument(
                 "stop", f"strings must have 1 to {MAX_STOP_CHARS} characters, got {len(value)}"
             )
+        if "\x00" in value:
+            raise InvalidArgument("stop", "strings must not contain NUL characters")
     return tuple(values)

@@ -158,6 +158,19 @@ def test_open_loop_reports_errors_by_code_and_schedule_lag(
     assert report["config"]["mode"] == "open"
 
 
+def test_a_server_that_cannot_be_reached_is_said_once_before_the_load(
+    capsys: pytest.CaptureFixture[str], closed_target: str
+) -> None:
+    """Every request of a load would fail at once, back to back (thousands of warm-up requests
+    in no time); one health call says it instead, and no load runs."""
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--target", closed_target, "--duration", "2"])
+    assert exited.value.code == 1
+    captured = capsys.readouterr()
+    assert f"cannot reach the server at {closed_target}" in captured.err
+    assert "requests:" not in captured.out
+
+
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 

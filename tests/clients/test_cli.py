@@ -272,7 +272,12 @@ def test_health(
             ["translate", "x", "--model", "slow", "--timeout", "0.3"],
             "error: DEADLINE_EXCEEDED: Deadline Exceeded\n",
         ),
-        (["health", "no.such.Service"], "error: NOT_FOUND\n"),
+        (
+            ["health", "no.such.Service"],
+            "error: NOT_FOUND: no service 'no.such.Service'; a Recur server has "
+            "recur.v1.TranslationService, recur.v1.SentimentService, recur.v1.AutocompleteService "
+            "and recur.v1.ModelService\n",
+        ),
     ],
     ids=["unknown-model", "timeout-is-the-deadline", "unknown-health-service"],
 )
@@ -323,6 +328,7 @@ def test_connection_flags_go_before_or_after_the_command(
         (["translate", "x", "--max-tokens", "-1"], {}, "expected 0 (the server default) or more"),
         (["complete", "x", "--timeout", "0"], {}, "--timeout must be > 0, got 0.0"),
         (["models"], {"RECUR_TIMEOUT": "soon"}, "RECUR_TIMEOUT='soon' is not a valid float"),
+        (["models"], {"RECUR_TARGET": ""}, "--target (or RECUR_TARGET) must be HOST:PORT, got ''"),
         (["sentiment", "x", "--attention"], {}, "unrecognized arguments: --attention"),
         (["bench", "--rate", "0"], {}, "expected a positive number, got '0'"),
         (["bench", "--min-tokens", "-2"], {}, "expected 0 or more tokens, got '-2'"),
@@ -336,6 +342,7 @@ def test_connection_flags_go_before_or_after_the_command(
         "negative-max-tokens",
         "zero-timeout",
         "bad-env",
+        "empty-target",
         "foreign-flag",
         "bench-zero-rate",
         "bench-negative-min-tokens",

@@ -171,7 +171,7 @@ def complete_problems(r: pb.CompleteRequest) -> set[str]:
         "temperature": in_range(r.temperature, 0, 5),
         "top_p": in_range(r.top_p, 0, 1),
         "top_k": r.top_k <= 1_000_000,
-        "stop": len(r.stop) <= 8 and all(1 <= len(s) <= 64 for s in r.stop),
+        "stop": len(r.stop) <= 8 and all(1 <= len(s) <= 64 and "\x00" not in s for s in r.stop),
         "num_suggestions": r.num_suggestions <= MAX_BEAM,
         "min_tokens": r.min_tokens <= (r.max_tokens or DEFAULT_MAX_TOKENS),
     }
