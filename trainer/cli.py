@@ -67,6 +67,8 @@ def evaluate_test(task: Any, test: Any, checkpoint: Checkpoint) -> dict[str, flo
     from trainer.export import rebuild_model
 
     model = rebuild_model(checkpoint).eval()
+    print(f"[{task.name}] test: evaluating {len(test.valid):,} examples with the model of epoch "
+          f"{checkpoint.position.epoch}", flush=True)  # fmt: skip
     started = time.perf_counter()
     metrics = {
         f"test_{k.removeprefix('valid_')}": v

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     examples = _examples(parser, model, args.data)
     if args.limit:
         examples = examples[: args.limit]
-    from trainer.evaluate import Ticker, evaluate
+    from trainer.evaluate import evaluate
+    from trainer.progress import Ticker
 
     metrics = evaluate(
         model,

@@ -31,8 +31,6 @@ among the served suggestions (beam search) for its first half (`trainer.ranking.
 from __future__ import annotations
 
 import math
-import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,27 +67,6 @@ def beam(size: int, length_penalty: float) -> TranslateParams:
     """Beam search of `size` with GNMT's `length_penalty`, the service's length rule."""
     return TranslateParams(max_tokens=0, max_length_ratio=2.0, beam_size=size,
                            length_penalty=length_penalty)  # fmt: skip
-
-
-class Ticker:
-    """A progress line on stderr at most every `interval` seconds (none for quick runs)."""
-
-    def __init__(self, label: str, *, interval: float = 10.0) -> None:
-        self.label = label
-        self.interval = interval
-        self.start = self.last = time.perf_counter()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if now - self.last < self.interval and done < total:
-            return
-        if done == total and self.last == self.start:
-            return  # finished before the first line was due
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (total - done) / max(rate, 1e-9)
-        print(f"{self.label}: {done}/{total} requests ({100 * done / max(total, 1):.0f}%) "
-              f"{rate:.0f}/s eta {eta:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def evaluate(

@@ -3,6 +3,7 @@ seconds however slow the steps are (one line at a time, safe in Ray's log stream
 
 from __future__ import annotations
 
+import sys
 import time
 
 
@@ -64,3 +65,25 @@ class Progress:
             f"elapsed {_clock(elapsed)} eta {_clock(eta)}{extra}",
             flush=True,
         )
+
+
+class Ticker:
+    """A progress line on stderr at most every `interval` seconds (none for quick runs)."""
+
+    def __init__(self, label: str, *, unit: str = "requests", interval: float = 10.0) -> None:
+        self.label = label
+        self.unit = unit
+        self.interval = interval
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.interval and done < total:
+            return
+        if done == total and self.last == self.start:
+            return  # finished before the first line was due
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (total - done) / max(rate, 1e-9)
+        print(f"{self.label}: {done}/{total} {self.unit} ({100 * done / max(total, 1):.0f}%) "
+              f"{rate:.0f}/s eta {eta:.0f} s", file=sys.stderr, flush=True)  # fmt: skip

@@ -17,6 +17,7 @@ from trainer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from trainer.decoding import beam_translate
 from trainer.models import Seq2Seq, Seq2SeqConfig
 from trainer.models.seq2seq import greedy_decode
+from trainer.progress import Ticker
 from trainer.tasks.base import (
     Batch,
     ModelDefaults,
@@ -113,12 +114,11 @@ class TranslationTask(Task):
             "valid_bleu": metrics.bleu(hypotheses, references),
         }
         beam = data.cfg.beam_size if data.cfg is not None else 0
-        if beam > 1:
-            beamed = [
-                data.tokenizer.decode(beam_translate(
-                    unwrap(model), src, beam=beam, max_len=2 * len(src) + 10
-                ))
-                for src, _ in data.valid
-            ]  # fmt: skip
+        if beam > 1:  # one sentence at a time: minutes for a few thousand, so it says how far
+            ticker, beamed = Ticker(f"[{self.name}] beam {beam}", unit="sentences"), []
+            for src, _ in data.valid:
+                ids = beam_translate(unwrap(model), src, beam=beam, max_len=2 * len(src) + 10)
+                beamed.append(data.tokenizer.decode(ids))
+                ticker(len(beamed), len(data.valid))
             result["valid_bleu_beam"] = metrics.bleu(beamed, references)
         return result
