@@ -26,8 +26,9 @@ class ServeConfig:
                                 min=-1, max=65535)
     max_input_chars: int = setting(2000, "longest accepted request text, in characters", min=1)
     max_tokens_limit: int = setting(512, "largest accepted max_tokens of a request", min=1)
-    max_streams: int = setting(256, "streams in flight; beyond them RESOURCE_EXHAUSTED at once, "
-                               "with `retry-after-ms`", min=1)
+    max_streams: int = setting(256, "streams in flight, open sessions included (an idle one "
+                               "holds its place until --session-ttl-seconds); beyond them "
+                               "RESOURCE_EXHAUSTED at once, with `retry-after-ms`", min=1)
     default_max_tokens: int = setting(32, "tokens an autocomplete request gets when its "
                                       "max_tokens is 0", min=1)
     ort_threads: int = setting(1, "ONNX Runtime intra-op threads per session", min=1)
