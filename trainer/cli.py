@@ -7,7 +7,6 @@ recur-train --task translation --data files --train a.en,a.de --valid b.en,b.de 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -107,15 +106,7 @@ def write_run_artifacts(
 
 
 def run(cfg: TrainConfig) -> Path | None:
-    """Train and export; returns the bundle directory (None for a dry run, which leaves nothing
-    behind: its run files go to a temporary directory, as its bundle does)."""
-    if not cfg.dry_run:
-        return _train_and_export(cfg)
-    with tempfile.TemporaryDirectory(prefix="recur-dry-run-") as runs:
-        return _train_and_export(dataclasses.replace(cfg, run_dir=runs))
-
-
-def _train_and_export(cfg: TrainConfig) -> Path | None:
+    """Train and export; returns the bundle directory (None for a dry run)."""
     import torch
 
     from trainer.loop import train_loop

@@ -123,8 +123,8 @@ class TrainConfig:
     log_every: int = setting(50, "a progress line every N optimizer steps", min=1)
     diagnose_every: int = setting(100, "gradient-flow diagnostics every N optimizer steps "
                                   "(0: off)", min=0)
-    dry_run: bool = setting(False, "one batch of training and an export, both in temporary "
-                            "directories (nothing is left behind), for smoke tests")
+    dry_run: bool = setting(False, "one batch of training and an export to a temporary "
+                            "directory, for smoke tests")
     # fmt: on
 
     @property
