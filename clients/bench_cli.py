@@ -39,11 +39,19 @@ def _positive(kind: type[int] | type[float]) -> Any:
     return parse
 
 
-def _tokens(value: str) -> int:
+def whole_number(value: str, *, bits: int = 32, low: str = "expected 0 or more") -> int:
+    """A flag's whole number that a request's unsigned `bits`-bit field holds (`recur` and
+    `recur bench` share it); `low` says what a negative one should have been."""
     with contextlib.suppress(ValueError):
-        if (count := int(value)) >= 0:
+        if 0 <= (count := int(value)) < 2**bits:
             return count
-    raise argparse.ArgumentTypeError(f"expected 0 or more tokens, got {value!r}")
+        if count >= 0:
+            raise argparse.ArgumentTypeError(f"expected at most {2**bits - 1}, got {value!r}")
+    raise argparse.ArgumentTypeError(f"{low}, got {value!r}")
+
+
+def _tokens(value: str) -> int:
+    return whole_number(value, low="expected 0 or more tokens")
 
 
 def _non_negative(value: str) -> float:

@@ -45,21 +45,11 @@ session; the live terminal mode has none."""
 
 
 def _count(value: str) -> int:
-    return _whole(value, bits=32)
+    return bench_cli.whole_number(value, low="expected 0 (the server default) or more")
 
 
 def _seed(value: str) -> int:
-    return _whole(value, bits=64)
-
-
-def _whole(value: str, *, bits: int) -> int:
-    """A whole number the request's unsigned `bits`-bit field holds."""
-    with contextlib.suppress(ValueError):
-        if 0 <= (count := int(value)) < 2**bits:
-            return count
-        if count >= 0:
-            raise argparse.ArgumentTypeError(f"expected at most {2**bits - 1}, got {value!r}")
-    raise argparse.ArgumentTypeError(f"expected 0 (the server default) or more, got {value!r}")
+    return bench_cli.whole_number(value, bits=64, low="expected 0 (the server default) or more")
 
 
 @dataclass(frozen=True)
