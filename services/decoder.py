@@ -288,9 +288,7 @@ class Decoder:
         piece = generation.detok.add(token)
         generation.emit(TokenEvent(generation.index, token, piece, logprob, generation.attention))
         generation.index += 1
-        if generation.index >= generation.min_tokens and generation.detok.ends_with(
-            generation.stop
-        ):
+        if generation.detok.ends_with(generation.stop, at_least=generation.min_tokens):
             return FinishReason.STOP
         if generation.index >= generation.max_tokens:
             return FinishReason.LENGTH

@@ -22,6 +22,7 @@ class Detokenizer:
     def __init__(self, model: LoadedModel, prefix: list[int]) -> None:
         self.tokenizer = model.tokenizer
         self.ids = list(prefix)
+        self.prefix_tokens = len(prefix)
         self.text = self.tokenizer.decode(self.ids) if prefix else ""
         self.start = len(self.text)
         self.read = len(self.ids)  # tokens whose text is in self.text
@@ -54,6 +55,9 @@ class Detokenizer:
     def output(self) -> str:
         return self.text[self.start :]
 
-    def ends_with(self, stop: tuple[str, ...]) -> bool:
-        """Whether the output ends with one of the `stop` strings (no copy of it when none)."""
-        return bool(stop) and any(self.output.endswith(s) for s in stop)
+    def ends_with(self, stop: tuple[str, ...], *, at_least: int = 0) -> bool:
+        """Whether the output ends with one of the `stop` strings, once it holds at least
+        `at_least` tokens (a request's `min_tokens`); no copy of it when there are none."""
+        if not stop or len(self.ids) - self.prefix_tokens < at_least:
+            return False
+        return any(self.output.endswith(s) for s in stop)

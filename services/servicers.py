@@ -129,13 +129,11 @@ class Servicers(
         self.stream_interval = stream_interval
         self.sessions: dict[int, CallInfo] = {}  # the open Session calls, by id
 
-    def end_sessions(self, error: ServiceError) -> int:
+    def end_sessions(self, error: ServiceError) -> None:
         """End every open session with `error`'s status (a drain: UNAVAILABLE, so that its
-        client opens a new one elsewhere, instead of being cut when the grace runs out); returns
-        how many."""
+        client opens a new one elsewhere, instead of being cut when the grace runs out)."""
         for info in list(self.sessions.values()):
             expire(info, error)
-        return len(self.sessions)
 
     def _model(self, name: str, task: str) -> LoadedModel:
         model = self.engine.resolve(validation.model_name(name), task)

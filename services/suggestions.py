@@ -189,7 +189,7 @@ def replay(
             break
         clock.mark()
         emit(TokenEvent(index, token, detok.add(token), logprob))
-        if index + 1 >= params.min_tokens and detok.ends_with(params.stop):
+        if detok.ends_with(params.stop, at_least=params.min_tokens):
             reason = FinishReason.STOP
             break
     return completion_final(model, clock, reason, detok, prefix)
